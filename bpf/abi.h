@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The one header shared by the BPF programs (bpf/) and the C++ tool (user/).
+ * Fixed-width fields only, explicit padding; user/abi_check.cpp static_asserts
+ * every size. Map keys carry the pid so one set of maps holds many processes.
+ */
+#ifndef ASYNCTRACE_BPF_ABI_H
+#define ASYNCTRACE_BPF_ABI_H
+
+#ifndef __VMLINUX_H__
+/* The kernel's own definitions: libbpf's headers include them too, and a
+ * second typedef of __u64 as uint64_t (unsigned long) would conflict with
+ * their unsigned long long. */
+#include <linux/types.h>
+#endif
+
+#define AT_NAME_LEN 64        /* bytes of a task name kept */
+#define AT_QUALNAME_LEN 96    /* bytes of a code qualname kept */
+#define AT_FILENAME_LEN 160   /* bytes of a code filename kept */
+#define AT_MAX_FRAMES 32      /* == ASYNCTRACE_MAX_FRAMES */
+#define AT_MAX_AWAITERS 4     /* gather/TaskGroup/shield awaiters kept per task */
+
+#define AT_MAX_TASKS 131072   /* tasks map capacity (all processes) */
+#define AT_MAX_CODES 65536    /* code map capacity */
+#define AT_MAX_PROCS 1024
+
+/* task states */
+enum at_task_state {
+	AT_STATE_CREATED = 0,   /* created, no step seen yet */
+	AT_STATE_RUNNING = 1,   /* inside a step */
+	AT_STATE_SUSPENDED = 2, /* step ended, task awaits something */
+};
+
+struct at_task_key {
+	__u32 pid;
+	__u32 pad;
+	__u64 task_id;
+};
+
+struct at_frame {
+	__u64 code_id;
+	__u32 line;
+	__u32 flags;
+};
+
+struct at_task {
+	__u64 task_id;
+	__u64 parent_id;       /* task running at creation, 0 if none */
+	__u64 loop_id;
+	__u64 coro_code_id;
+	__u64 create_ns;       /* bpf_ktime_get_ns() at create (or replay) */
+	__u64 seq;             /* per-map creation order */
+	__u64 awaiting_id;     /* what the task awaits (task__await) */
+	__u64 awaited_by[AT_MAX_AWAITERS]; /* edge__add awaiters, 0 = empty slot */
+	__u8 awaited_by_kind[AT_MAX_AWAITERS];
+	__u32 tid;             /* thread of the task's loop */
+	__u32 state;           /* enum at_task_state */
+	__u32 awaiting_kind;   /* enum asynctrace_await_kind */
+	__u32 name_len;        /* full length as sent (may exceed AT_NAME_LEN) */
+	__u32 nframes;         /* frames valid in frames[] */
+	__u32 flags;           /* AT_TASK_* */
+	__u32 pad;
+	char name[AT_NAME_LEN];
+	struct at_frame frames[AT_MAX_FRAMES]; /* innermost first */
+};
+
+#define AT_TASK_NAMELESS 1u       /* entry created by an event before task__create */
+#define AT_TASK_FRAMES_TRUNC 2u   /* runtime sent more frames than kept */
+#define AT_TASK_AWAITERS_FULL 4u  /* an edge__add did not fit */
+
+struct at_code_key {
+	__u32 pid;
+	__u32 pad;
+	__u64 code_id;
+};
+
+struct at_code {
+	__u32 qualname_len;    /* full lengths as sent */
+	__u32 filename_len;
+	__u32 firstlineno;
+	__u32 pad;
+	char qualname[AT_QUALNAME_LEN];
+	char filename[AT_FILENAME_LEN];
+};
+
+/* Per-process bookkeeping, key = pid. */
+struct at_proc {
+	__u64 replay_gen;      /* last replay__end generation seen, 0 = none */
+	__u64 replay_tasks;    /* ntasks of that replay */
+	__u64 events;          /* probe hits accepted */
+	__u64 drop_tasks_full; /* task entries that did not fit */
+	__u64 drop_codes_full;
+	__u64 drop_edges_full;
+	__u64 unknown_task;    /* events for a task never created (late attach gap) */
+	__u64 seq;             /* next task seq */
+};
+
+#endif /* ASYNCTRACE_BPF_ABI_H */

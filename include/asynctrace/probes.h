@@ -1,0 +1,156 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * asynctrace probe ABI: USDT probes any coroutine runtime can emit.
+ *
+ * Provider: "asynctrace". Every argument is a 64-bit integer or a pointer into
+ * the emitting process. Strings are (pointer, length) pairs: they may contain
+ * NUL bytes and need not be NUL-terminated; tracers read at most what they keep.
+ * All ids are opaque 64-bit values unique among the live objects of one process
+ * (CPython uses the object's address, i.e. id(obj)).
+ *
+ * Each probe has a USDT semaphore. It is non-zero exactly while a tracer is
+ * attached, so a runtime computes arguments only inside
+ *     if (ASYNCTRACE_TASK_AWAIT_ENABLED()) { ... ASYNCTRACE_TASK_AWAIT(...); }
+ * and pays one predictable branch when nobody listens.
+ *
+ * Exactly one translation unit of an emitting binary must define
+ * ASYNCTRACE_DEFINE_SEMAPHORES before including this header.
+ *
+ * Argument lists are stable: new information gets new probes, never new
+ * arguments on old ones. See docs/probes.md.
+ */
+#ifndef ASYNCTRACE_PROBES_H
+#define ASYNCTRACE_PROBES_H
+
+#include <stdint.h>
+
+#define ASYNCTRACE_ABI_VERSION 1
+
+/* One coroutine frame of a suspended task, innermost first in arrays. */
+struct asynctrace_frame {
+	uint64_t code_id; /* registered with code__register before first use */
+	uint32_t line;    /* current line of the frame, 0 if unknown */
+	uint32_t flags;   /* ASYNCTRACE_FRAME_* */
+};
+
+#define ASYNCTRACE_FRAME_TRUNCATED 1u /* more frames existed beyond this one */
+#define ASYNCTRACE_MAX_FRAMES 32      /* runtimes never send more */
+
+/* task__await: what the task is suspended on. */
+enum asynctrace_await_kind {
+	ASYNCTRACE_AWAIT_NONE = 0,    /* bare yield (e.g. sleep(0)): rescheduled */
+	ASYNCTRACE_AWAIT_TASK = 1,    /* awaited_id is another task */
+	ASYNCTRACE_AWAIT_FUTURE = 2,  /* a plain future */
+	ASYNCTRACE_AWAIT_GATHER = 3,  /* a gather() future; children via edge__add */
+	ASYNCTRACE_AWAIT_RUNNING = 4, /* replay only: the task is running now */
+};
+
+/* task__complete outcomes. */
+enum asynctrace_outcome {
+	ASYNCTRACE_OUTCOME_RESULT = 0,
+	ASYNCTRACE_OUTCOME_EXCEPTION = 1,
+	ASYNCTRACE_OUTCOME_CANCELLED = 2,
+	ASYNCTRACE_OUTCOME_DESTROYED = 3, /* freed while still pending */
+};
+
+/* edge__add kinds: why awaiter waits on child besides a direct await. */
+enum asynctrace_edge_kind {
+	ASYNCTRACE_EDGE_AWAIT = 0,     /* direct await (tracers derive it from task__await) */
+	ASYNCTRACE_EDGE_GATHER = 1,    /* child of a gather() the awaiter awaits */
+	ASYNCTRACE_EDGE_TASKGROUP = 2, /* child of a TaskGroup owned by the awaiter */
+	ASYNCTRACE_EDGE_SHIELD = 3,    /* inner of a shield() the awaiter awaits */
+};
+
+#ifndef ASYNCTRACE_NO_PROBES
+
+#define _SDT_HAS_SEMAPHORES 1
+#include <sys/sdt.h>
+
+#define ASYNCTRACE__SEMAPHORES(X) \
+	X(task__create)           \
+	X(task__resume)           \
+	X(task__await)            \
+	X(task__complete)         \
+	X(edge__add)              \
+	X(edge__remove)           \
+	X(code__register)         \
+	X(replay__begin)          \
+	X(replay__end)
+
+#ifdef ASYNCTRACE_DEFINE_SEMAPHORES
+#define ASYNCTRACE__SEM(n) \
+	__extension__ volatile unsigned short asynctrace_##n##_semaphore \
+		__attribute__((section(".probes"), used, visibility("hidden"))) = 0;
+#else
+#define ASYNCTRACE__SEM(n) \
+	extern volatile unsigned short asynctrace_##n##_semaphore \
+		__attribute__((visibility("hidden")));
+#endif
+ASYNCTRACE__SEMAPHORES(ASYNCTRACE__SEM)
+#undef ASYNCTRACE__SEM
+
+#define ASYNCTRACE__ON(n) __builtin_expect(asynctrace_##n##_semaphore != 0, 0)
+
+/* task__create(task_id, parent_task_id, loop_id, tid, name, name_len, coro_code_id)
+ * parent_task_id: the task running when this one was created, or 0.
+ * tid: OS thread id of the loop's thread, 0 = the emitting thread.
+ * coro_code_id: code id of the task's coroutine function (0 if none). */
+#define ASYNCTRACE_TASK_CREATE_ENABLED() ASYNCTRACE__ON(task__create)
+#define ASYNCTRACE_TASK_CREATE(id, parent, loop, tid, name, name_len, code) \
+	STAP_PROBE7(asynctrace, task__create, (uint64_t)(id), (uint64_t)(parent), \
+		    (uint64_t)(loop), (uint64_t)(tid), (name), (uint64_t)(name_len), \
+		    (uint64_t)(code))
+
+/* task__resume(task_id): a step of the task begins. */
+#define ASYNCTRACE_TASK_RESUME_ENABLED() ASYNCTRACE__ON(task__resume)
+#define ASYNCTRACE_TASK_RESUME(id) STAP_PROBE1(asynctrace, task__resume, (uint64_t)(id))
+
+/* task__await(task_id, awaited_id, awaited_kind, frames, nframes)
+ * The step ended with the task suspended on awaited_id (see asynctrace_await_kind).
+ * frames: struct asynctrace_frame[nframes], innermost first, nframes <= ASYNCTRACE_MAX_FRAMES. */
+#define ASYNCTRACE_TASK_AWAIT_ENABLED() ASYNCTRACE__ON(task__await)
+#define ASYNCTRACE_TASK_AWAIT(id, awaited, kind, frames, nframes) \
+	STAP_PROBE5(asynctrace, task__await, (uint64_t)(id), (uint64_t)(awaited), \
+		    (uint64_t)(kind), (frames), (uint64_t)(nframes))
+
+/* task__complete(task_id, outcome): the task is done (asynctrace_outcome). */
+#define ASYNCTRACE_TASK_COMPLETE_ENABLED() ASYNCTRACE__ON(task__complete)
+#define ASYNCTRACE_TASK_COMPLETE(id, outcome) \
+	STAP_PROBE2(asynctrace, task__complete, (uint64_t)(id), (uint64_t)(outcome))
+
+/* edge__add(child_id, awaiter_id, kind): awaiter waits for child (asynctrace_edge_kind)
+ * until child completes or edge__remove. */
+#define ASYNCTRACE_EDGE_ADD_ENABLED() ASYNCTRACE__ON(edge__add)
+#define ASYNCTRACE_EDGE_ADD(child, awaiter, kind) \
+	STAP_PROBE3(asynctrace, edge__add, (uint64_t)(child), (uint64_t)(awaiter), (uint64_t)(kind))
+
+/* edge__remove(child_id, awaiter_id) */
+#define ASYNCTRACE_EDGE_REMOVE_ENABLED() ASYNCTRACE__ON(edge__remove)
+#define ASYNCTRACE_EDGE_REMOVE(child, awaiter) \
+	STAP_PROBE2(asynctrace, edge__remove, (uint64_t)(child), (uint64_t)(awaiter))
+
+/* code__register(code_id, qualname, qualname_len, filename, filename_len, firstlineno)
+ * Names a code id. Emitted once per code id per tracing session, before any
+ * task__await or task__create that refers to it; the id stays valid (the
+ * runtime keeps the code object alive) while tracers are attached. */
+#define ASYNCTRACE_CODE_REGISTER_ENABLED() ASYNCTRACE__ON(code__register)
+#define ASYNCTRACE_CODE_REGISTER(code, qn, qn_len, fn, fn_len, firstline) \
+	STAP_PROBE6(asynctrace, code__register, (uint64_t)(code), (qn), (uint64_t)(qn_len), \
+		    (fn), (uint64_t)(fn_len), (uint64_t)(firstline))
+
+/* replay__begin(generation) / replay__end(generation, ntasks)
+ * A tracer that attaches late needs the live state. The runtime watches the
+ * replay__end semaphore; whenever its value increases, the runtime emits
+ * replay__begin, then for every pending task code__register, task__create,
+ * edge__add and task__await exactly as if it happened now, then replay__end.
+ * Tracers attach replay__end last. */
+#define ASYNCTRACE_REPLAY_BEGIN_ENABLED() ASYNCTRACE__ON(replay__begin)
+#define ASYNCTRACE_REPLAY_BEGIN(gen) STAP_PROBE1(asynctrace, replay__begin, (uint64_t)(gen))
+#define ASYNCTRACE_REPLAY_END_ENABLED() ASYNCTRACE__ON(replay__end)
+#define ASYNCTRACE_REPLAY_END(gen, ntasks) \
+	STAP_PROBE2(asynctrace, replay__end, (uint64_t)(gen), (uint64_t)(ntasks))
+/* The value a runtime polls to notice a new tracer. */
+#define ASYNCTRACE_REPLAY_SEMAPHORE() (asynctrace_replay__end_semaphore)
+
+#endif /* ASYNCTRACE_NO_PROBES */
+#endif /* ASYNCTRACE_PROBES_H */

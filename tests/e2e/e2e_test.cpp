@@ -1,0 +1,192 @@
+// SPDX-License-Identifier: Apache-2.0
+// End-to-end: real BPF programs attached to real asyncio processes, compared
+// with the ground truth each program reports about itself. Needs root; in CI
+// these run and never skip: a missing prerequisite is a failure.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "harness.h"
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Case {
+  std::string program;
+  int min_minor;  // 3.X required
+  bool debian_only = false;  // needs a Debian package (uvloop) that only /usr/bin/python3.11 has
+};
+
+const std::vector<Case> kCases = {
+    {"taskgroup_nested", 11}, {"gather_nested", 10}, {"await_tasks", 10},
+    {"semaphore", 10},        {"shield_cancel", 10}, {"many_tasks", 10},
+    {"threads_loops", 10},    {"eager_tasks", 12},   {"idle_sleep", 10},
+    {"cpu_bound", 10},        {"uvloop_prog", 11, true},
+};
+
+struct Param {
+  std::string tag, python;
+  Case c;
+};
+
+std::vector<Param> params() {
+  std::vector<Param> out;
+  for (const auto& [tag, py] : e2e::built_pythons()) {
+    const int minor = std::stoi(tag.substr(3));
+    for (const auto& c : kCases) {
+      if (minor < c.min_minor) continue;
+      if (c.debian_only) {
+        if (tag == "cp311") out.push_back({tag + "_debian", "/usr/bin/python3.11", c});
+        continue;
+      }
+      out.push_back({tag, py, c});
+    }
+  }
+  return out;
+}
+
+std::string tool() { return e2e::binary_dir() + "/asynctrace"; }
+std::string programs() { return e2e::source_dir() + "/tests/programs"; }
+
+std::string tmp_path(const std::string& stem) {
+  return "/tmp/asynctrace-e2e-" + std::to_string(getpid()) + "-" + stem;
+}
+
+std::set<std::string> id_set(const json& arr, bool objects) {
+  std::set<std::string> s;
+  for (const auto& x : arr) s.insert(objects ? x["id"].get<std::string>() : x.get<std::string>());
+  return s;
+}
+
+// Tool JSON vs the program's truth: same tasks, names, threads, stacks, awaiters.
+void compare_json(const json& truth, const json& got) {
+  std::map<std::string, json> tool_tasks;
+  for (const auto& t : got["tasks"]) tool_tasks[t["id"]] = t;
+  std::set<std::string> want_ids;
+  for (const auto& t : truth["tasks"]) want_ids.insert(t["id"]);
+  std::set<std::string> got_ids;
+  for (const auto& [id, _] : tool_tasks) got_ids.insert(id);
+  ASSERT_EQ(got_ids, want_ids) << "task sets differ";
+  for (const auto& want : truth["tasks"]) {
+    const json& t = tool_tasks[want["id"]];
+    SCOPED_TRACE("task " + want["name"].get<std::string>());
+    EXPECT_EQ(t["name"], want["name"]);
+    EXPECT_EQ(t["tid"], want["tid"]);
+    ASSERT_EQ(t["stack"].size(), want["stack"].size()) << t["stack"].dump() << "\nwant " << want["stack"].dump();
+    for (size_t i = 0; i < want["stack"].size(); ++i) {
+      EXPECT_EQ(t["stack"][i]["function"], want["stack"][i]["function"]);
+      EXPECT_EQ(t["stack"][i]["file"], want["stack"][i]["file"]);
+      EXPECT_EQ(t["stack"][i]["line"], want["stack"][i]["line"]);
+    }
+    EXPECT_EQ(id_set(t["awaited_by"], true), id_set(want["awaited_by"], false)) << t["awaited_by"].dump();
+  }
+  EXPECT_TRUE(got["complete"].get<bool>());
+}
+
+std::string expected(const std::string& truth_path, const char* view) {
+  auto r = e2e::run({"python3", e2e::source_dir() + "/tests/e2e/expect.py", truth_path, view});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  return r.out;
+}
+
+class Traced : public ::testing::TestWithParam<Param> {};
+
+TEST_P(Traced, PstreeAndPsMatchTheProgramsOwnView) {
+  ASSERT_EQ(geteuid(), 0u) << "the e2e tier loads BPF programs: run it as root";
+  const Param& p = GetParam();
+  const std::string truth_path = tmp_path(p.c.program + "-" + p.tag + ".json");
+  unlink(truth_path.c_str());
+  const std::string script = programs() + "/" + p.c.program + ".py";
+
+  std::string traced_out, plain_out, traced_err, plain_err;
+  {
+    e2e::Program prog({tool(), "run", "--", p.python, script, truth_path}, programs());
+    ASSERT_TRUE(prog.wait_line("READY", 60s)) << "program never got ready: " << prog.stderr_text();
+    const json truth = json::parse(e2e::read_file(truth_path));
+    ASSERT_EQ(truth["pid"], prog.pid());
+    ASSERT_FALSE(truth["tasks"].empty());
+
+    // First contact: no tracer was ever attached; the runtime must replay.
+    auto j = e2e::run({tool(), "pstree", "-p", std::to_string(prog.pid()), "--format", "json"});
+    ASSERT_EQ(j.exit_code, 0) << j.err;
+    std::cerr << "[ pstree json: " << truth["tasks"].size() << " tasks in " << j.seconds << " s ]\n";
+    compare_json(truth, json::parse(j.out));
+
+    auto tree = e2e::run({tool(), "pstree", "-p", std::to_string(prog.pid())});
+    ASSERT_EQ(tree.exit_code, 0) << tree.err;
+    EXPECT_EQ(e2e::tree_paths(tree.out), e2e::tree_paths(expected(truth_path, "pstree")))
+        << "got:\n" << tree.out.substr(0, 4000);
+
+    auto ps = e2e::run({tool(), "ps", "-p", std::to_string(prog.pid())});
+    ASSERT_EQ(ps.exit_code, 0) << ps.err;
+    const std::string want_ps = expected(truth_path, "ps");
+    EXPECT_EQ(ps.out.substr(0, ps.out.find('\n', ps.out.find('\n') + 1)),
+              want_ps.substr(0, want_ps.find('\n', want_ps.find('\n') + 1)));
+    EXPECT_EQ(e2e::sorted_lines(ps.out, 2), e2e::sorted_lines(want_ps, 2));
+
+    prog.signal(SIGUSR1);
+    EXPECT_EQ(prog.wait_exit(60s, &traced_out), 0) << prog.stderr_text();
+    traced_err = prog.stderr_text();
+  }
+  // Transparency: the same program without asynctrace behaves identically.
+  {
+    e2e::Program prog({p.python, script, truth_path + ".plain"}, programs());
+    ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
+    prog.signal(SIGUSR1);
+    EXPECT_EQ(prog.wait_exit(60s, &plain_out), 0);
+    plain_err = prog.stderr_text();
+  }
+  EXPECT_EQ(traced_out, plain_out);
+  EXPECT_EQ(traced_err, plain_err);
+  unlink(truth_path.c_str());
+  unlink((truth_path + ".plain").c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(Programs, Traced, ::testing::ValuesIn(params()),
+                         [](const ::testing::TestParamInfo<Param>& i) {
+                           return i.param.c.program + "_" + i.param.tag;
+                         });
+
+TEST(Runtimes, EverySupportedInterpreterWasBuilt) {
+  std::set<std::string> tags;
+  for (const auto& [tag, _] : e2e::built_pythons()) tags.insert(tag);
+  for (const char* want : {"cp310", "cp311", "cp312", "cp313"}) EXPECT_TRUE(tags.count(want)) << want;
+}
+
+// Bad targets: one line on stderr, documented exit code, nothing attached.
+TEST(BadInput, NoSuchProcess) {
+  auto r = e2e::run({tool(), "pstree", "-p", "4194303"});
+  EXPECT_EQ(r.exit_code, 3) << r.err;
+  EXPECT_NE(r.err.find("no such process"), std::string::npos) << r.err;
+  EXPECT_EQ(r.out, "");
+}
+
+TEST(BadInput, NotAPythonProcess) {
+  e2e::Program sleeper({"sleep", "30"});
+  usleep(100 * 1000);
+  auto r = e2e::run({tool(), "ps", "-p", std::to_string(sleeper.pid())});
+  EXPECT_EQ(r.exit_code, 4) << r.err;
+  EXPECT_NE(r.err.find("not a Python process"), std::string::npos) << r.err;
+}
+
+TEST(BadInput, PythonWithoutProbesSaysHowToEnable) {
+  e2e::Program py({"/usr/bin/python3.11", "-c", "import time; print('READY', flush=True); time.sleep(30)"});
+  ASSERT_TRUE(py.wait_line("READY", 10s));
+  auto r = e2e::run({tool(), "pstree", "-p", std::to_string(py.pid())});
+  EXPECT_EQ(r.exit_code, 5) << r.err;
+  EXPECT_NE(r.err.find("asynctrace run"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}

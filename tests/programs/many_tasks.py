@@ -1,0 +1,22 @@
+# SPDX-License-Identifier: Apache-2.0
+# 10,000 pending tasks.
+import asyncio
+
+import _truth
+
+N = 10_000
+
+
+async def idle(stop, i):
+    await stop.wait()
+    return i
+
+
+async def body(stop):
+    tasks = [asyncio.create_task(idle(stop, i), name=f"idle-{i}") for i in range(N)]
+    total = sum(await asyncio.gather(*tasks))
+    _truth.log("sum:", total)
+    return total
+
+
+_truth.run(body, settle=1.0)

@@ -1,0 +1,83 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "cli.h"
+
+#include <gtest/gtest.h>
+
+#include "result.h"
+
+using namespace asynctrace;
+using namespace std::chrono_literals;
+
+namespace {
+ParseResult parse(std::vector<std::string> a) {
+  a.insert(a.begin(), "asynctrace");
+  return parse_cli(a);
+}
+}  // namespace
+
+TEST(Cli, PstreeWithPid) {
+  auto r = parse({"pstree", "-p", "1234"});
+  ASSERT_TRUE(r.options);
+  EXPECT_EQ(r.options->command, Command::Pstree);
+  EXPECT_EQ(r.options->pid, 1234);
+  EXPECT_EQ(r.options->format, Format::Text);
+  EXPECT_EQ(r.options->timeout, 2000ms);
+}
+
+TEST(Cli, PsJsonAndTimeout) {
+  auto r = parse({"ps", "--pid", "7", "--format", "json", "--timeout", "250ms"});
+  ASSERT_TRUE(r.options);
+  EXPECT_EQ(r.options->command, Command::Ps);
+  EXPECT_EQ(r.options->format, Format::Json);
+  EXPECT_EQ(r.options->timeout, 250ms);
+}
+
+TEST(Cli, RunTakesTheRestAfterDashDash) {
+  auto r = parse({"run", "--", "python3", "app.py", "--port", "8080"});
+  ASSERT_TRUE(r.options);
+  EXPECT_EQ(r.options->command, Command::Run);
+  EXPECT_EQ(r.options->run_argv, (std::vector<std::string>{"python3", "app.py", "--port", "8080"}));
+}
+
+TEST(Cli, BadInputIsAUsageErrorWithOneLine) {
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"pstree"},                                   // missing pid
+           {"pstree", "-p", "0"},                        // out of range
+           {"pstree", "-p", "-5"},                       // negative
+           {"pstree", "-p", "abc"},                      // not a number
+           {"ps", "-p", "1", "--format", "xml"},         // unknown format
+           {"ps", "-p", "1", "--timeout", "-1s"},        // negative duration
+           {"ps", "-p", "1", "--timeout", "soon"},       // garbage duration
+           {"frobnicate"},                               // unknown command
+           {},                                           // no command
+       }) {
+    auto r = parse(args);
+    EXPECT_FALSE(r.options) << args.size();
+    EXPECT_EQ(r.exit_code, kExitUsage);
+    EXPECT_FALSE(r.err.empty());
+    EXPECT_EQ(r.err.find('\n'), std::string::npos) << r.err;
+  }
+}
+
+TEST(Cli, HelpEndsWithExamplesAndExitsZero) {
+  auto r = parse({"--help"});
+  EXPECT_FALSE(r.options);
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("EXAMPLES:"), std::string::npos);
+  EXPECT_NE(r.out.find("EXIT CODES:"), std::string::npos);
+  auto s = parse({"pstree", "--help"});
+  EXPECT_EQ(s.exit_code, 0);
+  EXPECT_NE(s.out.find("sudo asynctrace pstree -p 1234"), std::string::npos);
+}
+
+TEST(Cli, Durations) {
+  EXPECT_EQ(parse_duration("500ms"), 500ms);
+  EXPECT_EQ(parse_duration("2"), 2000ms);
+  EXPECT_EQ(parse_duration("1.5s"), 1500ms);
+  EXPECT_EQ(parse_duration("3m"), 180000ms);
+  EXPECT_FALSE(parse_duration(""));
+  EXPECT_FALSE(parse_duration("-1"));
+  EXPECT_FALSE(parse_duration("1.2.3s"));
+  EXPECT_FALSE(parse_duration("10parsecs"));
+  EXPECT_FALSE(parse_duration("1e400"));
+}

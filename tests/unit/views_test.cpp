@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: Apache-2.0
+// Rendering from recorded snapshots, against Python 3.14's output for the same
+// program shape.
+#include "views.h"
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "model.h"
+
+using namespace asynctrace;
+
+namespace {
+
+enum : uint64_t { kMain = 1, kAexit, kAexitInner, kWorker, kSleep, kGather };
+
+void code(Snapshot& s, uint64_t id, const char* qn, const char* file) {
+  s.code[id] = CodeInfo{qn, file, 1, false};
+}
+
+TaskRecord task(uint64_t id, const char* name, uint64_t seq, std::vector<Frame> frames) {
+  TaskRecord t;
+  t.id = id;
+  t.name = name;
+  t.seq = seq;
+  t.tid = 4242;
+  t.state = TaskState::Suspended;
+  t.frames = std::move(frames);
+  return t;
+}
+
+// The TaskGroup program of the issue: main -> TaskGroup -> two sleeping workers.
+Snapshot taskgroup_snapshot() {
+  Snapshot s;
+  s.pid = 99;
+  code(s, kMain, "main", "/srv/app/demo.py");
+  code(s, kAexit, "TaskGroup.__aexit__", "/usr/lib/python3.14/asyncio/taskgroups.py");
+  code(s, kAexitInner, "TaskGroup._aexit", "/usr/lib/python3.14/asyncio/taskgroups.py");
+  code(s, kWorker, "worker", "/srv/app/demo.py");
+  code(s, kSleep, "sleep", "/usr/lib/python3.14/asyncio/tasks.py");
+  // Deliberately out of creation order: the model orders by seq.
+  auto w1 = task(0x7f0000000300, "worker-1", 3, {{kSleep, 705}, {kWorker, 30}});
+  auto w0 = task(0x7f0000000200, "worker-0", 2, {{kSleep, 705}, {kWorker, 30}});
+  auto t1 = task(0x7f0000000100, "Task-1", 1, {{kAexitInner, 121}, {kAexit, 72}, {kMain, 55}});
+  t1.awaiting_kind = AwaitKind::Future;
+  w0.awaited_by.push_back({t1.id, EdgeKind::TaskGroup});
+  w1.awaited_by.push_back({t1.id, EdgeKind::TaskGroup});
+  s.tasks = {w1, t1, w0};
+  return s;
+}
+
+}  // namespace
+
+TEST(Pstree, MatchesPython314ForTaskGroup) {
+  const auto g = build_graph(taskgroup_snapshot());
+  const std::string expected =
+      "└── (T) Task-1\n"
+      "    └──  main /srv/app/demo.py:55\n"
+      "        └──  TaskGroup.__aexit__ /usr/lib/python3.14/asyncio/taskgroups.py:72\n"
+      "            └──  TaskGroup._aexit /usr/lib/python3.14/asyncio/taskgroups.py:121\n"
+      "                ├── (T) worker-0\n"
+      "                │   └──  worker /srv/app/demo.py:30\n"
+      "                │       └──  sleep /usr/lib/python3.14/asyncio/tasks.py:705\n"
+      "                └── (T) worker-1\n"
+      "                    └──  worker /srv/app/demo.py:30\n"
+      "                        └──  sleep /usr/lib/python3.14/asyncio/tasks.py:705\n";
+  EXPECT_EQ(render_pstree(g), expected);
+}
+
+TEST(Ps, MatchesPython314Columns) {
+  const auto g = build_graph(taskgroup_snapshot());
+  const std::string out = render_ps(g);
+  auto pad = [](std::string s, size_t w) { return s.size() < w ? s + std::string(w - s.size(), ' ') : s; };
+  std::string expected = pad("tid", 10) + " " + pad("task id", 20) + " " + pad("task name", 20) + " " +
+                         pad("coroutine stack", 50) + " " + pad("awaiter chain", 50) + " " +
+                         pad("awaiter name", 15) + " " + pad("awaiter id", 15) + "\n" +
+                         std::string(180, '-') + "\n";
+  expected += pad("4242", 10) + " " + pad("0x7f0000000100", 20) + " " + pad("Task-1", 20) + " " +
+              pad("TaskGroup._aexit -> TaskGroup.__aexit__ -> main", 50) + " " + pad("", 50) + " " +
+              pad("", 15) + " " + pad("0x0", 15) + "\n";
+  for (const char* w : {"worker-0", "worker-1"}) {
+    const char* id = std::string(w) == "worker-0" ? "0x7f0000000200" : "0x7f0000000300";
+    expected += pad("4242", 10) + " " + pad(id, 20) + " " + pad(w, 20) + " " + pad("sleep -> worker", 50) +
+                " " + pad("TaskGroup._aexit -> TaskGroup.__aexit__ -> main", 50) + " " +
+                pad("Task-1", 15) + " " + pad("0x7f0000000100", 15) + "\n";
+  }
+  EXPECT_EQ(out, expected);
+}
+
+TEST(Pstree, TaskAwaitedByTwoTasksAppearsUnderBoth) {
+  Snapshot s;
+  code(s, kMain, "waiter", "/a.py");
+  code(s, kWorker, "shared", "/a.py");
+  auto a = task(10, "A", 1, {{kMain, 5}});
+  auto b = task(20, "B", 2, {{kMain, 5}});
+  auto c = task(30, "C", 3, {{kWorker, 9}});
+  a.awaiting_kind = b.awaiting_kind = AwaitKind::Task;
+  a.awaiting_id = b.awaiting_id = 30;
+  s.tasks = {a, b, c};
+  const std::string expected =
+      "└── (T) A\n"
+      "    └──  waiter /a.py:5\n"
+      "        └── (T) C\n"
+      "            └──  shared /a.py:9\n"
+      "└── (T) B\n"
+      "    └──  waiter /a.py:5\n"
+      "        └── (T) C\n"
+      "            └──  shared /a.py:9\n";
+  EXPECT_EQ(render_pstree(build_graph(s)), expected);
+  const auto rows = build_ps_rows(build_graph(s));
+  ASSERT_EQ(rows.size(), 4u);  // A, B, and C once per awaiter
+  EXPECT_EQ(rows[2].awaiter_name, "A");
+  EXPECT_EQ(rows[3].awaiter_name, "B");
+}
+
+TEST(Pstree, AwaitCycleIsDrawnWithTheBackEdgeMarked) {
+  Snapshot s;
+  code(s, kMain, "f", "/c.py");
+  auto a = task(10, "A", 1, {{kMain, 1}});
+  auto b = task(20, "B", 2, {{kMain, 2}});
+  a.awaiting_kind = b.awaiting_kind = AwaitKind::Task;
+  a.awaiting_id = 20;
+  b.awaiting_id = 10;
+  s.tasks = {a, b};
+  const std::string expected =
+      "└── (T) A\n"
+      "    └──  f /c.py:1\n"
+      "        └── (T) B\n"
+      "            └──  f /c.py:2\n"
+      "                └── (T) A [await cycle: back edge]\n";
+  EXPECT_EQ(render_pstree(build_graph(s)), expected);
+}
+
+TEST(Pstree, UntrustedNamesAreEscaped) {
+  Snapshot s;
+  code(s, kMain, "evil\x1b[2Jfn", "/tmp/new\nline.py");
+  s.tasks = {task(10, "name\nwith\x1b[31m escapes", 1, {{kMain, 3}})};
+  EXPECT_EQ(render_pstree(build_graph(s)),
+            "└── (T) name\\nwith\\x1b[31m escapes\n"
+            "    └──  evil\\x1b[2Jfn /tmp/new\\nline.py:3\n");
+}
+
+TEST(Pstree, UnnamedCodeIsShownById) {
+  Snapshot s;
+  s.tasks = {task(10, "T", 1, {{0xabc, 0}})};
+  EXPECT_EQ(render_pstree(build_graph(s)), "└── (T) T\n    └──  <code 0xabc>\n");
+}
+
+TEST(Json, SchemaFields) {
+  const auto j = graph_json(build_graph(taskgroup_snapshot()), true);
+  EXPECT_EQ(j["schema"], "asynctrace/tasks/v1");
+  EXPECT_EQ(j["pid"], 99);
+  ASSERT_EQ(j["tasks"].size(), 3u);
+  const auto& t1 = j["tasks"][0];
+  EXPECT_EQ(t1["name"], "Task-1");
+  EXPECT_EQ(t1["id"], "0x7f0000000100");
+  EXPECT_EQ(t1["stack"][0]["function"], "TaskGroup._aexit");
+  EXPECT_EQ(t1["stack"][0]["line"], 121);
+  EXPECT_EQ(j["tasks"][1]["awaited_by"][0]["id"], "0x7f0000000100");
+  EXPECT_EQ(j["tasks"][1]["awaited_by"][0]["kind"], "taskgroup");
+  EXPECT_EQ(j["tree"][0]["type"], "task");
+  EXPECT_EQ(j["tree"][0]["children"][0]["function"], "main");
+  EXPECT_TRUE(j["complete"].get<bool>());
+  EXPECT_EQ(j["threads"][0]["tid"], 4242);
+}
+
+TEST(Json, InvalidUtf8IsReplacedNotThrown) {
+  Snapshot s;
+  s.tasks = {task(10, "bad\xff", 1, {})};
+  const auto j = graph_json(build_graph(s), false);
+  EXPECT_EQ(j["tasks"][0]["name"], "bad\xEF\xBF\xBD");
+  EXPECT_NO_THROW((void)j.dump());
+}

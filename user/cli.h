@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: Apache-2.0
+// The command line as a pure function: argv -> Options (or help text, or a
+// usage error). Unit-tested without root or kernel.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace asynctrace {
+
+enum class Command { Pstree, Ps, Run, Version };
+enum class Format { Text, Json };
+
+struct Options {
+  Command command = Command::Version;
+  pid_t pid = 0;
+  Format format = Format::Text;
+  bool verbose = false;
+  std::chrono::milliseconds timeout{2000};  // wait for the runtime's replay
+  std::vector<std::string> run_argv;       // run: the command to launch
+  std::string python_dir;                  // run: override of <exe dir>/python
+};
+
+struct ParseResult {
+  std::optional<Options> options;  // set when a command should run
+  int exit_code = 0;               // when options is empty: 0 (help) or 2 (usage error)
+  std::string out;                 // help text for stdout
+  std::string err;                 // one-line error for stderr
+};
+
+ParseResult parse_cli(const std::vector<std::string>& args);  // args[0] is the program name
+
+// "250ms", "2s", "1.5s", "3m", "1h"; a bare number means seconds. Rejects
+// negatives, garbage and overflow.
+std::optional<std::chrono::milliseconds> parse_duration(const std::string& text);
+
+}  // namespace asynctrace

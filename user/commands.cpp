@@ -1,0 +1,148 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "commands.h"
+
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "loader.h"
+#include "model.h"
+#include "procinfo.h"
+#include "result.h"
+#include "views.h"
+
+extern char** environ;
+
+namespace asynctrace {
+namespace {
+
+int fail(const Error& e) {
+  std::cerr << "asynctrace: " << e.message << "\n";
+  return e.code;
+}
+
+// The tasks map may have dropped entries or edges: say so, with counts.
+void warn_partial(const ProcCounters& c) {
+  if (c.drop_tasks_full || c.drop_edges_full || c.drop_codes_full) {
+    std::cerr << "asynctrace: warning: partial view: " << c.drop_tasks_full
+              << " task(s), " << c.drop_edges_full << " await edge(s) and " << c.drop_codes_full
+              << " code name(s) did not fit in the kernel maps\n";
+  }
+}
+
+int run_view(const Options& o) {
+  const ProcInfo info = inspect_process(o.pid);
+  if (info.kind != ProcKind::Probed) return fail(proc_error(info));
+  TraceOptions topts;
+  topts.pid = o.pid;
+  topts.replay_timeout = o.timeout;
+  topts.verbose = o.verbose;
+  auto tracer = attach_tracer(topts, info);
+  if (!tracer.ok()) return fail(tracer.error());
+  if (auto st = tracer.value()->wait_replay(o.timeout); !st.ok()) return fail(st.error());
+  auto snap = tracer.value()->snapshot();
+  if (!snap.ok()) return fail(snap.error());
+  // Print first, detach after: closing uprobes takes the kernel ~0.1 s per
+  // probe site (synchronize_rcu per perf event with libbpf 1.1's USDT links).
+  const TaskGraph g = build_graph(snap.value());
+  warn_partial(g.counters);
+  if (o.format == Format::Json) {
+    std::cout << graph_json(g, o.command == Command::Pstree).dump(2) << "\n";
+  } else if (o.command == Command::Pstree) {
+    std::cout << render_pstree(g);
+  } else {
+    std::cout << render_ps(g);
+  }
+  std::cout.flush();
+  tracer.value().reset();
+  return std::cout.good() ? kExitOk : fail(Error{kExitInternal, "failed to write output: " + std::string(std::strerror(errno))});
+}
+
+std::string self_dir() {
+  char buf[4096];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return ".";
+  std::string p(buf, static_cast<size_t>(n));
+  const auto slash = p.rfind('/');
+  return slash == std::string::npos ? "." : p.substr(0, slash);
+}
+
+// Asks the interpreter for its version tag ("cp311") without running the program.
+Result<std::string> python_tag(const std::string& program) {
+  int fds[2];
+  if (pipe(fds) != 0) return Error{kExitInternal, "failed to create pipe: " + std::string(std::strerror(errno))};
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+  posix_spawn_file_actions_addclose(&fa, fds[0]);
+  const char* argv[] = {program.c_str(), "-S", "-c",
+                        "import sys; print('cp%d%d' % sys.version_info[:2])", nullptr};
+  pid_t child = 0;
+  const int rc = posix_spawnp(&child, program.c_str(), &fa, nullptr, const_cast<char**>(argv), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  close(fds[1]);
+  if (rc != 0) {
+    close(fds[0]);
+    return Error{kExitUsage, "failed to start '" + program + "': " + std::strerror(rc)};
+  }
+  std::string out;
+  char buf[64];
+  ssize_t n;
+  while ((n = read(fds[0], buf, sizeof buf)) > 0 && out.size() < 256) out.append(buf, static_cast<size_t>(n));
+  close(fds[0]);
+  int status = 0;
+  waitpid(child, &status, 0);
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || out.rfind("cp", 0) != 0) {
+    return Error{kExitNotPython, "failed to identify '" + program +
+                                     "' as a Python interpreter; run expects 'asynctrace run -- python3 app.py'"};
+  }
+  return out;
+}
+
+int run_run(const Options& o) {
+  const std::string base = o.python_dir.empty() ? self_dir() + "/python" : o.python_dir;
+  auto tag = python_tag(o.run_argv[0]);
+  if (!tag.ok()) return fail(tag.error());
+  const std::string dir = base + "/" + tag.value();
+  struct stat st {};
+  if (stat((dir + "/asynctrace").c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+    return fail(Error{kExitNotPython, "failed to find the asynctrace runtime for " + tag.value() +
+                                          " in '" + base + "'; supported: CPython 3.10-3.13 built by cmake"});
+  }
+  const char* old = std::getenv("PYTHONPATH");
+  const std::string pp = old && *old ? dir + ":" + old : dir;
+  setenv("PYTHONPATH", pp.c_str(), 1);
+  std::vector<char*> argv;
+  for (const auto& a : o.run_argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  execvp(argv[0], argv.data());
+  std::cerr << "asynctrace: failed to execute '" << o.run_argv[0] << "': " << std::strerror(errno) << "\n";
+  return 127;
+}
+
+}  // namespace
+
+int run_command(const Options& o) {
+  switch (o.command) {
+    case Command::Version:
+      std::cout << "asynctrace 0.1.0 (probe ABI 1)\n";
+      return kExitOk;
+    case Command::Pstree:
+    case Command::Ps:
+      return run_view(o);
+    case Command::Run:
+      return run_run(o);
+  }
+  return kExitInternal;
+}
+
+}  // namespace asynctrace

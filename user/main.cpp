@@ -1,0 +1,24 @@
+// SPDX-License-Identifier: Apache-2.0
+// parse -> run -> exit code.
+#include <exception>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "cli.h"
+#include "commands.h"
+#include "result.h"
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  const auto parsed = asynctrace::parse_cli(args);
+  if (!parsed.out.empty()) std::cout << parsed.out;
+  if (!parsed.err.empty()) std::cerr << parsed.err << "\n";
+  if (!parsed.options) return parsed.exit_code;
+  try {
+    return asynctrace::run_command(*parsed.options);
+  } catch (const std::exception& e) {
+    std::cerr << "asynctrace: internal error: " << e.what() << "\n";
+    return asynctrace::kExitInternal;
+  }
+}

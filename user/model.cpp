@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "model.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <set>
+#include <utility>
+
+namespace asynctrace {
+namespace {
+
+FrameInfo name_frame(const Snapshot& snap, const Frame& f, size_t* unnamed) {
+  auto it = snap.code.find(f.code_id);
+  if (it == snap.code.end()) {
+    ++*unnamed;
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "<code 0x%llx>", static_cast<unsigned long long>(f.code_id));
+    return FrameInfo{buf, "", f.line};
+  }
+  return FrameInfo{it->second.qualname, it->second.filename, f.line};
+}
+
+}  // namespace
+
+const TaskNode* TaskGraph::find(uint64_t id) const {
+  auto it = index.find(id);
+  return it == index.end() ? nullptr : &tasks[it->second];
+}
+
+std::vector<const AwaitEdge*> TaskGraph::awaiters_of(uint64_t child) const {
+  std::vector<const AwaitEdge*> out;
+  for (const auto& e : edges) {
+    if (e.child == child) out.push_back(&e);
+  }
+  return out;
+}
+
+TaskGraph build_graph(const Snapshot& snap) {
+  TaskGraph g;
+  g.pid = snap.pid;
+  g.counters = snap.counters;
+
+  // Threads in the order their first task was created; tasks by creation order.
+  std::vector<const TaskRecord*> recs;
+  recs.reserve(snap.tasks.size());
+  for (const auto& t : snap.tasks) recs.push_back(&t);
+  std::map<uint32_t, uint64_t> first_seq;
+  for (const auto* r : recs) {
+    auto [it, fresh] = first_seq.emplace(r->tid, r->seq);
+    if (!fresh) it->second = std::min(it->second, r->seq);
+  }
+  std::sort(recs.begin(), recs.end(), [&](const TaskRecord* a, const TaskRecord* b) {
+    const uint64_t ta = first_seq[a->tid], tb = first_seq[b->tid];
+    if (ta != tb) return ta < tb;
+    if (a->tid != b->tid) return a->tid < b->tid;
+    if (a->seq != b->seq) return a->seq < b->seq;
+    return a->id < b->id;
+  });
+
+  g.tasks.reserve(recs.size());
+  for (const auto* r : recs) {
+    TaskNode n;
+    n.id = r->id;
+    n.name = r->name;
+    n.tid = r->tid;
+    n.parent_id = r->parent_id;
+    n.loop_id = r->loop_id;
+    n.state = r->state;
+    n.awaiting_kind = r->awaiting_kind;
+    n.awaiting_id = r->awaiting_id;
+    n.name_truncated = r->name_truncated;
+    n.stack_truncated = r->frames_truncated;
+    n.nameless = r->nameless;
+    n.stack.reserve(r->frames.size());
+    for (const auto& f : r->frames) n.stack.push_back(name_frame(snap, f, &g.unnamed_frames));
+    g.index.emplace(n.id, g.tasks.size());
+    g.tasks.push_back(std::move(n));
+  }
+
+  // Edges: direct awaits (from the awaiter's state) and explicit edges
+  // (gather, TaskGroup, shield, kept on the child). Only between live tasks.
+  std::map<uint64_t, std::vector<AwaitEdge>> by_child;
+  std::set<std::pair<uint64_t, uint64_t>> seen;
+  auto add = [&](uint64_t awaiter, uint64_t child, EdgeKind kind) {
+    if (awaiter == child || !g.index.count(awaiter) || !g.index.count(child)) return;
+    if (!seen.emplace(awaiter, child).second) return;
+    by_child[child].push_back(AwaitEdge{awaiter, child, kind});
+  };
+  for (const auto& t : g.tasks) {
+    if (t.awaiting_kind == AwaitKind::Task) add(t.id, t.awaiting_id, EdgeKind::Await);
+  }
+  for (const auto* r : recs) {
+    for (const auto& a : r->awaited_by) add(a.task_id, r->id, a.kind);
+  }
+  for (const auto& t : g.tasks) {
+    auto it = by_child.find(t.id);
+    if (it == by_child.end()) continue;
+    auto& v = it->second;
+    std::stable_sort(v.begin(), v.end(), [&](const AwaitEdge& a, const AwaitEdge& b) {
+      return g.index[a.awaiter] < g.index[b.awaiter];
+    });
+    g.edges.insert(g.edges.end(), v.begin(), v.end());
+  }
+  return g;
+}
+
+}  // namespace asynctrace

@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: Apache-2.0
+// The task graph of one process: tasks in a stable order, each with its
+// coroutine stack, and the await edges between them. Built from a Snapshot;
+// all views render from this.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "snapshot.h"
+
+namespace asynctrace {
+
+struct FrameInfo {
+  std::string funcname;  // raw bytes (escape before printing)
+  std::string filename;  // raw bytes; "" if the code id was never named
+  uint32_t line = 0;
+};
+
+struct TaskNode {
+  uint64_t id = 0;
+  std::string name;  // raw bytes
+  uint32_t tid = 0;
+  uint64_t parent_id = 0;
+  uint64_t loop_id = 0;
+  TaskState state = TaskState::Created;
+  AwaitKind awaiting_kind = AwaitKind::None;
+  uint64_t awaiting_id = 0;
+  std::vector<FrameInfo> stack;  // innermost first
+  bool name_truncated = false;
+  bool stack_truncated = false;
+  bool nameless = false;
+};
+
+struct AwaitEdge {
+  uint64_t awaiter = 0;
+  uint64_t child = 0;
+  EdgeKind kind = EdgeKind::Await;
+};
+
+struct TaskGraph {
+  uint32_t pid = 0;
+  std::vector<TaskNode> tasks;  // grouped by thread, then creation order
+  std::vector<AwaitEdge> edges; // in child order, then awaiter order
+  ProcCounters counters;
+  size_t unnamed_frames = 0;    // frames whose code id was never registered
+
+  const TaskNode* find(uint64_t id) const;
+  std::vector<const AwaitEdge*> awaiters_of(uint64_t child) const;
+
+  std::unordered_map<uint64_t, size_t> index;  // task id -> position in tasks
+};
+
+TaskGraph build_graph(const Snapshot& snap);
+
+}  // namespace asynctrace
