@@ -77,6 +77,11 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   auto* ps = app.add_subcommand("ps", "Table of pending tasks, one row per awaiter (Python 3.14 'ps' columns)");
   add_target_options(ps, o, fmt, timeout);
   ps->footer("EXAMPLES:\n  sudo asynctrace ps -p 1234\n  sudo asynctrace ps -p 1234 --format json\n");
+  auto* attach = app.add_subcommand("attach", "Stay attached, maps pinned, so pstree/ps answer at once from them");
+  add_target_options(attach, o, fmt, timeout);
+  std::string duration = "0";
+  attach->add_option("-d,--duration", duration, "Detach after this long (e.g. 30s, 5m; default: until Ctrl-C or exit)");
+  attach->footer("EXAMPLES:\n  sudo asynctrace attach -p 1234 &       # hold the tracer\n  sudo asynctrace pstree -p 1234         # answered from the pinned maps\n  sudo asynctrace attach -p 1234 -d 10m\n");
   auto* run = app.add_subcommand("run", "Run a Python program with asynctrace probes loaded (dormant until traced)");
   run->add_option("--python-dir", o.python_dir, "Directory holding the built runtimes (default: <asynctrace dir>/python)");
   run->add_option("command", o.run_argv, "The program and its arguments, after --")->required();
@@ -106,6 +111,7 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   }
   if (pstree->parsed()) o.command = Command::Pstree;
   else if (ps->parsed()) o.command = Command::Ps;
+  else if (attach->parsed()) o.command = Command::Attach;
   else if (run->parsed()) o.command = Command::Run;
   else {
     r.out = app.help();
@@ -121,6 +127,15 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
     return r;
   }
   o.timeout = *d;
+  if (o.command == Command::Attach) {
+    auto dd = parse_duration(duration);
+    if (!dd) {
+      r.exit_code = kExitUsage;
+      r.err = "asynctrace: error: --duration: invalid duration '" + duration + "' (examples: 30s, 5m)";
+      return r;
+    }
+    o.duration = *dd;
+  }
   r.options = o;
   return r;
 }

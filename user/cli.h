@@ -12,7 +12,7 @@
 
 namespace asynctrace {
 
-enum class Command { Pstree, Ps, Run, Version };
+enum class Command { Pstree, Ps, Attach, Run, Version };
 enum class Format { Text, Json };
 
 struct Options {
@@ -21,6 +21,7 @@ struct Options {
   Format format = Format::Text;
   bool verbose = false;
   std::chrono::milliseconds timeout{2000};  // wait for the runtime's replay
+  std::chrono::milliseconds duration{0};    // attach: 0 = until interrupted or the process exits
   std::vector<std::string> run_argv;       // run: the command to launch
   std::string python_dir;                  // run: override of <exe dir>/python
 };

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "commands.h"
 
+#include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -38,9 +39,34 @@ void warn_partial(const ProcCounters& c) {
   }
 }
 
+void print_view(const Options& o, const Snapshot& snap) {
+  const TaskGraph g = build_graph(snap);
+  warn_partial(g.counters);
+  if (o.format == Format::Json) {
+    std::cout << graph_json(g, o.command == Command::Pstree).dump(2) << "\n";
+  } else if (o.command == Command::Pstree) {
+    std::cout << render_pstree(g);
+  } else {
+    std::cout << render_ps(g);
+  }
+  std::cout.flush();
+}
+
+int output_status() {
+  return std::cout.good() ? kExitOk
+                          : fail(Error{kExitInternal, "failed to write output: " + std::string(std::strerror(errno))});
+}
+
 int run_view(const Options& o) {
   const ProcInfo info = inspect_process(o.pid);
   if (info.kind != ProcKind::Probed) return fail(proc_error(info));
+  // An `asynctrace attach` holding this process: answer from its maps.
+  auto pinned = read_pinned(o.pid);
+  if (!pinned.ok()) return fail(pinned.error());
+  if (pinned.value()) {
+    print_view(o, *pinned.value());
+    return output_status();
+  }
   TraceOptions topts;
   topts.pid = o.pid;
   topts.replay_timeout = o.timeout;
@@ -52,18 +78,44 @@ int run_view(const Options& o) {
   if (!snap.ok()) return fail(snap.error());
   // Print first, detach after: closing uprobes takes the kernel ~0.1 s per
   // probe site (synchronize_rcu per perf event with libbpf 1.1's USDT links).
-  const TaskGraph g = build_graph(snap.value());
-  warn_partial(g.counters);
-  if (o.format == Format::Json) {
-    std::cout << graph_json(g, o.command == Command::Pstree).dump(2) << "\n";
-  } else if (o.command == Command::Pstree) {
-    std::cout << render_pstree(g);
-  } else {
-    std::cout << render_ps(g);
-  }
-  std::cout.flush();
+  print_view(o, snap.value());
   tracer.value().reset();
-  return std::cout.good() ? kExitOk : fail(Error{kExitInternal, "failed to write output: " + std::string(std::strerror(errno))});
+  return output_status();
+}
+
+volatile sig_atomic_t g_stop = 0;
+void on_stop(int) { g_stop = 1; }
+
+// Holds the tracer attached with its maps pinned until a signal, the duration
+// or the end of the process. Prints one "attached" line on stdout when live.
+int run_attach(const Options& o) {
+  const ProcInfo info = inspect_process(o.pid);
+  if (info.kind != ProcKind::Probed) return fail(proc_error(info));
+  TraceOptions topts;
+  topts.pid = o.pid;
+  topts.verbose = o.verbose;
+  auto tracer = attach_tracer(topts, info);
+  if (!tracer.ok()) return fail(tracer.error());
+  if (auto st = tracer.value()->wait_replay(o.timeout); !st.ok()) return fail(st.error());
+  if (auto st = tracer.value()->pin(); !st.ok()) return fail(st.error());
+  struct sigaction sa {};
+  sa.sa_handler = on_stop;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGHUP, &sa, nullptr);
+  std::cout << "attached pid=" << o.pid << " maps=" << pin_dir(o.pid) << std::endl;
+  const auto end = std::chrono::steady_clock::now() + o.duration;
+  int code = kExitOk;
+  while (!g_stop) {
+    if (o.duration.count() > 0 && std::chrono::steady_clock::now() >= end) break;
+    if (!process_alive(o.pid)) {
+      std::cerr << "asynctrace: process " << o.pid << " exited; detaching\n";
+      break;
+    }
+    usleep(100 * 1000);
+  }
+  tracer.value().reset();
+  return code;
 }
 
 std::string self_dir() {
@@ -139,6 +191,8 @@ int run_command(const Options& o) {
     case Command::Pstree:
     case Command::Ps:
       return run_view(o);
+    case Command::Attach:
+      return run_attach(o);
     case Command::Run:
       return run_run(o);
   }

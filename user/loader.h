@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "procinfo.h"
@@ -30,7 +31,18 @@ class Tracer {
   virtual Status wait_replay(std::chrono::milliseconds timeout) = 0;
   // Reads the maps for the traced pid.
   virtual Result<Snapshot> snapshot() const = 0;
+  // Pins the maps under pin_dir(pid) (0700) so that other asynctrace commands
+  // read them without attaching; the pins go when the Tracer goes.
+  virtual Status pin() = 0;
 };
+
+// Where `attach` pins the maps of one process: /sys/fs/bpf/asynctrace/<pid>.
+std::string pin_dir(pid_t pid);
+
+// If a live `asynctrace attach` holds the maps of `pid` pinned, reads them
+// (no attach, no replay). Empty optional when nobody holds them; stale pins of
+// a killed holder are removed.
+Result<std::optional<Snapshot>> read_pinned(pid_t pid);
 
 // Open, configure, load, attach: probes attached in the order the ABI requires
 // (replay__end last). Errors carry exit codes kExitPrivilege / kExitTracing / ...

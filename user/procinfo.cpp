@@ -208,6 +208,13 @@ ProcInfo inspect_process(pid_t pid, const std::string& proc_root) {
   return info;
 }
 
+bool process_alive(pid_t pid, const std::string& proc_root) {
+  const std::string line = read_first_line(proc_root + "/" + std::to_string(pid) + "/stat");
+  if (line.empty()) return false;
+  const auto paren = line.rfind(')');
+  return paren == std::string::npos || paren + 2 >= line.size() || line[paren + 2] != 'Z';
+}
+
 Error proc_error(const ProcInfo& info) {
   const std::string pid = std::to_string(info.pid);
   switch (info.kind) {

@@ -24,6 +24,9 @@ struct ProcInfo {
 // Classifies `pid`. `proc_root` is "/proc" except in tests.
 ProcInfo inspect_process(pid_t pid, const std::string& proc_root = "/proc");
 
+// True while /proc/PID exists and is not a zombie (cheap: one small read).
+bool process_alive(pid_t pid, const std::string& proc_root = "/proc");
+
 // Maps a non-Probed ProcInfo to the Error the CLI prints (message names the remedy).
 Error proc_error(const ProcInfo& info);
 

@@ -35,17 +35,16 @@ struct Param {
   Case c;
 };
 
+void PrintTo(const Param& p, std::ostream* os) { *os << p.c.program << " on " << p.python; }
+
 std::vector<Param> params() {
   std::vector<Param> out;
   for (const auto& [tag, py] : e2e::built_pythons()) {
     const int minor = std::stoi(tag.substr(3));
+    const bool debian = py.rfind("/usr/bin/", 0) == 0;
     for (const auto& c : kCases) {
-      if (minor < c.min_minor) continue;
-      if (c.debian_only) {
-        if (tag == "cp311") out.push_back({tag + "_debian", "/usr/bin/python3.11", c});
-        continue;
-      }
-      out.push_back({tag, py, c});
+      if (minor < c.min_minor || (c.debian_only && !debian)) continue;
+      out.push_back({debian ? tag + "_debian" : tag, py, c});
     }
   }
   return out;
@@ -95,6 +94,29 @@ std::string expected(const std::string& truth_path, const char* view) {
   return r.out;
 }
 
+// pstree (JSON and text) and ps of `pid` against the truth file.
+void check_views(const std::string& truth_path, pid_t pid) {
+  const json truth = json::parse(e2e::read_file(truth_path));
+  ASSERT_EQ(truth["pid"], pid);
+  ASSERT_FALSE(truth["tasks"].empty());
+  auto j = e2e::run({tool(), "pstree", "-p", std::to_string(pid), "--format", "json"});
+  ASSERT_EQ(j.exit_code, 0) << j.err;
+  std::cerr << "[ pstree json: " << truth["tasks"].size() << " tasks in " << j.seconds << " s ]\n";
+  compare_json(truth, json::parse(j.out));
+
+  auto tree = e2e::run({tool(), "pstree", "-p", std::to_string(pid)});
+  ASSERT_EQ(tree.exit_code, 0) << tree.err;
+  EXPECT_EQ(e2e::tree_paths(tree.out), e2e::tree_paths(expected(truth_path, "pstree")))
+      << "got:\n" << tree.out.substr(0, 4000);
+
+  auto ps = e2e::run({tool(), "ps", "-p", std::to_string(pid)});
+  ASSERT_EQ(ps.exit_code, 0) << ps.err;
+  const std::string want_ps = expected(truth_path, "ps");
+  EXPECT_EQ(ps.out.substr(0, ps.out.find('\n', ps.out.find('\n') + 1)),
+            want_ps.substr(0, want_ps.find('\n', want_ps.find('\n') + 1)));
+  EXPECT_EQ(e2e::sorted_lines(ps.out, 2), e2e::sorted_lines(want_ps, 2));
+}
+
 class Traced : public ::testing::TestWithParam<Param> {};
 
 TEST_P(Traced, PstreeAndPsMatchTheProgramsOwnView) {
@@ -108,27 +130,8 @@ TEST_P(Traced, PstreeAndPsMatchTheProgramsOwnView) {
   {
     e2e::Program prog({tool(), "run", "--", p.python, script, truth_path}, programs());
     ASSERT_TRUE(prog.wait_line("READY", 60s)) << "program never got ready: " << prog.stderr_text();
-    const json truth = json::parse(e2e::read_file(truth_path));
-    ASSERT_EQ(truth["pid"], prog.pid());
-    ASSERT_FALSE(truth["tasks"].empty());
-
     // First contact: no tracer was ever attached; the runtime must replay.
-    auto j = e2e::run({tool(), "pstree", "-p", std::to_string(prog.pid()), "--format", "json"});
-    ASSERT_EQ(j.exit_code, 0) << j.err;
-    std::cerr << "[ pstree json: " << truth["tasks"].size() << " tasks in " << j.seconds << " s ]\n";
-    compare_json(truth, json::parse(j.out));
-
-    auto tree = e2e::run({tool(), "pstree", "-p", std::to_string(prog.pid())});
-    ASSERT_EQ(tree.exit_code, 0) << tree.err;
-    EXPECT_EQ(e2e::tree_paths(tree.out), e2e::tree_paths(expected(truth_path, "pstree")))
-        << "got:\n" << tree.out.substr(0, 4000);
-
-    auto ps = e2e::run({tool(), "ps", "-p", std::to_string(prog.pid())});
-    ASSERT_EQ(ps.exit_code, 0) << ps.err;
-    const std::string want_ps = expected(truth_path, "ps");
-    EXPECT_EQ(ps.out.substr(0, ps.out.find('\n', ps.out.find('\n') + 1)),
-              want_ps.substr(0, want_ps.find('\n', want_ps.find('\n') + 1)));
-    EXPECT_EQ(e2e::sorted_lines(ps.out, 2), e2e::sorted_lines(want_ps, 2));
+    check_views(truth_path, prog.pid());
 
     prog.signal(SIGUSR1);
     EXPECT_EQ(prog.wait_exit(60s, &traced_out), 0) << prog.stderr_text();
@@ -149,6 +152,50 @@ TEST_P(Traced, PstreeAndPsMatchTheProgramsOwnView) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Programs, Traced, ::testing::ValuesIn(params()),
+                         [](const ::testing::TestParamInfo<Param>& i) {
+                           return i.param.c.program + "_" + i.param.tag;
+                         });
+
+// The tracer is attached (and holds the maps pinned) before the program
+// builds its tasks: the views come from the event path alone, no replay.
+class TracedFromStart : public ::testing::TestWithParam<Param> {};
+
+TEST_P(TracedFromStart, EventsAloneGiveTheSameViews) {
+  ASSERT_EQ(geteuid(), 0u) << "the e2e tier loads BPF programs: run it as root";
+  const Param& p = GetParam();
+  const std::string truth_path = tmp_path(p.c.program + "-" + p.tag + "-events.json");
+  unlink(truth_path.c_str());
+  e2e::Program prog({"env", "ASYNCTRACE_E2E_GATE=1", tool(), "run", "--", p.python,
+                     programs() + "/" + p.c.program + ".py", truth_path},
+                    programs());
+  ASSERT_TRUE(prog.wait_line("GATED", 60s)) << prog.stderr_text();
+  e2e::Program holder({tool(), "attach", "-p", std::to_string(prog.pid())});
+  ASSERT_TRUE(holder.wait_line("attached pid=" + std::to_string(prog.pid()) + " maps=/sys/fs/bpf/asynctrace/" +
+                                   std::to_string(prog.pid()),
+                               30s))
+      << holder.stderr_text();
+  prog.signal(SIGUSR2);
+  ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
+  check_views(truth_path, prog.pid());
+  prog.signal(SIGUSR1);
+  EXPECT_EQ(prog.wait_exit(60s, nullptr), 0) << prog.stderr_text();
+  EXPECT_EQ(holder.wait_exit(30s, nullptr), 0) << holder.stderr_text();
+  EXPECT_NE(access(("/sys/fs/bpf/asynctrace/" + std::to_string(prog.pid())).c_str(), F_OK), 0)
+      << "pinned maps left behind";
+  unlink(truth_path.c_str());
+}
+
+std::vector<Param> event_params() {
+  std::vector<Param> out;
+  // cpu_bound: its truth is the stack of a task that is running; only a
+  // replay (one-shot pstree) can see a running task's frames.
+  for (const auto& p : params()) {
+    if (p.c.program != "cpu_bound") out.push_back(p);
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Programs, TracedFromStart, ::testing::ValuesIn(event_params()),
                          [](const ::testing::TestParamInfo<Param>& i) {
                            return i.param.c.program + "_" + i.param.tag;
                          });

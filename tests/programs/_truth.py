@@ -125,6 +125,13 @@ def run(body, *, settle=0.3, loop_factory=None, extra_loops=()):
         register_loop(loop)
         stop = asyncio.Event()
         loop.add_signal_handler(signal.SIGUSR1, stop.set)
+        if os.environ.get("ASYNCTRACE_E2E_GATE"):
+            # Event-path tests: wait until the tracer is attached (SIGUSR2),
+            # so the whole structure is built under its eyes.
+            gate = asyncio.Event()
+            loop.add_signal_handler(signal.SIGUSR2, gate.set)
+            log("GATED")
+            await gate.wait()
         loop.call_later(settle, lambda: dump(truth, [loop, *extra_loops]))
         return await body(stop)
 
