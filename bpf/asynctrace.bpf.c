@@ -148,17 +148,21 @@ static __always_inline struct at_task *task_get_or_nameless(struct at_proc *proc
 	return bpf_map_lookup_elem(&tasks, key);
 }
 
-/* Sets what task__create says about a task; await state and edges stay. */
+/* Sets what task__create says about a task; await state and edges stay. A
+ * repeated create (rename, replay) sends 0 for what it does not know: the
+ * creator and coroutine learned earlier are kept. */
 static __always_inline void task_set_identity(struct at_task *task, __u64 parent_id,
 					      __u64 loop_id, __u64 tid, __u64 name_ptr,
 					      __u64 name_len, __u64 code_id)
 {
 	__u32 n = bounded_len(name_len, AT_NAME_LEN);
 
-	task->parent_id = parent_id;
+	if (parent_id)
+		task->parent_id = parent_id;
 	task->loop_id = loop_id;
 	task->tid = tid ? (__u32)tid : (__u32)bpf_get_current_pid_tgid();
-	task->coro_code_id = code_id;
+	if (code_id)
+		task->coro_code_id = code_id;
 	task->name_len = name_len > 0xffffffffULL ? 0xffffffffU : (__u32)name_len;
 	task->flags &= ~AT_TASK_NAMELESS;
 	__builtin_memset(task->name, 0, sizeof(task->name));

@@ -24,7 +24,7 @@ async def main():
         tg.create_task(handle_batch(2), name="batch-handler")
         for i in range(2):
             tg.create_task(locked_worker(lock, i), name=f"locked-{i}")
-        asyncio.get_running_loop().call_later(0.3, print, "serving", flush=True)
+        asyncio.get_running_loop().call_later(0.3, lambda: print("serving", flush=True))
 
 
 asyncio.run(main())

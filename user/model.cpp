@@ -21,6 +21,17 @@ FrameInfo name_frame(const Snapshot& snap, const Frame& f, size_t* unnamed) {
   return FrameInfo{it->second.qualname, it->second.filename, f.line};
 }
 
+// The kernel keeps a byte prefix of long strings; drop a UTF-8 sequence the
+// cut split, so a truncated name does not end in garbage.
+void trim_partial_utf8(std::string& s) {
+  size_t i = s.size(), back = 0;
+  while (i > 0 && back < 4 && (static_cast<unsigned char>(s[i - 1]) & 0xC0) == 0x80) --i, ++back;
+  if (i == 0) return;
+  const unsigned char lead = static_cast<unsigned char>(s[i - 1]);
+  const size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+  if (lead >= 0xC0 && need > back + 1) s.resize(i - 1);
+}
+
 }  // namespace
 
 const TaskNode* TaskGraph::find(uint64_t id) const {
@@ -70,6 +81,7 @@ TaskGraph build_graph(const Snapshot& snap) {
     n.awaiting_kind = r->awaiting_kind;
     n.awaiting_id = r->awaiting_id;
     n.name_truncated = r->name_truncated;
+    if (n.name_truncated) trim_partial_utf8(n.name);
     n.stack_truncated = r->frames_truncated;
     n.nameless = r->nameless;
     n.stack.reserve(r->frames.size());

@@ -70,6 +70,11 @@ struct Builder {
   }
 };
 
+// Shown name: a name the kernel cut ends in "…" (JSON says name_truncated).
+std::string shown_name(const TaskNode& t) {
+  return escape_untrusted(t.name) + (t.name_truncated ? "…" : "");
+}
+
 void render_node(const TaskGraph& g, const TreeNode& n, const std::string& prefix, bool last,
                  std::string& out) {
   out += prefix;
@@ -77,7 +82,7 @@ void render_node(const TaskGraph& g, const TreeNode& n, const std::string& prefi
   if (n.is_task) {
     const TaskNode* t = g.find(n.task_id);
     out += "(T) ";
-    out += escape_untrusted(t ? t->name : hex_id(n.task_id));
+    out += t ? shown_name(*t) : hex_id(n.task_id);
     if (n.cycle) out += " [await cycle: back edge]";
   } else {
     out += " ";
@@ -254,9 +259,10 @@ std::string render_ps(const TaskGraph& g) {
                          "awaiter name", "awaiter id");
   out += std::string(180, '-') + "\n";
   for (const auto& r : build_ps_rows(g)) {
-    out += line(std::to_string(r.tid), hex_id(r.task_id), escape_untrusted(r.task_name),
+    const TaskNode* awaiter = g.find(r.awaiter_id);
+    out += line(std::to_string(r.tid), hex_id(r.task_id), shown_name(*g.find(r.task_id)),
                 escape_untrusted(r.coroutine_stack), escape_untrusted(r.awaiter_chain),
-                escape_untrusted(r.awaiter_name), hex_id(r.awaiter_id));
+                awaiter ? shown_name(*awaiter) : "", hex_id(r.awaiter_id));
   }
   return out;
 }

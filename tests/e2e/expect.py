@@ -42,6 +42,16 @@ def escape(s):
     return "".join(out)
 
 
+NAME_BYTES = 64  # bytes of a task name the kernel keeps (bpf/abi.h AT_NAME_LEN)
+
+
+def shown_name(name):
+    raw = name.encode("utf-8", "surrogatepass")
+    if len(raw) <= NAME_BYTES:
+        return escape(name)
+    return escape(raw[:NAME_BYTES].decode("utf-8", "ignore")) + "\u2026"
+
+
 def pstree(truth):
     tasks = truth["tasks"]
     name = {t["id"]: t["name"] for t in tasks}
@@ -76,7 +86,7 @@ def pstree(truth):
     lines = []
 
     def render(n, prefix, last):
-        text = f"(T) {escape(name[n[1]])}" if n[0] == "t" else f" {escape(n[2])}"
+        text = f"(T) {shown_name(name[n[1]])}" if n[0] == "t" else f" {escape(n[2])}"
         lines.append(prefix + ("└── " if last else "├── ") + text)
         ks = children.get(n, [])
         for i, k in enumerate(ks):
@@ -97,11 +107,11 @@ def ps(truth):
 
     rows = []
     for t in tasks:
-        base = [str(t["tid"]), t["id"], escape(t["name"]), escape(chain(t["stack"]))]
+        base = [str(t["tid"]), t["id"], shown_name(t["name"]), escape(chain(t["stack"]))]
         if not t["awaited_by"]:
             rows.append(base + ["", "", "0x0"])
         for a in t["awaited_by"]:
-            rows.append(base + [escape(chain(byid[a]["stack"])), escape(byid[a]["name"]), a])
+            rows.append(base + [escape(chain(byid[a]["stack"])), shown_name(byid[a]["name"]), a])
     out = [f"{'tid':<10} {'task id':<20} {'task name':<20} {'coroutine stack':<50} "
            f"{'awaiter chain':<50} {'awaiter name':<15} {'awaiter id':<15}", "-" * 180]
     for r in rows:

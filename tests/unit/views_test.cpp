@@ -172,3 +172,15 @@ TEST(Json, InvalidUtf8IsReplacedNotThrown) {
   EXPECT_EQ(j["tasks"][0]["name"], "bad\xEF\xBF\xBD");
   EXPECT_NO_THROW((void)j.dump());
 }
+
+TEST(Pstree, TruncatedNamesEndInAnEllipsisNotInABrokenCharacter) {
+  Snapshot s;
+  auto t = task(10, "", 1, {});
+  t.name = std::string(62, 'x') + "\xc3\xa9\xc3";  // cut inside the second 'é'
+  t.name_truncated = true;
+  s.tasks = {t};
+  EXPECT_EQ(render_pstree(build_graph(s)), "└── (T) " + std::string(62, 'x') + "é…\n");
+  const auto j = graph_json(build_graph(s), false);
+  EXPECT_EQ(j["tasks"][0]["name"], std::string(62, 'x') + "é");
+  EXPECT_TRUE(j["tasks"][0]["name_truncated"].get<bool>());
+}

@@ -1,0 +1,142 @@
+# SPDX-License-Identifier: Apache-2.0
+"""State replay for a tracer that attached late (probes.h: replay__begin/end).
+
+Called by the watcher thread of _asynctrace with the GIL held. It runs on a
+thread asyncio does not know about, so it must not call threading.current_thread()
+(that would register a _DummyThread) or anything that needs a running loop.
+Probes are fired by the C helpers.
+"""
+import sys
+
+import _asyncio
+
+from . import _asynctrace as C
+
+_MAX_FRAMES = 32
+_AWAIT_KINDS_TASKGROUP = 2  # asynctrace_edge_kind TASKGROUP
+
+
+def _pending_tasks():
+    """Every pending task of every loop, in every thread."""
+    for _ in range(10):
+        try:
+            if hasattr(_asyncio, "_scheduled_tasks"):  # 3.12, 3.13
+                tasks = list(_asyncio._scheduled_tasks) + list(_asyncio._eager_tasks)
+            else:  # 3.10, 3.11
+                tasks = list(_asyncio._all_tasks)
+            break
+        except RuntimeError:  # set changed size during iteration (another thread)
+            continue
+    else:
+        tasks = []
+    seen = set()
+    out = []
+    for t in tasks:
+        if id(t) not in seen and not t.done():
+            seen.add(id(t))
+            out.append(t)
+    return out
+
+
+def _thread_natives():
+    """thread ident -> native id, without creating _DummyThread entries."""
+    natives = {}
+    threading = sys.modules.get("threading")
+    if threading is not None:
+        for ident, th in list(getattr(threading, "_active", {}).items()):
+            nid = getattr(th, "native_id", None)
+            if nid:
+                natives[ident] = nid
+    return natives
+
+
+def _main_native(natives):
+    threading = sys.modules.get("threading")
+    try:
+        return threading.main_thread().native_id or 0
+    except Exception:
+        return 0
+
+
+# Generator, coroutine, iterable coroutine, async generator (CO_* flags).
+_CORO_FLAGS = 0x20 | 0x80 | 0x100 | 0x200
+
+
+def _running_frames(task, thread_frames):
+    """For a task running now on some thread: (ident, frames innermost first,
+    truncated). Only coroutine frames, as for a suspended task and as Python
+    3.14 shows them: plain functions the step is inside are not part of the
+    task's await chain."""
+    coro = task.get_coro()
+    cframe = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+    if cframe is None:
+        return None, [], False
+    for ident, top in thread_frames.items():
+        frames = []
+        f = top
+        while f is not None:
+            if f is cframe or f.f_code.co_flags & _CORO_FLAGS:
+                frames.append(f)
+            if f is cframe:
+                truncated = len(frames) > _MAX_FRAMES
+                return ident, frames[:_MAX_FRAMES], truncated
+            f = f.f_back
+    return None, [cframe], False
+
+
+def _taskgroup_parent(task):
+    """The parent task of the TaskGroup that owns `task`, if any (3.11+)."""
+    tg_mod = sys.modules.get("asyncio.taskgroups")
+    if tg_mod is None:
+        return None
+    cbs = task._callbacks or ()
+    for ent in cbs:
+        cb = ent[0] if isinstance(ent, tuple) else ent
+        owner = getattr(cb, "__self__", None)
+        if isinstance(owner, tg_mod.TaskGroup) and getattr(cb, "__name__", "") == "_on_task_done":
+            return owner._parent_task
+    return None
+
+
+def replay():
+    gen = C.replay_begin()
+    n = 0
+    try:
+        tasks = _pending_tasks()
+        natives = _thread_natives()
+        main_native = _main_native(natives)
+        thread_frames = sys._current_frames()
+        running = {}  # id(task) -> loop
+        for loop, t in list(_asyncio._current_tasks.items()):
+            running[id(t)] = loop
+
+        states = []
+        for t in tasks:
+            loop = t._loop
+            tid = C.loop_tid(loop)
+            ident = None
+            run = None
+            if id(t) in running:
+                ident, frames, truncated = _running_frames(t, thread_frames)
+                run = (frames, truncated)
+            if not tid:
+                if ident is None:
+                    ident = getattr(loop, "_thread_id", None)
+                tid = natives.get(ident, 0) if ident is not None else 0
+            if not tid:
+                tid = main_native
+            tg_parent = _taskgroup_parent(t)
+            C.emit_create(t, tg_parent, tid)
+            states.append((t, tg_parent, run))
+            n += 1
+
+        for t, tg_parent, run in states:
+            if tg_parent is not None:
+                C.emit_edge(t, tg_parent, _AWAIT_KINDS_TASKGROUP)
+        for t, tg_parent, run in states:
+            if run is not None:
+                C.emit_running(t, run[0], run[1])
+            else:
+                C.emit_state(t)
+    finally:
+        C.replay_end(gen, n)

@@ -1,0 +1,27 @@
+# SPDX-License-Identifier: Apache-2.0
+# Put first on PYTHONPATH by `asynctrace run`: enables asynctrace, then runs the
+# sitecustomize this one shadows (Debian ships one), as Python would have.
+import importlib.machinery as _m
+import importlib.util as _u
+import os as _os
+import sys as _sys
+
+try:
+    import asynctrace._autoload  # noqa: F401  (never raises)
+except BaseException:
+    pass
+
+
+def _chain():
+    here = _os.path.dirname(_os.path.abspath(__file__))
+    rest = [p for p in _sys.path if _os.path.abspath(p or _os.curdir) != here]
+    spec = _m.PathFinder.find_spec("sitecustomize", rest)
+    if spec is None or spec.loader is None:
+        return
+    mod = _u.module_from_spec(spec)
+    _sys.modules["sitecustomize"] = mod
+    spec.loader.exec_module(mod)
+
+
+_chain()
+del _chain

@@ -1,0 +1,1140 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * asynctrace._asynctrace: emits the asynctrace USDT probes (include/asynctrace/probes.h)
+ * from CPython's C asyncio implementation (_asyncio), for CPython 3.10 .. 3.13.
+ *
+ * Nothing in Python's view of asyncio changes: we never replace a Python object,
+ * we swap a few C function pointers of the _asyncio types for wrappers that call
+ * the original and, only when a tracer is attached (USDT semaphore non-zero),
+ * describe what happened:
+ *
+ *   Task.tp_init (+ the __init__ slot wrapper used by super().__init__(),
+ *                 + existing subclasses that copied the slot)   -> task__create
+ *   TaskStepMethWrapper.tp_call (first step, sleep(0), cancel)  -> resume / await / complete
+ *   TaskWakeupDef.ml_meth (done-callback of an awaited future)  -> resume / await / complete
+ *   Task.tp_finalize (+ __del__ slot wrapper, subclasses)       -> complete(DESTROYED)
+ *
+ * The Python side (asynctrace/__init__.py) discovers these objects with a
+ * throw-away task on a fake loop and passes them to _install(); this file
+ * checks the private layouts it relies on against those live objects.
+ *
+ * Late attach: a watcher pthread polls the replay__end semaphore without the
+ * GIL and, when it grows, takes the GIL and runs asynctrace._replay.replay(),
+ * which walks the live tasks and calls the emit_* helpers below.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <frameobject.h>
+#include <structmember.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define ASYNCTRACE_DEFINE_SEMAPHORES
+#include "asynctrace/probes.h"
+
+#if PY_VERSION_HEX < 0x030A0000
+#error "asynctrace needs CPython >= 3.10"
+#endif
+
+/* ---- version differences, in one place ---------------------------------- */
+
+#if PY_VERSION_HEX >= 0x030C0000
+typedef PyObject *exc_state_t;
+#define EXC_SAVE(s) ((s) = PyErr_GetRaisedException())
+#define EXC_RESTORE(s) PyErr_SetRaisedException(s)
+#else
+typedef struct { PyObject *t, *v, *tb; } exc_state_t;
+#define EXC_SAVE(s) PyErr_Fetch(&(s).t, &(s).v, &(s).tb)
+#define EXC_RESTORE(s) PyErr_Restore((s).t, (s).v, (s).tb)
+#endif
+
+#if PY_VERSION_HEX >= 0x030D0000
+#define IS_FINALIZING() Py_IsFinalizing()
+#else
+#define IS_FINALIZING() _Py_IsFinalizing()
+#endif
+
+/* 3.12 added eager tasks: their first step runs inside Task.__init__. */
+#define HAVE_EAGER_TASKS (PY_VERSION_HEX >= 0x030C0000)
+
+/*
+ * Private layouts read directly. Identical in 3.10..3.13 (Modules/_asynciomodule.c,
+ * Objects/genobject.c); _install() verifies them on live objects and refuses
+ * to hook if they do not match.
+ */
+typedef struct {
+	PyObject_HEAD
+	PyObject *sw_task; /* TaskObj * */
+	PyObject *sw_arg;
+} StepMethWrapper;
+
+typedef struct {
+	PyObject_HEAD
+	PyObject *gen; /* ags_gen / agt_gen: the async generator */
+} AsyncGenAwaitable;
+
+/* ---- state ---------------------------------------------------------------- */
+
+static struct {
+	int installed;
+	PyTypeObject *task_type;
+	PyTypeObject *step_type;
+	PyMethodDef *wakeup_def;
+	PyObject *init_descr;  /* Task.__dict__['__init__'] (wrapper_descriptor) */
+	PyObject *del_descr;   /* Task.__dict__['__del__'] */
+	initproc orig_init;
+	destructor orig_finalize;
+	ternaryfunc orig_step_call;
+	PyCFunction orig_wakeup;
+	PyMethodDef *set_name_def;
+	PyCFunction orig_set_name;
+
+	PyObject *gathering_future_type; /* asyncio.tasks._GatheringFuture */
+	PyObject *current_tasks;         /* _asyncio._current_tasks (dict loop -> task) */
+	PyObject *get_running_loop;      /* _asyncio._get_running_loop */
+	PyTypeObject *asend_type, *athrow_type;
+
+	PyObject *codes;          /* code object -> qualname: keeps ids valid per session */
+	unsigned session_sem;     /* replay semaphore value the code set belongs to */
+	uint64_t replay_gen;
+} S;
+
+/* Interned attribute names. */
+static PyObject *s_state, *s_fut_waiter, *s_get_coro, *s_get_name, *s_loop, *s_exception,
+	*s_callbacks, *s_children, *s_cr_frame, *s_gi_frame, *s_ag_frame, *s_cr_await,
+	*s_gi_yieldfrom, *s_ag_await, *s_qualname, *s_done, *s_cr_suspended, *s_gi_suspended,
+	*s_outer_done_callback, *s_inner, *s_eager_start, *s_co_freevars;
+
+/* Per-thread: frames buffer the tracer reads during task__await. */
+static __thread struct asynctrace_frame tls_frames[ASYNCTRACE_MAX_FRAMES];
+
+/*
+ * Eager tasks (3.12+) run their first step inside tp_init, before we could emit
+ * task__create (the name is only known once tp_init has set it). Tasks whose
+ * tp_init is in progress on this thread are kept here; anything emitted from
+ * inside that step first flushes their task__create + task__resume so tracers
+ * always see a task created before it is referenced.
+ */
+#define MAX_PENDING 16
+static __thread struct pending {
+	PyObject *task;
+	uint64_t parent;
+	PyObject *coro; /* borrowed from tp_init's arguments */
+	int flushed;
+} tls_pending[MAX_PENDING];
+static __thread int tls_npending;
+
+/* loop -> native tid of the thread that ran its steps (learned while traced). */
+#define LOOP_TID_SLOTS 64
+static struct { _Atomic uintptr_t loop; _Atomic uint32_t tid; } loop_tids[LOOP_TID_SLOTS];
+
+static uint32_t native_tid(void) { return (uint32_t)gettid(); }
+
+static void learn_loop_tid(PyObject *loop)
+{
+	uintptr_t key = (uintptr_t)loop;
+	size_t h = (key >> 4) % LOOP_TID_SLOTS;
+	atomic_store(&loop_tids[h].loop, key);
+	atomic_store(&loop_tids[h].tid, native_tid());
+}
+
+static uint32_t lookup_loop_tid(uintptr_t key)
+{
+	size_t h = (key >> 4) % LOOP_TID_SLOTS;
+	if (atomic_load(&loop_tids[h].loop) == key)
+		return atomic_load(&loop_tids[h].tid);
+	return 0;
+}
+
+#define ANY_STEP_PROBE_ON() \
+	(ASYNCTRACE_TASK_RESUME_ENABLED() | ASYNCTRACE_TASK_AWAIT_ENABLED() | \
+	 ASYNCTRACE_TASK_COMPLETE_ENABLED())
+
+/* ---- small helpers (all called with the GIL, never leave an error set) ----- */
+
+static const char *utf8(PyObject *s, Py_ssize_t *len)
+{
+	const char *p = NULL;
+	*len = 0;
+	if (s && PyUnicode_Check(s))
+		p = PyUnicode_AsUTF8AndSize(s, len);
+	if (!p) {
+		PyErr_Clear();
+		*len = 0;
+		return "";
+	}
+	return p;
+}
+
+/*
+ * Register a code object for this tracing session (once). The code object and
+ * its qualname are kept alive by S.codes so the id stays valid. On 3.10 code
+ * objects have no co_qualname: the coroutine's __qualname__ is used when known.
+ */
+static uint64_t register_code(PyObject *code, PyObject *owner)
+{
+	if (!code || !PyCode_Check(code))
+		return 0;
+	if (!ASYNCTRACE_CODE_REGISTER_ENABLED())
+		return (uint64_t)(uintptr_t)code;
+	unsigned sem = ASYNCTRACE_REPLAY_SEMAPHORE();
+	if (sem != S.session_sem) {
+		/* The set of attached tracers changed: a new session re-registers. */
+		PyDict_Clear(S.codes);
+		S.session_sem = sem;
+	}
+	int r = PyDict_Contains(S.codes, code);
+	if (r != 0) {
+		if (r < 0)
+			PyErr_Clear();
+		return (uint64_t)(uintptr_t)code;
+	}
+	PyCodeObject *co = (PyCodeObject *)code;
+	PyObject *qn = NULL;
+#if PY_VERSION_HEX >= 0x030B0000
+	(void)owner;
+	qn = Py_NewRef(co->co_qualname);
+#else
+	if (owner)
+		qn = PyObject_GetAttr(owner, s_qualname);
+	if (!qn || !PyUnicode_Check(qn)) {
+		PyErr_Clear();
+		Py_XDECREF(qn);
+		qn = Py_NewRef(co->co_name);
+	}
+#endif
+	if (PyDict_SetItem(S.codes, code, qn) < 0)
+		PyErr_Clear();
+	Py_ssize_t qlen, flen;
+	const char *q = utf8(qn, &qlen);
+	const char *f = utf8(co->co_filename, &flen);
+	ASYNCTRACE_CODE_REGISTER(code, q, qlen, f, flen, co->co_firstlineno);
+	Py_DECREF(qn);
+	return (uint64_t)(uintptr_t)code;
+}
+
+/* Frame/await attribute names of a coroutine-like object, or NULL. */
+static int coro_attrs(PyObject *o, PyObject **frame_attr, PyObject **await_attr)
+{
+	if (PyCoro_CheckExact(o)) {
+		*frame_attr = s_cr_frame;
+		*await_attr = s_cr_await;
+	} else if (PyGen_Check(o)) {
+		*frame_attr = s_gi_frame;
+		*await_attr = s_gi_yieldfrom;
+	} else if (PyAsyncGen_CheckExact(o)) {
+		*frame_attr = s_ag_frame;
+		*await_attr = s_ag_await;
+	} else {
+		return 0;
+	}
+	return 1;
+}
+
+static PyObject *get_coro(PyObject *task)
+{
+	PyObject *c = PyObject_CallMethodNoArgs(task, s_get_coro);
+	if (!c)
+		PyErr_Clear();
+	return c;
+}
+
+/* Code object of a coroutine-like object (new ref) or NULL. */
+static PyObject *coro_code(PyObject *coro)
+{
+	PyObject *fa, *aa;
+	if (!coro || !coro_attrs(coro, &fa, &aa))
+		return NULL;
+	const char *name = PyCoro_CheckExact(coro) ? "cr_code" :
+			   PyAsyncGen_CheckExact(coro) ? "ag_code" : "gi_code";
+	PyObject *code = PyObject_GetAttrString(coro, name);
+	if (!code)
+		PyErr_Clear();
+	return code;
+}
+
+/*
+ * Fill tls_frames with the coroutine chain of `coro`, innermost first.
+ * Follows cr_await / gi_yieldfrom / ag_await, and steps through async
+ * generator asend/athrow awaitables to their generator.
+ */
+#define CHAIN_MAX 256
+static size_t collect_frames(PyObject *coro)
+{
+	struct { PyCodeObject *code; PyObject *owner; int line; } chain[CHAIN_MAX];
+	size_t n = 0;
+	PyObject *o = coro ? Py_NewRef(coro) : NULL;
+	for (int guard = 0; o && n < CHAIN_MAX && guard < 2 * CHAIN_MAX; guard++) {
+		PyObject *fa, *aa;
+		if ((S.asend_type && Py_IS_TYPE(o, S.asend_type)) ||
+		    (S.athrow_type && Py_IS_TYPE(o, S.athrow_type))) {
+			PyObject *g = ((AsyncGenAwaitable *)o)->gen;
+			Py_XINCREF(g);
+			Py_SETREF(o, g);
+			continue;
+		}
+		if (!coro_attrs(o, &fa, &aa))
+			break;
+		PyObject *frame = PyObject_GetAttr(o, fa);
+		if (!frame || !PyFrame_Check(frame)) {
+			Py_XDECREF(frame);
+			break;
+		}
+		chain[n].code = PyFrame_GetCode((PyFrameObject *)frame); /* new ref */
+		chain[n].line = PyFrame_GetLineNumber((PyFrameObject *)frame);
+		chain[n].owner = Py_NewRef(o);
+		n++;
+		Py_DECREF(frame);
+		PyObject *next = PyObject_GetAttr(o, aa);
+		if (next == Py_None)
+			Py_CLEAR(next);
+		Py_SETREF(o, next);
+	}
+	Py_XDECREF(o);
+	PyErr_Clear();
+
+	/* chain[] is outermost first; keep the innermost ASYNCTRACE_MAX_FRAMES. */
+	size_t keep = n < ASYNCTRACE_MAX_FRAMES ? n : ASYNCTRACE_MAX_FRAMES;
+	for (size_t i = 0; i < keep; i++) {
+		size_t src = n - 1 - i;
+		tls_frames[i].code_id = register_code((PyObject *)chain[src].code, chain[src].owner);
+		tls_frames[i].line = chain[src].line > 0 ? (uint32_t)chain[src].line : 0;
+		tls_frames[i].flags = 0;
+	}
+	if (n > keep)
+		tls_frames[keep - 1].flags |= ASYNCTRACE_FRAME_TRUNCATED;
+	for (size_t i = 0; i < n; i++) {
+		Py_DECREF(chain[i].code);
+		Py_DECREF(chain[i].owner);
+	}
+	return keep;
+}
+
+static int is_task(PyObject *o) { return PyObject_TypeCheck(o, S.task_type); }
+
+static int task_is_done(PyObject *task)
+{
+	PyObject *st = PyObject_GetAttr(task, s_state);
+	int done = 0;
+	if (st && PyUnicode_Check(st))
+		done = PyUnicode_CompareWithASCIIString(st, "PENDING") != 0;
+	Py_XDECREF(st);
+	PyErr_Clear();
+	return done;
+}
+
+/* Outcome of a done task, read without marking its exception as retrieved. */
+static int task_outcome(PyObject *task)
+{
+	PyObject *st = PyObject_GetAttr(task, s_state);
+	int cancelled = st && PyUnicode_Check(st) &&
+			PyUnicode_CompareWithASCIIString(st, "CANCELLED") == 0;
+	Py_XDECREF(st);
+	if (cancelled)
+		return ASYNCTRACE_OUTCOME_CANCELLED;
+	PyObject *exc = PyObject_GetAttr(task, s_exception); /* getter: no side effect */
+	int failed = exc && exc != Py_None;
+	Py_XDECREF(exc);
+	PyErr_Clear();
+	return failed ? ASYNCTRACE_OUTCOME_EXCEPTION : ASYNCTRACE_OUTCOME_RESULT;
+}
+
+/* asyncio's current task of the loop running on this thread (borrowed-free id). */
+static uint64_t running_parent(void)
+{
+	uint64_t parent = 0;
+	PyObject *loop = PyObject_CallNoArgs(S.get_running_loop);
+	if (loop && loop != Py_None) {
+		PyObject *cur = PyDict_GetItemWithError(S.current_tasks, loop);
+		if (cur)
+			parent = (uint64_t)(uintptr_t)cur;
+	}
+	Py_XDECREF(loop);
+	PyErr_Clear();
+	return parent;
+}
+
+/*
+ * coro: the task's coroutine if the caller has it. Task.get_coro() must not be
+ * called on a finished eager task: 3.12.0/3.12.1 return a NULL task_coro
+ * without a check (crash), so only pending tasks are asked.
+ */
+static void emit_create_raw(PyObject *task, uint64_t parent, uint64_t tid, PyObject *coro)
+{
+	if (!ASYNCTRACE_TASK_CREATE_ENABLED())
+		return;
+	PyObject *name = PyObject_CallMethodNoArgs(task, s_get_name);
+	PyObject *loop = PyObject_GetAttr(task, s_loop);
+	if (coro)
+		Py_INCREF(coro);
+	else if (!task_is_done(task))
+		coro = get_coro(task);
+	PyObject *code = coro_code(coro);
+	PyErr_Clear();
+	uint64_t code_id = register_code(code, coro);
+	Py_ssize_t nlen;
+	const char *n = utf8(name, &nlen);
+	ASYNCTRACE_TASK_CREATE(task, parent, loop == Py_None ? NULL : loop, tid, n, nlen, code_id);
+	Py_XDECREF(code);
+	Py_XDECREF(coro);
+	Py_XDECREF(loop);
+	Py_XDECREF(name);
+	PyErr_Clear();
+}
+
+/* Emit task__create (+ resume: their eager step is running) for pending eager tasks. */
+static void flush_pending(void)
+{
+	for (int i = 0; i < tls_npending && i < MAX_PENDING; i++) {
+		if (tls_pending[i].flushed)
+			continue;
+		tls_pending[i].flushed = 1;
+		emit_create_raw(tls_pending[i].task, tls_pending[i].parent, 0, tls_pending[i].coro);
+		if (ASYNCTRACE_TASK_RESUME_ENABLED())
+			ASYNCTRACE_TASK_RESUME(tls_pending[i].task);
+	}
+}
+
+static void emit_edge(PyObject *child, PyObject *awaiter, int kind)
+{
+	if (ASYNCTRACE_EDGE_ADD_ENABLED()) {
+		ASYNCTRACE_EDGE_ADD(child, awaiter, kind);
+	}
+}
+
+/* edge__add(child, awaiter, GATHER) for each pending child task of a gather future. */
+static void gather_edges(PyObject *gfut, PyObject *awaiter, int depth)
+{
+	PyObject *children = PyObject_GetAttr(gfut, s_children);
+	if (!children || !PyList_Check(children)) {
+		Py_XDECREF(children);
+		PyErr_Clear();
+		return;
+	}
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(children); i++) {
+		PyObject *c = PyList_GET_ITEM(children, i);
+		if (is_task(c)) {
+			if (!task_is_done(c))
+				emit_edge(c, awaiter, ASYNCTRACE_EDGE_GATHER);
+		} else if (depth < 4 && PyObject_TypeCheck(c, (PyTypeObject *)S.gathering_future_type)) {
+			gather_edges(c, awaiter, depth + 1); /* gather(gather(...)) */
+		}
+	}
+	Py_DECREF(children);
+}
+
+/* A future made by asyncio.shield(): its `_outer_done_callback` closes over `inner`. */
+static void shield_edges(PyObject *fut, PyObject *awaiter)
+{
+	PyObject *cbs = PyObject_GetAttr(fut, s_callbacks);
+	if (!cbs || !PyList_Check(cbs))
+		goto out;
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(cbs); i++) {
+		PyObject *ent = PyList_GET_ITEM(cbs, i);
+		PyObject *cb = PyTuple_Check(ent) && PyTuple_GET_SIZE(ent) ? PyTuple_GET_ITEM(ent, 0) : ent;
+		if (!PyFunction_Check(cb))
+			continue;
+		PyCodeObject *co = (PyCodeObject *)PyFunction_GET_CODE(cb);
+		PyObject *closure = PyFunction_GET_CLOSURE(cb);
+		if (!closure || PyUnicode_Compare(co->co_name, s_outer_done_callback) != 0)
+			continue;
+		PyObject *fv = PyObject_GetAttr((PyObject *)co, s_co_freevars);
+		if (fv && PyTuple_Check(fv)) {
+			for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(fv) && j < PyTuple_GET_SIZE(closure); j++) {
+				if (PyUnicode_Compare(PyTuple_GET_ITEM(fv, j), s_inner) != 0)
+					continue;
+				PyObject *inner = PyCell_GET(PyTuple_GET_ITEM(closure, j));
+				if (inner && is_task(inner) && !task_is_done(inner))
+					emit_edge(inner, awaiter, ASYNCTRACE_EDGE_SHIELD);
+			}
+		}
+		Py_XDECREF(fv);
+	}
+out:
+	Py_XDECREF(cbs);
+	PyErr_Clear();
+}
+
+/* task__await for a suspended task, preceded by the gather/shield edges that hold. */
+static void emit_await_state(PyObject *task)
+{
+	PyObject *w = PyObject_GetAttr(task, s_fut_waiter);
+	if (!w)
+		PyErr_Clear();
+	int kind = ASYNCTRACE_AWAIT_NONE;
+	if (w && w != Py_None) {
+		if (is_task(w)) {
+			kind = ASYNCTRACE_AWAIT_TASK;
+		}
+		else if (S.gathering_future_type &&
+			 PyObject_TypeCheck(w, (PyTypeObject *)S.gathering_future_type))
+			kind = ASYNCTRACE_AWAIT_GATHER;
+		else
+			kind = ASYNCTRACE_AWAIT_FUTURE;
+	}
+	if (ASYNCTRACE_EDGE_ADD_ENABLED()) {
+		if (kind == ASYNCTRACE_AWAIT_GATHER)
+			gather_edges(w, task, 0);
+		else if (kind == ASYNCTRACE_AWAIT_FUTURE)
+			shield_edges(w, task);
+	}
+	if (ASYNCTRACE_TASK_AWAIT_ENABLED()) {
+		PyObject *coro = get_coro(task);
+		size_t n = collect_frames(coro);
+		Py_XDECREF(coro);
+		ASYNCTRACE_TASK_AWAIT(task, kind == ASYNCTRACE_AWAIT_NONE ? NULL : w, kind, tls_frames, n);
+	}
+	Py_XDECREF(w);
+	PyErr_Clear();
+}
+
+/* After a step: completion or the new await state. */
+static void emit_post_step(PyObject *task)
+{
+	if (task_is_done(task)) {
+		if (ASYNCTRACE_TASK_COMPLETE_ENABLED())
+			ASYNCTRACE_TASK_COMPLETE(task, task_outcome(task));
+	} else {
+		emit_await_state(task);
+	}
+}
+
+/* ---- hooks ------------------------------------------------------------------ */
+
+static void before_step(PyObject *task)
+{
+	flush_pending();
+	PyObject *loop = PyObject_GetAttr(task, s_loop);
+	if (loop)
+		learn_loop_tid(loop);
+	Py_XDECREF(loop);
+	PyErr_Clear();
+	if (ASYNCTRACE_TASK_RESUME_ENABLED())
+		ASYNCTRACE_TASK_RESUME(task);
+}
+
+static void after_step(PyObject *task)
+{
+	exc_state_t ex;
+	EXC_SAVE(ex);
+	emit_post_step(task);
+	EXC_RESTORE(ex);
+}
+
+/* TaskStepMethWrapper.__call__: a step scheduled with loop.call_soon. */
+static PyObject *hook_step_call(PyObject *self, PyObject *args, PyObject *kw)
+{
+	if (!ANY_STEP_PROBE_ON())
+		return S.orig_step_call(self, args, kw);
+	PyObject *task = Py_NewRef(((StepMethWrapper *)self)->sw_task);
+	before_step(task);
+	PyObject *r = S.orig_step_call(self, args, kw);
+	after_step(task);
+	Py_DECREF(task);
+	return r;
+}
+
+/* task_wakeup(task, fut): done callback of the future a task awaited (METH_O). */
+static PyObject *hook_wakeup(PyObject *task, PyObject *fut)
+{
+	if (!ANY_STEP_PROBE_ON())
+		return S.orig_wakeup(task, fut);
+	Py_INCREF(task);
+	before_step(task);
+	PyObject *r = S.orig_wakeup(task, fut);
+	after_step(task);
+	Py_DECREF(task);
+	return r;
+}
+
+/*
+ * Task.set_name (METH_O): asyncio.create_task(coro, name=...) on 3.10-3.12
+ * names the task only after Task.__init__ returned (and eager tasks have run
+ * their first step by then), so a rename repeats task__create with the new
+ * name; parent 0 tells the tracer to keep the creator it already knows.
+ */
+static PyObject *hook_set_name(PyObject *task, PyObject *name)
+{
+	PyObject *r = S.orig_set_name(task, name);
+	if (r && ASYNCTRACE_TASK_CREATE_ENABLED() && !task_is_done(task)) {
+		exc_state_t ex;
+		EXC_SAVE(ex);
+		emit_create_raw(task, 0, 0, NULL);
+		EXC_RESTORE(ex);
+	}
+	return r;
+}
+
+/* Did the eager first step (3.12+) run inside tp_init? */
+static int first_step_ran(PyObject *task)
+{
+	if (task_is_done(task))
+		return 1;
+	PyObject *coro = get_coro(task);
+	int ran = 0;
+	if (coro) {
+		PyObject *a = PyObject_GetAttr(coro, PyCoro_CheckExact(coro) ? s_cr_suspended : s_gi_suspended);
+		ran = a == Py_True;
+		Py_XDECREF(a);
+	}
+	Py_XDECREF(coro);
+	PyErr_Clear();
+	return ran;
+}
+
+static int traced_init(PyObject *self, PyObject *args, PyObject *kw)
+{
+	uint64_t parent = running_parent();
+	int eager = 0;
+#if HAVE_EAGER_TASKS
+	if (kw && PyDict_Check(kw)) {
+		PyObject *e = PyDict_GetItemWithError(kw, s_eager_start);
+		eager = e && PyObject_IsTrue(e) == 1;
+		PyErr_Clear();
+	}
+#endif
+	int slot = -1;
+	if (eager && tls_npending < MAX_PENDING) {
+		slot = tls_npending++;
+		PyObject *coro = args && PyTuple_Check(args) && PyTuple_GET_SIZE(args) ? PyTuple_GET_ITEM(args, 0) : NULL;
+		tls_pending[slot] = (struct pending){ .task = self, .parent = parent, .coro = coro };
+	}
+	int rc = S.orig_init(self, args, kw);
+	int flushed = 0;
+	if (slot >= 0) {
+		flushed = tls_pending[slot].flushed;
+		tls_npending = slot;
+	}
+	if (rc < 0)
+		return rc; /* not a task: nothing to report */
+	flush_pending(); /* outer eager tasks, if this one ran inside their step */
+	if (!eager) {
+		emit_create_raw(self, parent, 0, NULL);
+	} else {
+		if (!flushed)
+			emit_create_raw(self, parent, 0, slot >= 0 ? tls_pending[slot].coro : NULL);
+		int ran = flushed || first_step_ran(self);
+		if (ran) {
+			if (!flushed && ASYNCTRACE_TASK_RESUME_ENABLED())
+				ASYNCTRACE_TASK_RESUME(self);
+			emit_post_step(self);
+		}
+	}
+	PyErr_Clear();
+	return rc;
+}
+
+/* Task.__init__ (tp_init slot, and the slot wrapper that super().__init__() calls). */
+static int hook_init(PyObject *self, PyObject *args, PyObject *kw)
+{
+	if (!(ASYNCTRACE_TASK_CREATE_ENABLED() | ANY_STEP_PROBE_ON()))
+		return S.orig_init(self, args, kw);
+	return traced_init(self, args, kw);
+}
+
+/* Task.tp_finalize: a task collected while pending never completes otherwise. */
+static void hook_finalize(PyObject *self)
+{
+	if (ASYNCTRACE_TASK_COMPLETE_ENABLED()) {
+		exc_state_t ex;
+		EXC_SAVE(ex);
+		PyObject *st = PyObject_GetAttr(self, s_state);
+		if (st && PyUnicode_Check(st) && PyUnicode_CompareWithASCIIString(st, "PENDING") == 0) {
+			ASYNCTRACE_TASK_COMPLETE(self, ASYNCTRACE_OUTCOME_DESTROYED);
+		}
+		Py_XDECREF(st);
+		PyErr_Clear();
+		EXC_RESTORE(ex);
+	}
+	S.orig_finalize(self);
+}
+
+/* ---- installation -------------------------------------------------------------- */
+
+/* Wrapper descriptors keep their own copy of the slot function (d_wrapped). */
+static void patch_descr(PyObject *descr, void *orig, void *hook)
+{
+	if (descr && Py_IS_TYPE(descr, &PyWrapperDescr_Type) &&
+	    ((PyWrapperDescrObject *)descr)->d_wrapped == orig)
+		((PyWrapperDescrObject *)descr)->d_wrapped = hook;
+}
+
+/* Subclasses created before _install() copied the original slots; newer ones inherit ours. */
+static void patch_subclasses(PyTypeObject *t, int depth)
+{
+	if (t->tp_init == S.orig_init)
+		t->tp_init = hook_init;
+	if (t->tp_finalize == S.orig_finalize)
+		t->tp_finalize = hook_finalize;
+	if (depth > 32)
+		return;
+	PyObject *subs = PyObject_CallMethod((PyObject *)t, "__subclasses__", NULL);
+	if (!subs) {
+		PyErr_Clear();
+		return;
+	}
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(subs); i++)
+		patch_subclasses((PyTypeObject *)PyList_GET_ITEM(subs, i), depth + 1);
+	Py_DECREF(subs);
+}
+
+static void start_watcher(void);
+
+/*
+ * _install(task_type, step_wrapper, task, wakeup_cb, gathering_future_type,
+ *          current_tasks, get_running_loop, asend, athrow)
+ * step_wrapper is a live TaskStepMethWrapper of `task`; wakeup_cb a live bound
+ * task_wakeup of `task`; asend/athrow live async generator awaitables (or None).
+ */
+static PyObject *m_install(PyObject *mod, PyObject *args)
+{
+	(void)mod;
+	PyObject *task_type, *step, *task, *wakeup, *gft, *cur, *grl, *asend, *athrow;
+	if (!PyArg_ParseTuple(args, "O!OOOOO!OOO", &PyType_Type, &task_type, &step, &task, &wakeup,
+			      &gft, &PyDict_Type, &cur, &grl, &asend, &athrow))
+		return NULL;
+	if (S.installed)
+		Py_RETURN_FALSE;
+
+	/* Check the private layouts against live objects before touching anything. */
+	PyTypeObject *tt = (PyTypeObject *)task_type;
+	if (!PyObject_TypeCheck(task, tt) || Py_TYPE(step)->tp_basicsize != sizeof(StepMethWrapper) ||
+	    ((StepMethWrapper *)step)->sw_task != task || !Py_TYPE(step)->tp_call) {
+		PyErr_SetString(PyExc_RuntimeError, "asynctrace: unexpected TaskStepMethWrapper layout");
+		return NULL;
+	}
+	if (!PyCFunction_Check(wakeup) || PyCFunction_GET_SELF(wakeup) != task ||
+	    (PyCFunction_GET_FLAGS(wakeup) & (METH_O | METH_VARARGS | METH_FASTCALL | METH_KEYWORDS |
+					      METH_NOARGS)) != METH_O) {
+		PyErr_SetString(PyExc_RuntimeError, "asynctrace: unexpected task_wakeup callback");
+		return NULL;
+	}
+	if (!tt->tp_init || !tt->tp_finalize) {
+		PyErr_SetString(PyExc_RuntimeError, "asynctrace: _asyncio.Task lacks tp_init/tp_finalize");
+		return NULL;
+	}
+	PyTypeObject *asend_t = NULL, *athrow_t = NULL;
+	if (asend != Py_None && Py_TYPE(asend)->tp_basicsize >= (Py_ssize_t)sizeof(AsyncGenAwaitable) &&
+	    PyAsyncGen_CheckExact(((AsyncGenAwaitable *)asend)->gen))
+		asend_t = Py_TYPE(asend);
+	if (athrow != Py_None && Py_TYPE(athrow)->tp_basicsize >= (Py_ssize_t)sizeof(AsyncGenAwaitable) &&
+	    PyAsyncGen_CheckExact(((AsyncGenAwaitable *)athrow)->gen))
+		athrow_t = Py_TYPE(athrow);
+
+	S.task_type = (PyTypeObject *)Py_NewRef(task_type);
+	S.step_type = (PyTypeObject *)Py_NewRef(Py_TYPE(step));
+	S.wakeup_def = ((PyCFunctionObject *)wakeup)->m_ml;
+	S.gathering_future_type = gft == Py_None ? NULL : Py_NewRef(gft);
+	S.current_tasks = Py_NewRef(cur);
+	S.get_running_loop = Py_NewRef(grl);
+	S.asend_type = asend_t ? (PyTypeObject *)Py_NewRef(asend_t) : NULL;
+	S.athrow_type = athrow_t ? (PyTypeObject *)Py_NewRef(athrow_t) : NULL;
+	S.init_descr = PyDict_GetItemString(tt->tp_dict, "__init__");
+	S.del_descr = PyDict_GetItemString(tt->tp_dict, "__del__");
+	Py_XINCREF(S.init_descr);
+	Py_XINCREF(S.del_descr);
+
+	S.orig_init = tt->tp_init;
+	S.orig_finalize = tt->tp_finalize;
+	S.orig_step_call = S.step_type->tp_call;
+	S.orig_wakeup = S.wakeup_def->ml_meth;
+	PyObject *set_name = PyDict_GetItemString(tt->tp_dict, "set_name");
+	if (set_name && Py_IS_TYPE(set_name, &PyMethodDescr_Type) &&
+	    (((PyMethodDescrObject *)set_name)->d_method->ml_flags &
+	     (METH_O | METH_VARARGS | METH_FASTCALL | METH_KEYWORDS | METH_NOARGS)) == METH_O) {
+		S.set_name_def = ((PyMethodDescrObject *)set_name)->d_method;
+		S.orig_set_name = S.set_name_def->ml_meth;
+	}
+
+	/*
+	 * Swap the pointers. TaskStepMethWrapper has no vectorcall, so calls go through
+	 * tp_call read at call time; PyCFunction vectorcall reads m_ml->ml_meth at call
+	 * time, so bound task_wakeup callbacks that already exist are covered too.
+	 */
+	S.step_type->tp_call = hook_step_call;
+	S.wakeup_def->ml_meth = (PyCFunction)(void (*)(void))hook_wakeup;
+	if (S.set_name_def)
+		S.set_name_def->ml_meth = (PyCFunction)(void (*)(void))hook_set_name;
+	patch_descr(S.init_descr, (void *)S.orig_init, (void *)hook_init);
+	patch_descr(S.del_descr, (void *)S.orig_finalize, (void *)hook_finalize);
+	patch_subclasses(tt, 0);
+	S.installed = 1;
+	start_watcher();
+	Py_RETURN_TRUE;
+}
+
+/* ---- emitters used by the replay (asynctrace/_replay.py) ----------------------- */
+
+static PyObject *m_replay_begin(PyObject *mod, PyObject *arg)
+{
+	(void)mod;
+	(void)arg;
+	uint64_t gen = ++S.replay_gen;
+	PyDict_Clear(S.codes); /* new tracer: re-register every code it will see */
+	S.session_sem = ASYNCTRACE_REPLAY_SEMAPHORE();
+	if (ASYNCTRACE_REPLAY_BEGIN_ENABLED())
+		ASYNCTRACE_REPLAY_BEGIN(gen);
+	return PyLong_FromUnsignedLongLong(gen);
+}
+
+static PyObject *m_replay_end(PyObject *mod, PyObject *args)
+{
+	(void)mod;
+	unsigned long long gen, n;
+	if (!PyArg_ParseTuple(args, "KK", &gen, &n))
+		return NULL;
+	if (ASYNCTRACE_REPLAY_END_ENABLED())
+		ASYNCTRACE_REPLAY_END(gen, n);
+	Py_RETURN_NONE;
+}
+
+/* emit_create(task, parent_or_None, tid) */
+static PyObject *m_emit_create(PyObject *mod, PyObject *args)
+{
+	(void)mod;
+	PyObject *task, *parent;
+	unsigned long long tid;
+	if (!PyArg_ParseTuple(args, "OOK", &task, &parent, &tid))
+		return NULL;
+	emit_create_raw(task, parent == Py_None ? 0 : (uint64_t)(uintptr_t)parent, tid, NULL);
+	Py_RETURN_NONE;
+}
+
+/* emit_edge(child, awaiter, kind) */
+static PyObject *m_emit_edge(PyObject *mod, PyObject *args)
+{
+	(void)mod;
+	PyObject *child, *awaiter;
+	int kind;
+	if (!PyArg_ParseTuple(args, "OOi", &child, &awaiter, &kind))
+		return NULL;
+	emit_edge(child, awaiter, kind);
+	Py_RETURN_NONE;
+}
+
+/* emit_state(task): task__await (with gather/shield edges) or task__complete. */
+static PyObject *m_emit_state(PyObject *mod, PyObject *task)
+{
+	(void)mod;
+	emit_post_step(task);
+	Py_RETURN_NONE;
+}
+
+/* emit_running(task, frames, truncated): task__await(RUNNING) with live frames, innermost first. */
+static PyObject *m_emit_running(PyObject *mod, PyObject *args)
+{
+	(void)mod;
+	PyObject *task, *frames;
+	int truncated;
+	if (!PyArg_ParseTuple(args, "OO!p", &task, &PyList_Type, &frames, &truncated))
+		return NULL;
+	if (!ASYNCTRACE_TASK_AWAIT_ENABLED())
+		Py_RETURN_NONE;
+	size_t n = 0;
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(frames) && n < ASYNCTRACE_MAX_FRAMES; i++) {
+		PyObject *f = PyList_GET_ITEM(frames, i);
+		if (!PyFrame_Check(f))
+			continue;
+		PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)f);
+		int line = PyFrame_GetLineNumber((PyFrameObject *)f);
+		tls_frames[n].code_id = register_code((PyObject *)code, NULL);
+		tls_frames[n].line = line > 0 ? (uint32_t)line : 0;
+		tls_frames[n].flags = 0;
+		Py_DECREF(code);
+		n++;
+	}
+	if (n && (truncated || PyList_GET_SIZE(frames) > (Py_ssize_t)n))
+		tls_frames[n - 1].flags |= ASYNCTRACE_FRAME_TRUNCATED;
+	ASYNCTRACE_TASK_AWAIT(task, NULL, ASYNCTRACE_AWAIT_RUNNING, tls_frames, n);
+	Py_RETURN_NONE;
+}
+
+/* taskgroup_edge(task, parent_task): TaskGroup.create_task wrapper (3.11+). */
+static PyObject *m_taskgroup_edge(PyObject *mod, PyObject *args)
+{
+	(void)mod;
+	PyObject *task, *parent;
+	if (!PyArg_ParseTuple(args, "OO", &task, &parent))
+		return NULL;
+	if (ASYNCTRACE_EDGE_ADD_ENABLED() && parent != Py_None && is_task(task) && !task_is_done(task)) {
+		flush_pending();
+		emit_edge(task, parent, ASYNCTRACE_EDGE_TASKGROUP);
+	}
+	Py_RETURN_NONE;
+}
+
+static PyObject *m_edge_enabled(PyObject *mod, PyObject *arg)
+{
+	(void)mod;
+	(void)arg;
+	return PyBool_FromLong(ASYNCTRACE_EDGE_ADD_ENABLED());
+}
+
+static PyObject *m_loop_tid(PyObject *mod, PyObject *loop)
+{
+	(void)mod;
+	return PyLong_FromUnsignedLong(lookup_loop_tid((uintptr_t)loop));
+}
+
+static PyObject *m_semaphores(PyObject *mod, PyObject *arg)
+{
+	(void)mod;
+	(void)arg;
+	PyObject *d = PyDict_New();
+	if (!d)
+		return NULL;
+#define X(n)                                                                              \
+	{                                                                                 \
+		PyObject *v = PyLong_FromLong(asynctrace_##n##_semaphore);                \
+		if (!v || PyDict_SetItemString(d, #n, v) < 0) {                           \
+			Py_XDECREF(v);                                                    \
+			Py_DECREF(d);                                                     \
+			return NULL;                                                      \
+		}                                                                         \
+		Py_DECREF(v);                                                             \
+	}
+	ASYNCTRACE__SEMAPHORES(X)
+#undef X
+	return d;
+}
+
+static PyObject *m_is_installed(PyObject *mod, PyObject *arg)
+{
+	(void)mod;
+	(void)arg;
+	return PyBool_FromLong(S.installed);
+}
+
+/* ---- watcher thread: notices tracers attaching, triggers the replay -------------- */
+
+static struct {
+	pthread_t thread;
+	atomic_int running; /* a watcher thread exists */
+	atomic_int stop;
+	atomic_int tid;     /* the watcher's OS thread id, 0 until it runs */
+	unsigned last;
+	long poll_ns;
+	pthread_mutex_t mu; /* with cv: stop wakes the watcher at once */
+	pthread_cond_t cv;
+} W = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+
+/* Sleeps one poll period, or less if asked to stop. */
+static void watcher_sleep(void)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_nsec += W.poll_ns % 1000000000L;
+	until.tv_sec += W.poll_ns / 1000000000L + until.tv_nsec / 1000000000L;
+	until.tv_nsec %= 1000000000L;
+	pthread_mutex_lock(&W.mu);
+	while (!atomic_load(&W.stop) &&
+	       pthread_cond_timedwait(&W.cv, &W.mu, &until) == 0)
+		;
+	pthread_mutex_unlock(&W.mu);
+}
+
+static void run_replay(void)
+{
+	PyObject *m = PyImport_ImportModule("asynctrace._replay");
+	PyObject *r = m ? PyObject_CallMethod(m, "replay", NULL) : NULL;
+	if (!r) {
+		if (getenv("ASYNCTRACE_DEBUG"))
+			PyErr_Print();
+		PyErr_Clear();
+	}
+	Py_XDECREF(r);
+	Py_XDECREF(m);
+}
+
+/* Sum of all semaphores: changes while a tracer is still attaching probes. */
+static unsigned semaphore_sum(void)
+{
+	unsigned sum = 0;
+#define X(n) sum += asynctrace_##n##_semaphore;
+	ASYNCTRACE__SEMAPHORES(X)
+#undef X
+	return sum;
+}
+
+static void *watcher_main(void *arg)
+{
+	(void)arg;
+	atomic_store(&W.tid, (int)gettid());
+	while (!atomic_load(&W.stop)) {
+		watcher_sleep();
+		unsigned v = ASYNCTRACE_REPLAY_SEMAPHORE();
+		if (v > W.last) {
+			/*
+			 * A new tracer attached. probes.h says tracers attach replay__end
+			 * last, but generic tools (bpftrace) attach in any order: wait until
+			 * the semaphores stop changing (at most ~40 polls) before replaying.
+			 */
+			for (int i = 0, prev = -1; i < 40 && !atomic_load(&W.stop); i++) {
+				int cur = (int)semaphore_sum();
+				if (cur == prev)
+					break;
+				prev = cur;
+				watcher_sleep();
+			}
+			v = ASYNCTRACE_REPLAY_SEMAPHORE();
+			if (atomic_load(&W.stop) || IS_FINALIZING())
+				break;
+			PyGILState_STATE g = PyGILState_Ensure();
+			if (!atomic_load(&W.stop))
+				run_replay();
+			PyGILState_Release(g);
+		}
+		W.last = v;
+	}
+	return NULL;
+}
+
+static void start_watcher(void)
+{
+	if (atomic_load(&W.running))
+		return;
+	const char *e = getenv("ASYNCTRACE_POLL_MS");
+	long ms = e ? strtol(e, NULL, 10) : 5;
+	if (ms <= 0)
+		ms = 5;
+	W.poll_ns = ms * 1000000L;
+	atomic_store(&W.stop, 0);
+	atomic_store(&W.tid, 0);
+	pthread_attr_t a;
+	pthread_attr_init(&a);
+	pthread_attr_setstacksize(&a, 256 * 1024);
+	/* Block all signals in the watcher so Python's handlers keep running on the main thread. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	if (pthread_create(&W.thread, &a, watcher_main, NULL) == 0)
+		atomic_store(&W.running, 1);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	pthread_attr_destroy(&a);
+}
+
+/*
+ * Stops and joins the watcher: at exit, before the interpreter goes away, and
+ * before fork(), so that a program forking while dormant-traced is single-
+ * threaded as without us (3.12+ warns about fork() in multi-threaded
+ * processes, counting the kernel's threads).
+ */
+static PyObject *m_stop_watcher(PyObject *mod, PyObject *arg)
+{
+	(void)mod;
+	(void)arg;
+	if (atomic_exchange(&W.running, 0)) {
+		pthread_mutex_lock(&W.mu);
+		atomic_store(&W.stop, 1);
+		pthread_cond_broadcast(&W.cv);
+		pthread_mutex_unlock(&W.mu);
+		int tid = atomic_load(&W.tid);
+		Py_BEGIN_ALLOW_THREADS
+		pthread_join(W.thread, NULL);
+		/* pthread_join returns when the thread cleared its tid, slightly
+		 * before the kernel stops counting it: wait for that too (bounded). */
+		if (tid > 0) {
+			char path[64];
+			snprintf(path, sizeof path, "/proc/self/task/%d", tid);
+			for (int i = 0; i < 200 && access(path, F_OK) == 0; i++)
+				usleep(50);
+		}
+		Py_END_ALLOW_THREADS
+	}
+	Py_RETURN_NONE;
+}
+
+static int pending_start_watcher(void *arg)
+{
+	(void)arg;
+	if (S.installed)
+		start_watcher();
+	return 0;
+}
+
+/*
+ * os.register_at_fork(after_in_parent=...): the watcher was stopped before
+ * fork. 3.13 counts threads for its fork() warning after the after_in_parent
+ * hooks ran, so restart from a pending call: it runs at the next bytecode
+ * boundary of the main thread, once os.fork() has returned.
+ */
+static PyObject *m_after_fork_parent(PyObject *mod, PyObject *arg)
+{
+	(void)mod;
+	(void)arg;
+	if (S.installed && Py_AddPendingCall(pending_start_watcher, NULL) < 0)
+		start_watcher();
+	Py_RETURN_NONE;
+}
+
+/* os.register_at_fork(after_in_child=...): threads do not survive fork. */
+static PyObject *m_after_fork_child(PyObject *mod, PyObject *arg)
+{
+	(void)mod;
+	(void)arg;
+	atomic_store(&W.running, 0);
+	tls_npending = 0;
+	if (S.installed) {
+		/* The child is a new process: no tracer is attached to it yet, but it
+		 * inherited the parent's semaphore values; only a rise means a tracer. */
+		W.last = ASYNCTRACE_REPLAY_SEMAPHORE();
+		start_watcher();
+	}
+	Py_RETURN_NONE;
+}
+
+/* ---- module ------------------------------------------------------------------------ */
+
+static PyMethodDef methods[] = {
+	{ "_install", m_install, METH_VARARGS, "Hook _asyncio (called by asynctrace.enable())." },
+	{ "is_installed", m_is_installed, METH_NOARGS, NULL },
+	{ "semaphores", m_semaphores, METH_NOARGS, "Current USDT semaphore values." },
+	{ "replay_begin", m_replay_begin, METH_NOARGS, NULL },
+	{ "replay_end", m_replay_end, METH_VARARGS, NULL },
+	{ "emit_create", m_emit_create, METH_VARARGS, NULL },
+	{ "emit_edge", m_emit_edge, METH_VARARGS, NULL },
+	{ "emit_state", m_emit_state, METH_O, NULL },
+	{ "emit_running", m_emit_running, METH_VARARGS, NULL },
+	{ "taskgroup_edge", m_taskgroup_edge, METH_VARARGS, NULL },
+	{ "edge_enabled", m_edge_enabled, METH_NOARGS, NULL },
+	{ "loop_tid", m_loop_tid, METH_O, NULL },
+	{ "_stop_watcher", m_stop_watcher, METH_NOARGS, NULL },
+	{ "_after_fork_child", m_after_fork_child, METH_NOARGS, NULL },
+	{ "_after_fork_parent", m_after_fork_parent, METH_NOARGS, NULL },
+	{ NULL, NULL, 0, NULL },
+};
+
+static struct PyModuleDef moddef = {
+	PyModuleDef_HEAD_INIT, "asynctrace._asynctrace",
+	"asynctrace USDT probes for asyncio", -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__asynctrace(void)
+{
+	struct { PyObject **var; const char *s; } names[] = {
+		{ &s_state, "_state" }, { &s_fut_waiter, "_fut_waiter" }, { &s_get_coro, "get_coro" },
+		{ &s_get_name, "get_name" }, { &s_loop, "_loop" }, { &s_exception, "_exception" },
+		{ &s_callbacks, "_callbacks" }, { &s_children, "_children" }, { &s_cr_frame, "cr_frame" },
+		{ &s_gi_frame, "gi_frame" }, { &s_ag_frame, "ag_frame" }, { &s_cr_await, "cr_await" },
+		{ &s_gi_yieldfrom, "gi_yieldfrom" }, { &s_ag_await, "ag_await" },
+		{ &s_qualname, "__qualname__" }, { &s_done, "done" }, { &s_cr_suspended, "cr_suspended" },
+		{ &s_gi_suspended, "gi_suspended" }, { &s_outer_done_callback, "_outer_done_callback" },
+		{ &s_inner, "inner" }, { &s_eager_start, "eager_start" }, { &s_co_freevars, "co_freevars" },
+	};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		if (!*names[i].var && !(*names[i].var = PyUnicode_InternFromString(names[i].s)))
+			return NULL;
+	if (!S.codes && !(S.codes = PyDict_New()))
+		return NULL;
+	PyObject *m = PyModule_Create(&moddef);
+	if (m && PyModule_AddIntConstant(m, "ABI_VERSION", ASYNCTRACE_ABI_VERSION) < 0)
+		Py_CLEAR(m);
+	return m;
+}
