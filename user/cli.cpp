@@ -31,6 +31,9 @@ void add_target_options(CLI::App* cmd, Options& o, std::string& fmt, std::string
       ->check(CLI::IsMember({"text", "json"}));
   cmd->add_option("--timeout", timeout,
                   "How long to wait for the runtime to report its live tasks (default 2s)");
+  cmd->add_option("--max-tasks", o.max_tasks,
+                  "Capacity of the kernel's task map (default 131072); tasks beyond it are counted, not shown")
+      ->check(CLI::Range(1, 1 << 22));
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -21,6 +22,7 @@ struct Options {
   Format format = Format::Text;
   bool verbose = false;
   std::chrono::milliseconds timeout{2000};  // wait for the runtime's replay
+  uint32_t max_tasks = 0;                    // tasks map capacity (0 = default)
   std::chrono::milliseconds duration{0};    // attach: 0 = until interrupted or the process exits
   std::vector<std::string> run_argv;       // run: the command to launch
   std::string python_dir;                  // run: override of <exe dir>/python

@@ -33,9 +33,10 @@ int fail(const Error& e) {
 // The tasks map may have dropped entries or edges: say so, with counts.
 void warn_partial(const ProcCounters& c) {
   if (c.drop_tasks_full || c.drop_edges_full || c.drop_codes_full) {
-    std::cerr << "asynctrace: warning: partial view: " << c.drop_tasks_full
-              << " task(s), " << c.drop_edges_full << " await edge(s) and " << c.drop_codes_full
-              << " code name(s) did not fit in the kernel maps\n";
+    std::cerr << "asynctrace: warning: partial view: the kernel maps were full; lost "
+              << c.drop_tasks_full << " task update(s), " << c.drop_edges_full
+              << " await edge(s), " << c.drop_codes_full
+              << " code name(s) (raise --max-tasks)\n";
   }
 }
 
@@ -58,6 +59,7 @@ int output_status() {
 }
 
 int run_view(const Options& o) {
+  if (auto st = check_privileges(); !st.ok()) return fail(st.error());
   const ProcInfo info = inspect_process(o.pid);
   if (info.kind != ProcKind::Probed) return fail(proc_error(info));
   // An `asynctrace attach` holding this process: answer from its maps.
@@ -71,6 +73,7 @@ int run_view(const Options& o) {
   topts.pid = o.pid;
   topts.replay_timeout = o.timeout;
   topts.verbose = o.verbose;
+  topts.max_tasks = o.max_tasks;
   auto tracer = attach_tracer(topts, info);
   if (!tracer.ok()) return fail(tracer.error());
   if (auto st = tracer.value()->wait_replay(o.timeout); !st.ok()) return fail(st.error());
@@ -89,11 +92,13 @@ void on_stop(int) { g_stop = 1; }
 // Holds the tracer attached with its maps pinned until a signal, the duration
 // or the end of the process. Prints one "attached" line on stdout when live.
 int run_attach(const Options& o) {
+  if (auto st = check_privileges(); !st.ok()) return fail(st.error());
   const ProcInfo info = inspect_process(o.pid);
   if (info.kind != ProcKind::Probed) return fail(proc_error(info));
   TraceOptions topts;
   topts.pid = o.pid;
   topts.verbose = o.verbose;
+  topts.max_tasks = o.max_tasks;
   auto tracer = attach_tracer(topts, info);
   if (!tracer.ok()) return fail(tracer.error());
   if (auto st = tracer.value()->wait_replay(o.timeout); !st.ok()) return fail(st.error());

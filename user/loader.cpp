@@ -19,16 +19,20 @@
 #include <array>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <mutex>
 #include <string_view>
+#include <system_error>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
 #include "../bpf/abi.h"
 #include "asynctrace.skel.h"
+#include "usdt_attach.h"
 
 namespace asynctrace {
 namespace {
@@ -88,16 +92,6 @@ uint64_t effective_caps() {
   return 0;
 }
 
-Status check_privileges() {
-  uint64_t caps = effective_caps();
-  auto has = [caps](int cap) { return (caps >> cap) & 1; };
-  // CAP_SYS_ADMIN covers BPF and perf events on every kernel; CAP_BPF +
-  // CAP_PERFMON is the least privilege on >= 5.8.
-  if (has(kCapSysAdmin) || (has(kCapBpf) && has(kCapPerfmon))) return ok_status();
-  return Error{kExitPrivilege,
-               "failed to attach tracer: missing privileges; run as root or grant CAP_BPF and "
-               "CAP_PERFMON (plus CAP_SYS_PTRACE to trace another user's process)"};
-}
 
 // libbpf creates uprobes through the perf "uprobe" PMU when the kernel has it
 // and falls back to tracefs uprobe_events otherwise; only the fallback needs
@@ -295,33 +289,86 @@ Status ensure_bpffs() {
   return Error{kExitTracing, std::string("failed to mount bpffs '/sys/fs/bpf': ") + std::strerror(errno)};
 }
 
+// How the programs reach the probe sites; decided once, before load, because
+// a program loaded for one kind of link cannot be used with the other (and
+// bpf_get_attach_cookie() is resolved per kind at verification).
+enum class AttachMode {
+  // One BPF_TRACE_UPROBE_MULTI link per program covering all of its sites:
+  // attach is one syscall per probe, detach one RCU grace period per link.
+  UprobeMulti,
+  // libbpf 1.1's bpf_program__attach_usdt(): one perf-event uprobe per site,
+  // each waiting for its own grace periods on close (~100 ms per site).
+  PerfPerSite,
+};
+
+const char* mode_name(AttachMode m) {
+  return m == AttachMode::UprobeMulti ? "uprobe_multi links" : "perf-event uprobes (libbpf)";
+}
+
+// ASYNCTRACE_UPROBE_MULTI=0 forces the libbpf path (tests of the fallback).
+AttachMode choose_attach_mode(bool verbose) {
+  std::string why;
+  const char* env = std::getenv("ASYNCTRACE_UPROBE_MULTI");
+  AttachMode mode = AttachMode::PerfPerSite;
+  if (env && std::string_view(env) == "0")
+    why = "disabled by ASYNCTRACE_UPROBE_MULTI=0";
+  else if (usdt::uprobe_multi_supported(&why))
+    mode = AttachMode::UprobeMulti;
+  if (verbose) {
+    std::fprintf(stderr, "asynctrace: attaching USDT probes with %s", mode_name(mode));
+    if (!why.empty()) std::fprintf(stderr, " (%s)", why.c_str());
+    std::fputc('\n', stderr);
+  }
+  return mode;
+}
+
+Error attach_error(int err, const std::string& probe, const std::string& binary, pid_t pid,
+                   const std::string& why) {
+  int code = (err == EPERM || err == EACCES) ? kExitPrivilege : kExitTracing;
+  std::string msg = "failed to attach USDT probe 'asynctrace:" + probe + "' of '" + binary +
+                    "' to pid " + std::to_string(pid) + ": " + why;
+  if (code == kExitPrivilege) msg += "; tracing another user's process needs CAP_SYS_PTRACE";
+  return Error{code, msg};
+}
+
+// Closes BPF link fds. Each close of a uprobe_multi link blocks in the kernel
+// for an RCU grace period (uprobe unregister sync); closing them from
+// separate threads lets those grace periods overlap instead of adding up.
+void close_links_concurrently(const std::vector<int>& fds) {
+  if (fds.size() <= 1) {
+    for (int fd : fds) close(fd);
+    return;
+  }
+  std::vector<std::thread> threads;
+  threads.reserve(fds.size());
+  for (int fd : fds) {
+    try {
+      threads.emplace_back([fd] { close(fd); });
+    } catch (const std::system_error&) {
+      close(fd);  // no thread to spare: close here, just slower
+    }
+  }
+  for (std::thread& t : threads) t.join();
+}
+
 class BpfTracer final : public Tracer {
  public:
-  BpfTracer(pid_t pid, asynctrace_bpf* skel) : pid_(pid), skel_(skel) {}
+  BpfTracer(pid_t pid, asynctrace_bpf* skel, AttachMode mode) : pid_(pid), skel_(skel), mode_(mode) {}
   ~BpfTracer() override {
-    // Reverse order: replay__end goes first so the runtime sees its
-    // semaphore drop before anything else disappears.
+    // libbpf links in reverse order: replay__end goes first so the runtime
+    // sees its semaphore drop before anything else disappears.
     for (auto it = links_.rbegin(); it != links_.rend(); ++it) bpf_link__destroy(*it);
+    // All links at once, replay__end's first: the runtime reacts to the
+    // replay__end semaphore rising, never to it falling, so the order of
+    // the drops does not matter on detach, and an ordered close would cost
+    // one more grace period.
+    std::reverse(link_fds_.begin(), link_fds_.end());
+    close_links_concurrently(link_fds_);
     asynctrace_bpf__destroy(skel_);
   }
 
   Status attach(const std::string& binary) {
-    for (const ProbeSlot& slot : kAttachOrder) {
-      bpf_link* link = bpf_program__attach_usdt(slot.prog(skel_), pid_, binary.c_str(),
-                                                "asynctrace", slot.probe, nullptr);
-      if (!link) {
-        int err = errno;
-        if (err == ENOENT && !slot.required) continue;  // the runtime has no such site
-        int code = (err == EPERM || err == EACCES) ? kExitPrivilege : kExitTracing;
-        std::string msg = "failed to attach USDT probe 'asynctrace:" + std::string(slot.probe) +
-                          "' of '" + binary + "' to pid " + std::to_string(pid_) + ": " +
-                          reason(err);
-        if (code == kExitPrivilege) msg += "; tracing another user's process needs CAP_SYS_PTRACE";
-        return Error{code, msg};
-      }
-      links_.push_back(link);
-    }
-    return ok_status();
+    return mode_ == AttachMode::UprobeMulti ? attach_multi(binary) : attach_per_site(binary);
   }
 
   Status wait_replay(std::chrono::milliseconds timeout) override {
@@ -353,11 +400,88 @@ class BpfTracer final : public Tracer {
   Status pin() override;
 
  private:
+  Status attach_per_site(const std::string& binary);
+  Status attach_multi(const std::string& binary);
+
   pid_t pid_;
   asynctrace_bpf* skel_;
-  std::vector<bpf_link*> links_;
+  AttachMode mode_;
+  std::vector<bpf_link*> links_;  // PerfPerSite, in attach order
+  std::vector<int> link_fds_;     // UprobeMulti, in attach order
   Pins pins_;
 };
+
+Status BpfTracer::attach_per_site(const std::string& binary) {
+  for (const ProbeSlot& slot : kAttachOrder) {
+    bpf_link* link = bpf_program__attach_usdt(slot.prog(skel_), pid_, binary.c_str(),
+                                              "asynctrace", slot.probe, nullptr);
+    if (!link) {
+      int err = errno;
+      if (err == ENOENT && !slot.required) continue;  // the runtime has no such site
+      return attach_error(err, slot.probe, binary, pid_, reason(err));
+    }
+    links_.push_back(link);
+  }
+  return ok_status();
+}
+
+// Does by hand what libbpf 1.1's USDT support would: sites from the notes,
+// one spec per distinct argument string in __bpf_usdt_specs, the spec id as
+// each site's BPF cookie (usdt.bpf.h reads it with bpf_get_attach_cookie()).
+// Everything that can fail for a reason of the binary fails before the first
+// link, so nothing is attached half-way for those.
+Status BpfTracer::attach_multi(const std::string& binary) {
+  auto sites = usdt::read_sites(binary, "asynctrace");
+  if (!sites.ok()) return sites.error();
+
+  bpf_map* specs = bpf_object__find_map_by_name(skel_->obj, "__bpf_usdt_specs");
+  if (!specs || bpf_map__value_size(specs) != sizeof(usdt::Spec))
+    return Error{kExitInternal,
+                 "failed to find BPF map '__bpf_usdt_specs': missing or not the layout of "
+                 "libbpf 1.1's usdt.bpf.h"};
+  const int specs_fd = bpf_map__fd(specs);
+  std::unordered_map<std::string, int> spec_ids;  // argument string -> spec id
+
+  struct ProbeSites {
+    std::vector<unsigned long> offsets, sema_offsets;
+    std::vector<uint64_t> cookies;
+  };
+  std::array<ProbeSites, kAttachOrder.size()> per_slot;
+  for (size_t i = 0; i < kAttachOrder.size(); ++i) {
+    const ProbeSlot& slot = kAttachOrder[i];
+    for (const usdt::Site& site : sites.value()) {
+      if (site.name != slot.probe) continue;
+      auto [it, fresh] = spec_ids.try_emplace(site.args, static_cast<int>(spec_ids.size()));
+      if (fresh) {
+        auto spec = usdt::parse_args(site.args);
+        if (!spec.ok()) return attach_error(EINVAL, slot.probe, binary, pid_, spec.error().message);
+        if (static_cast<uint32_t>(it->second) >= bpf_map__max_entries(specs))
+          return attach_error(E2BIG, slot.probe, binary, pid_, "more distinct USDT argument specs than "
+                                                               "BPF map '__bpf_usdt_specs' holds");
+        const __u32 key = static_cast<__u32>(it->second);
+        if (bpf_map_update_elem(specs_fd, &key, &spec.value(), BPF_ANY) != 0)
+          return Error{kExitTracing, "failed to update BPF map '__bpf_usdt_specs': " + reason(errno)};
+      }
+      per_slot[i].offsets.push_back(site.offset);
+      per_slot[i].sema_offsets.push_back(site.sema_offset);
+      per_slot[i].cookies.push_back(static_cast<uint64_t>(it->second));
+    }
+    if (per_slot[i].offsets.empty() && slot.required)
+      return attach_error(ENOENT, slot.probe, binary, pid_, "no such USDT probe in the binary");
+  }
+
+  for (size_t i = 0; i < kAttachOrder.size(); ++i) {
+    const ProbeSites& ps = per_slot[i];
+    if (ps.offsets.empty()) continue;  // the runtime has no such site
+    const int fd = usdt::create_uprobe_multi_link(bpf_program__fd(kAttachOrder[i].prog(skel_)), binary,
+                                                  pid_, ps.offsets, ps.sema_offsets, ps.cookies);
+    if (fd < 0)
+      return attach_error(-fd, kAttachOrder[i].probe, binary, pid_,
+                          std::string("uprobe_multi link: ") + std::strerror(-fd));
+    link_fds_.push_back(fd);
+  }
+  return ok_status();
+}
 
 Status BpfTracer::pin() {
   if (Status st = make_private_dir("/run/asynctrace"); !st.ok()) return st;
@@ -386,6 +510,17 @@ Status BpfTracer::pin() {
 }
 
 }  // namespace
+
+Status check_privileges() {
+  uint64_t caps = effective_caps();
+  auto has = [caps](int cap) { return (caps >> cap) & 1; };
+  // CAP_SYS_ADMIN covers BPF and perf events on every kernel; CAP_BPF +
+  // CAP_PERFMON is the least privilege on >= 5.8.
+  if (has(kCapSysAdmin) || (has(kCapBpf) && has(kCapPerfmon))) return ok_status();
+  return Error{kExitPrivilege,
+               "failed to attach tracer: missing privileges; run as root or grant CAP_BPF and "
+               "CAP_PERFMON (plus CAP_SYS_PTRACE to trace another user's process)"};
+}
 
 std::string pin_dir(pid_t pid) { return "/sys/fs/bpf/asynctrace/" + std::to_string(pid); }
 
@@ -427,13 +562,29 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
   libbpf_set_print(libbpf_log);
   // RLIMIT_MEMLOCK: libbpf >= 1.0 raises it by itself, and only on kernels
   // that still charge BPF memory to it (< 5.11, no memcg accounting).
-  if (Status st = ensure_uprobe_interface(); !st.ok()) return st.error();
+  const AttachMode mode = choose_attach_mode(opts.verbose);
+  if (mode == AttachMode::PerfPerSite)
+    if (Status st = ensure_uprobe_interface(); !st.ok()) return st.error();
 
   asynctrace_bpf* skel = asynctrace_bpf__open();
   if (!skel)
     return Error{kExitTracing, "failed to open BPF object 'asynctrace': " + reason(errno)};
   skel->rodata->target_tgid = static_cast<__u32>(opts.pid ? opts.pid : proc.pid);
-  auto tracer = std::make_unique<BpfTracer>(static_cast<pid_t>(skel->rodata->target_tgid), skel);
+  if (opts.max_tasks && bpf_map__set_max_entries(skel->maps.tasks, opts.max_tasks) != 0)
+    return Error{kExitTracing, "failed to size BPF map 'tasks': " + reason(errno)};
+  auto tracer = std::make_unique<BpfTracer>(static_cast<pid_t>(skel->rodata->target_tgid), skel, mode);
+  if (mode == AttachMode::UprobeMulti) {
+    // The kernel accepts a uprobe_multi link only for programs loaded with
+    // this attach type (SEC("usdt") leaves it 0), and wires
+    // bpf_get_attach_cookie() to the multi link's per-site cookies for them.
+    for (const ProbeSlot& slot : kAttachOrder) {
+      if (int err = bpf_program__set_expected_attach_type(
+              slot.prog(skel), static_cast<bpf_attach_type>(usdt::kAttachUprobeMulti));
+          err)
+        return Error{kExitInternal, std::string("failed to set attach type of BPF program '") +
+                                        bpf_program__name(slot.prog(skel)) + "': " + reason(err)};
+    }
+  }
 
   if (int err = asynctrace_bpf__load(skel); err) {
     int code = (err == -EPERM || err == -EACCES) ? kExitPrivilege : kExitTracing;

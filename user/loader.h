@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -20,6 +21,7 @@ struct TraceOptions {
   pid_t pid = 0;
   std::chrono::milliseconds replay_timeout{2000};
   bool verbose = false;  // libbpf messages and feature choices to stderr
+  uint32_t max_tasks = 0;  // capacity of the tasks map; 0 = AT_MAX_TASKS
 };
 
 // An attached tracer: BPF object loaded, probes of `proc.probe_lib` attached for
@@ -35,6 +37,10 @@ class Tracer {
   // read them without attaching; the pins go when the Tracer goes.
   virtual Status pin() = 0;
 };
+
+// Root, or CAP_BPF + CAP_PERFMON (CAP_SYS_ADMIN on old kernels), effective now.
+// Checked first: without them /proc of other users' processes is unreadable too.
+Status check_privileges();
 
 // Where `attach` pins the maps of one process: /sys/fs/bpf/asynctrace/<pid>.
 std::string pin_dir(pid_t pid);

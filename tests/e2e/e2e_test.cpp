@@ -209,6 +209,22 @@ INSTANTIATE_TEST_SUITE_P(Programs, TracedFromStart, ::testing::ValuesIn(event_pa
                            return i.param.c.program + "_" + i.param.tag;
                          });
 
+// Detaching leaves nothing raised in the target: the runtime itself reports
+// its semaphores after the tracer went away (tests/runtime_smoke/app.py).
+TEST(Detach, SemaphoresReturnToZeroInTheTarget) {
+  for (const auto& [tag, py] : e2e::built_pythons()) {
+    SCOPED_TRACE(py);
+    e2e::Program app({"env", "PYTHONPATH=" + e2e::binary_dir() + "/python/" + tag, py,
+                      e2e::source_dir() + "/tests/runtime_smoke/app.py", "live"});
+    ASSERT_TRUE(app.wait_line(std::to_string(app.pid()), 20s)) << app.stderr_text();
+    auto r = e2e::run({tool(), "attach", "-p", std::to_string(app.pid()), "--duration", "2s"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    std::string out;
+    EXPECT_EQ(app.wait_exit(60s, &out), 0) << app.stderr_text();
+    EXPECT_NE(out.find("SEM_ZERO"), std::string::npos) << out;
+  }
+}
+
 TEST(Runtimes, EverySupportedInterpreterWasBuilt) {
   std::set<std::string> tags;
   for (const auto& [tag, _] : e2e::built_pythons()) tags.insert(tag);
@@ -238,6 +254,51 @@ TEST(BadInput, PythonWithoutProbesSaysHowToEnable) {
   EXPECT_EQ(r.exit_code, 5) << r.err;
   EXPECT_NE(r.err.find("asynctrace run"), std::string::npos) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
+TEST(BadInput, WithoutPrivilegesSaysWhichCapabilities) {
+  e2e::Program py({tool(), "run", "--", "/usr/bin/python3.11", "-c",
+                   "import asyncio, time; print('READY', flush=True); time.sleep(30)"});
+  ASSERT_TRUE(py.wait_line("READY", 20s));
+  // An unprivileged user with no capabilities at all.
+  auto r = e2e::run({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                     "--bounding-set=-all", tool(), "pstree", "-p", std::to_string(py.pid())});
+  EXPECT_EQ(r.exit_code, 6) << r.err;
+  EXPECT_NE(r.err.find("CAP_BPF"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("CAP_PERFMON"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(r.out, "");
+}
+
+// More live tasks than the map holds: a partial view, clearly marked, with
+// the count of what is missing; never a crash.
+TEST(BadInput, FullTaskMapGivesAMarkedPartialView) {
+  const std::string truth = tmp_path("full-map.json");
+  e2e::Program prog({tool(), "run", "--", "/usr/bin/python3.11", programs() + "/many_tasks.py", truth},
+                    programs());
+  ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
+  auto r = e2e::run({tool(), "ps", "-p", std::to_string(prog.pid()), "--max-tasks", "1000", "--format", "json"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("partial view"), std::string::npos) << r.err;
+  const json j = json::parse(r.out);
+  EXPECT_FALSE(j["complete"].get<bool>());
+  EXPECT_LE(j["tasks"].size(), 1000u);
+  EXPECT_GE(j["counters"]["dropped_tasks_map_full"].get<uint64_t>(), 10001u - 1000u);
+  // The process is unharmed: it finishes its work as usual.
+  prog.signal(SIGUSR1);
+  std::string out;
+  EXPECT_EQ(prog.wait_exit(60s, &out), 0);
+  EXPECT_NE(out.find("sum: 49995000"), std::string::npos) << out;
+  unlink(truth.c_str());
+}
+
+TEST(BadInput, ExitedProcessIsNoSuchProcess) {
+  e2e::Program py({"/usr/bin/python3.11", "-c", "print('READY', flush=True)"});
+  ASSERT_TRUE(py.wait_line("READY", 10s));
+  const pid_t pid = py.pid();
+  py.wait_exit(10s, nullptr);
+  auto r = e2e::run({tool(), "ps", "-p", std::to_string(pid)});
+  EXPECT_EQ(r.exit_code, 3) << r.err;
 }
 
 }  // namespace

@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: Apache-2.0
+// USDT attach without libbpf's per-site perf uprobes: reads the .note.stapsdt
+// notes of one ELF file, turns each site's argument string into the spec that
+// libbpf's <bpf/usdt.bpf.h> reads on the BPF side, and attaches one program to
+// all sites of a probe with a single BPF_TRACE_UPROBE_MULTI link (kernel >= 6.6).
+// Closing such a link waits for one RCU grace period instead of one per site.
+// Only loader.cpp uses this; it owns the BPF object and the spec map.
+#pragma once
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "result.h"
+
+namespace asynctrace::usdt {
+
+// Mirrors struct __bpf_usdt_arg_spec / __bpf_usdt_spec of libbpf 1.1's
+// <bpf/usdt.bpf.h> byte for byte: these are the values of its
+// __bpf_usdt_specs map, read by bpf_usdt_arg() in our BPF programs.
+enum ArgType : uint32_t { kArgConst = 0, kArgReg = 1, kArgRegDeref = 2 };
+constexpr int kMaxArgs = 12;  // BPF_USDT_MAX_ARG_CNT
+struct ArgSpec {
+  uint64_t val_off = 0;
+  ArgType arg_type = kArgConst;
+  int16_t reg_off = 0;
+  bool arg_signed = false;
+  int8_t arg_bitshift = 0;
+};
+struct Spec {
+  ArgSpec args[kMaxArgs] = {};
+  uint64_t usdt_cookie = 0;
+  int16_t arg_cnt = 0;
+};
+static_assert(sizeof(ArgSpec) == 16 && sizeof(Spec) == 208, "must match usdt.bpf.h");
+
+// One probe site, with addresses already turned into file offsets the way
+// libbpf 1.1 does (prelink .stapsdt.base adjustment, PT_LOAD segment mapping).
+struct Site {
+  std::string name;          // probe name, e.g. "task__create"
+  std::string args;          // argument string as in the note, e.g. "8@%rdi -8@-24(%rbp)"
+  uint64_t offset = 0;       // file offset of the probe's nop
+  uint64_t sema_offset = 0;  // file offset of the semaphore, 0 if none
+};
+
+// All sites of `provider` in the ELF file at `path`, in note order.
+Result<std::vector<Site>> read_sites(const std::string& path, std::string_view provider);
+
+// Parses one site's argument string. Accepts the forms libbpf 1.1.2 accepts on
+// x86-64: "N@%reg", "N@off(%reg)", "N@(%reg)" and "N@$imm"; anything else
+// (e.g. "N@sym(%rip)", "N@(%rax,%rdx,8)") is an error.
+Result<Spec> parse_args(std::string_view args);
+
+// Whether BPF_TRACE_UPROBE_MULTI links are usable for USDT here: kernel
+// support, process (not thread) pid filtering, and an architecture whose
+// operands parse_args understands. `why` says what is missing.
+bool uprobe_multi_supported(std::string* why);
+
+// Creates one BPF_TRACE_UPROBE_MULTI link for `prog_fd` (loaded with
+// expected_attach_type BPF_TRACE_UPROBE_MULTI) on `path`, filtered to the
+// process `pid`. The arrays are parallel; ref_ctr_offsets raise the USDT
+// semaphores while the link lives. Returns the link fd or -errno.
+int create_uprobe_multi_link(int prog_fd, const std::string& path, pid_t pid,
+                             const std::vector<unsigned long>& offsets,
+                             const std::vector<unsigned long>& ref_ctr_offsets,
+                             const std::vector<uint64_t>& cookies);
+
+// The value of enum bpf_attach_type BPF_TRACE_UPROBE_MULTI (uapi >= 6.6;
+// the bookworm headers predate it).
+constexpr int kAttachUprobeMulti = 48;
+
+}  // namespace asynctrace::usdt
