@@ -58,10 +58,26 @@ int output_status() {
                           : fail(Error{kExitInternal, "failed to write output: " + std::string(std::strerror(errno))});
 }
 
+// Privileges, target check, attach, and the runtime's replay: what every
+// command that traces a process does first.
+Result<std::unique_ptr<Tracer>> start_tracing(const Options& o) {
+  if (auto st = check_privileges(); !st.ok()) return st.error();
+  const ProcInfo info = inspect_process(o.pid);
+  if (info.kind != ProcKind::Probed) return proc_error(info);
+  TraceOptions topts;
+  topts.pid = o.pid;
+  topts.replay_timeout = o.timeout;
+  topts.verbose = o.verbose;
+  topts.max_tasks = o.max_tasks;
+  auto tracer = attach_tracer(topts, info);
+  if (!tracer.ok()) return tracer.error();
+  if (auto st = tracer.value()->wait_replay(o.timeout); !st.ok()) return st.error();
+  return tracer;
+}
+
 int run_view(const Options& o) {
   if (auto st = check_privileges(); !st.ok()) return fail(st.error());
-  const ProcInfo info = inspect_process(o.pid);
-  if (info.kind != ProcKind::Probed) return fail(proc_error(info));
+  if (!process_alive(o.pid)) return fail(proc_error(inspect_process(o.pid)));
   // An `asynctrace attach` holding this process: answer from its maps.
   auto pinned = read_pinned(o.pid);
   if (!pinned.ok()) return fail(pinned.error());
@@ -69,18 +85,12 @@ int run_view(const Options& o) {
     print_view(o, *pinned.value());
     return output_status();
   }
-  TraceOptions topts;
-  topts.pid = o.pid;
-  topts.replay_timeout = o.timeout;
-  topts.verbose = o.verbose;
-  topts.max_tasks = o.max_tasks;
-  auto tracer = attach_tracer(topts, info);
+  auto tracer = start_tracing(o);
   if (!tracer.ok()) return fail(tracer.error());
-  if (auto st = tracer.value()->wait_replay(o.timeout); !st.ok()) return fail(st.error());
   auto snap = tracer.value()->snapshot();
   if (!snap.ok()) return fail(snap.error());
-  // Print first, detach after: closing uprobes takes the kernel ~0.1 s per
-  // probe site (synchronize_rcu per perf event with libbpf 1.1's USDT links).
+  // Print first, detach after: closing the uprobe links waits for a kernel
+  // grace period (tens of ms), which the user need not wait for.
   print_view(o, snap.value());
   tracer.value().reset();
   return output_status();
@@ -92,16 +102,8 @@ void on_stop(int) { g_stop = 1; }
 // Holds the tracer attached with its maps pinned until a signal, the duration
 // or the end of the process. Prints one "attached" line on stdout when live.
 int run_attach(const Options& o) {
-  if (auto st = check_privileges(); !st.ok()) return fail(st.error());
-  const ProcInfo info = inspect_process(o.pid);
-  if (info.kind != ProcKind::Probed) return fail(proc_error(info));
-  TraceOptions topts;
-  topts.pid = o.pid;
-  topts.verbose = o.verbose;
-  topts.max_tasks = o.max_tasks;
-  auto tracer = attach_tracer(topts, info);
+  auto tracer = start_tracing(o);
   if (!tracer.ok()) return fail(tracer.error());
-  if (auto st = tracer.value()->wait_replay(o.timeout); !st.ok()) return fail(st.error());
   if (auto st = tracer.value()->pin(); !st.ok()) return fail(st.error());
   struct sigaction sa {};
   sa.sa_handler = on_stop;
@@ -110,7 +112,6 @@ int run_attach(const Options& o) {
   sigaction(SIGHUP, &sa, nullptr);
   std::cout << "attached pid=" << o.pid << " maps=" << pin_dir(o.pid) << std::endl;
   const auto end = std::chrono::steady_clock::now() + o.duration;
-  int code = kExitOk;
   while (!g_stop) {
     if (o.duration.count() > 0 && std::chrono::steady_clock::now() >= end) break;
     if (!process_alive(o.pid)) {
@@ -120,7 +121,7 @@ int run_attach(const Options& o) {
     usleep(100 * 1000);
   }
   tracer.value().reset();
-  return code;
+  return kExitOk;
 }
 
 std::string self_dir() {

@@ -1,0 +1,598 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Overhead and pstree-latency benchmark of asynctrace (run it via scripts/bench).
+
+Each workload runs as
+  baseline  python workload.py ...                          (no asynctrace)
+  dormant   asynctrace run -- python workload.py ...         (probes loaded, nobody attached)
+  attached  the same, with `asynctrace attach -p PID` live before the timed part
+(plus reference rows on ping-pong: asyncio debug mode, and a bpftrace script
+keeping a task map on the per-event probes), in interleaved order: each
+repetition runs every mode once, rotating the order. Ratios are the median over
+repetitions of (mode / baseline of the same repetition): time for the CPU
+workloads, requests/s for the aiohttp server.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import queue
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKLOAD = os.path.join(HERE, "workload.py")
+DEBIAN_PY = "/usr/bin/python3.11"
+
+# Targets from the issue: (comparison, bound). "le": ratio <= bound, "ge": ratio >= bound.
+TARGETS = {
+    ("ping-pong", "dormant"): ("le", 1.01),
+    ("ping-pong", "attached"): ("le", 1.05),
+    ("churn", "dormant"): ("le", 1.01),
+    ("churn", "attached"): ("le", 1.10),
+    ("aiohttp", "dormant"): ("ge", 0.99),
+    ("aiohttp", "attached"): ("ge", 0.98),
+}
+PSTREE_TARGET_MS = {1000: 20.0, 10000: 50.0, 100000: 300.0}
+RSS_TARGET_MB = 64.0
+BYTES_PER_TASK_TARGET = 256.0
+
+BPFTRACE_SCRIPT = (
+    "usdt:{so}:asynctrace:task__create {{ @tasks[arg0] = nsecs; }} "
+    "usdt:{so}:asynctrace:task__resume {{ @state[arg0] = 1; }} "
+    "usdt:{so}:asynctrace:task__await {{ @state[arg0] = 2; }} "
+    "usdt:{so}:asynctrace:task__complete {{ delete(@tasks[arg0]); delete(@state[arg0]); }} "
+    'BEGIN {{ printf("bpftrace-ready\\n"); }} '
+    "END {{ clear(@tasks); clear(@state); }}"
+)
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---------------------------------------------------------------- processes
+
+_live = []  # every Proc still possibly running, for cleanup
+
+
+class Proc:
+    """A child in its own session (Ctrl-C reaches only the driver, which then
+    stops children in order), with stdout lines collected by a thread."""
+
+    def __init__(self, argv, env=None, stdin=False, tracer=False):
+        self.argv = argv
+        self.tracer = tracer
+        self.p = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+            start_new_session=True,
+        )
+        _live.append(self)
+        self.lines = queue.Queue()
+        self.out = []
+        self.err = []
+        self._t = threading.Thread(target=self._read, args=(self.p.stdout, self.out, True), daemon=True)
+        self._t.start()
+        self._te = threading.Thread(target=self._read, args=(self.p.stderr, self.err, False), daemon=True)
+        self._te.start()
+
+    def _read(self, f, keep, enqueue):
+        for line in f:
+            if len(keep) < 200:
+                keep.append(line)
+            if enqueue:
+                self.lines.put(line)
+        if enqueue:
+            self.lines.put(None)
+
+    @property
+    def pid(self):
+        return self.p.pid
+
+    def expect(self, pattern, timeout):
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"timeout waiting for /{pattern}/ from {self.argv[:4]}: {self.tail()}")
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if line is None:
+                self.p.wait()
+                raise BenchError(f"{self.argv[:4]} exited ({self.p.returncode}) before /{pattern}/: {self.tail()}")
+            m = rx.search(line)
+            if m:
+                return m
+
+    def tail(self):
+        return ("".join(self.out[-5:]) + "".join(self.err[-5:])).strip()[-800:]
+
+    def send(self, text):
+        self.p.stdin.write(text)
+        self.p.stdin.flush()
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+        if self.p.poll() is None:
+            try:
+                self.p.send_signal(sig)
+                self.p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+            except ProcessLookupError:
+                pass
+        for f in (self.p.stdin,):
+            try:
+                if f:
+                    f.close()
+            except OSError:
+                pass
+        if self in _live:
+            _live.remove(self)
+        return self.p.returncode
+
+
+def cleanup():
+    # Tracers first (SIGINT: they detach and unpin), then the workloads.
+    for pr in sorted(list(_live), key=lambda x: not x.tracer):
+        pr.stop(signal.SIGINT if pr.tracer else signal.SIGTERM, timeout=10.0)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def so_of(pid):
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            if "_asynctrace" in line and line.rstrip().endswith(".so"):
+                return line.split()[-1]
+    raise BenchError(f"pid {pid}: no _asynctrace*.so mapped (runtime not loaded?)")
+
+
+# ---------------------------------------------------------------- one run
+
+class Runner:
+    def __init__(self, args):
+        self.a = args
+        self.tool = os.path.join(args.build_dir, "asynctrace")
+
+    def argv(self, py, mode, wl_args):
+        base = [py, WORKLOAD] + wl_args
+        if mode in ("baseline", "debug"):
+            return base
+        return [self.tool, "run", "--"] + base
+
+    def env(self, mode):
+        env = dict(os.environ)
+        env.pop("PYTHONASYNCIODEBUG", None)
+        env.pop("PYTHONPATH", None)
+        if mode == "debug":
+            env["PYTHONASYNCIODEBUG"] = "1"
+        return env
+
+    def start_tracer(self, mode, pid):
+        if mode == "attached":
+            t = Proc([self.tool, "attach", "-p", str(pid), "--timeout", "60s"], tracer=True)
+            t.expect(r"^attached pid=", 120)
+            return t
+        if mode == "bpftrace":
+            script = BPFTRACE_SCRIPT.format(so=so_of(pid))
+            t = Proc(["bpftrace", "-p", str(pid), "-e", script], tracer=True)
+            t.expect(r"bpftrace-ready", 120)
+            return t
+        return None
+
+    def timed(self, py, mode, wl_args):
+        """Runs a CPU workload; returns the median of its rounds' seconds."""
+        w = Proc(self.argv(py, mode, wl_args + ["--wait"]), env=self.env(mode), stdin=True)
+        tracer = None
+        try:
+            m = w.expect(r"^ready pid=(\d+)", 60)
+            pid = int(m.group(1))
+            tracer = self.start_tracer(mode, pid)
+            w.send("go\n")
+            m = w.expect(r"^result seconds=([\d.,]+)", 900)
+            secs = [float(x) for x in m.group(1).split(",")]
+            if tracer is not None and tracer.p.poll() is not None:
+                raise BenchError(f"tracer exited during the run: {tracer.tail()}")
+            return statistics.median(secs)
+        finally:
+            if tracer is not None:
+                tracer.stop(signal.SIGINT)
+            w.stop()
+
+    def server(self, py, mode):
+        """Runs the aiohttp server under wrk; returns requests/s."""
+        port = free_port()
+        a = self.a
+        pin = a.pin
+        argv = self.argv(py, mode, ["server", "--port", str(port)])
+        if pin:
+            argv = ["taskset", "-c", "1"] + argv
+        w = Proc(argv, env=self.env(mode))
+        tracer = None
+        try:
+            w.expect(r"^serving port=", 60)
+            tracer = self.start_tracer(mode, w.pid)
+            wrk = ["wrk", f"-t{a.wrk_threads}", f"-c{a.wrk_conns}"]
+            if pin:
+                wrk = ["taskset", "-c", "0"] + wrk
+            url = f"http://127.0.0.1:{port}/"
+            if a.wrk_warmup > 0:
+                subprocess.run(wrk + [f"-d{a.wrk_warmup}s", url], capture_output=True, text=True, check=True)
+            r = subprocess.run(wrk + [f"-d{a.wrk_duration}s", url], capture_output=True, text=True, check=True)
+            m = re.search(r"Requests/sec:\s*([\d.]+)", r.stdout)
+            if not m:
+                raise BenchError(f"cannot parse wrk output: {r.stdout}{r.stderr}")
+            bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", r.stdout)
+            if bad:
+                raise BenchError(f"wrk saw {bad.group(1)} bad responses")
+            if tracer is not None and tracer.p.poll() is not None:
+                raise BenchError(f"tracer exited during the run: {tracer.tail()}")
+            return float(m.group(1))
+        finally:
+            if tracer is not None:
+                tracer.stop(signal.SIGINT)
+            w.stop(signal.SIGINT)
+
+
+# ---------------------------------------------------------------- overhead
+
+def py_label(py):
+    v = subprocess.run([py, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+                       capture_output=True, text=True, check=True).stdout.strip()
+    origin = "debian" if py.startswith("/usr/bin/") else ("pyenv" if "/.pyenv/" in py else os.path.dirname(py))
+    return f"{v} {origin}"
+
+
+def overhead(args, runner, pythons):
+    # (workload, python, mode) -> [samples per repetition]; cases run in order
+    cases = []  # (workload, py, modes, kind, fn)
+    pp_args = ["pingpong", "--tasks", str(args.pingpong_tasks), "--steps", str(args.pingpong_steps),
+               "--rounds", str(args.rounds)]
+    churn_args = ["churn", "--tasks", str(args.churn_tasks), "--rounds", str(args.rounds)]
+    for i, py in enumerate(pythons):
+        modes = ["baseline", "dormant", "attached"]
+        if i == 0 or args.reference_all:
+            if not args.no_debug:
+                modes.append("debug")
+            if not args.no_bpftrace:
+                modes.append("bpftrace")
+        cases.append(("ping-pong", py, modes, "time"))
+        cases.append(("churn", py, ["baseline", "dormant", "attached"], "time"))
+    if not args.no_server:
+        if DEBIAN_PY in pythons:
+            cases.append(("aiohttp", DEBIAN_PY, ["baseline", "dormant", "attached"], "rps"))
+        else:
+            log(f"bench: aiohttp server skipped ({DEBIAN_PY} not among --python)")
+
+    samples = {}
+    for rep in range(args.reps):
+        for wl, py, modes, kind in cases:
+            k = rep % len(modes)
+            for mode in modes[k:] + modes[:k]:
+                t0 = time.monotonic()
+                if wl == "ping-pong":
+                    wl_args = list(pp_args)
+                    if mode == "debug":
+                        wl_args[wl_args.index("--rounds") + 1] = "1"
+                    v = runner.timed(py, mode, wl_args)
+                elif wl == "churn":
+                    v = runner.timed(py, mode, churn_args)
+                else:
+                    v = runner.server(py, mode)
+                samples.setdefault((wl, py, mode), []).append(v)
+                unit = "req/s" if kind == "rps" else "s"
+                log(f"  rep {rep + 1}/{args.reps} {wl:9} {os.path.basename(py):10} {mode:9} "
+                    f"{v:.4f} {unit}  ({time.monotonic() - t0:.1f}s)")
+
+    rows = []
+    for wl, py, modes, kind in cases:
+        base = samples[(wl, py, "baseline")]
+        for mode in modes:
+            vals = samples[(wl, py, mode)]
+            ratios = [v / b for v, b in zip(vals, base)]
+            ratio = statistics.median(ratios)
+            tgt = TARGETS.get((wl, mode))
+            if mode == "debug":
+                tgt_s, ok = "ref (13-18x)", None
+            elif mode == "bpftrace":
+                tgt_s, ok = "ref", None
+            elif tgt is None:
+                tgt_s, ok = "", None
+            else:
+                op, bound = tgt
+                ok = ratio <= bound if op == "le" else ratio >= bound
+                tgt_s = ("<= " if op == "le" else ">= ") + f"{bound:.2f}x"
+            rows.append({
+                "workload": wl,
+                "python": py,
+                "python_label": LABELS[py],
+                "mode": mode,
+                "metric": "requests/s" if kind == "rps" else "seconds",
+                "median": statistics.median(vals),
+                "baseline_median": statistics.median(base),
+                "ratio": ratio,
+                "ratios": ratios,
+                "samples": vals,
+                "target": tgt_s,
+                "pass": ok,
+            })
+    return rows
+
+
+# ---------------------------------------------------------------- pstree
+
+def run_rusage(argv, timeout=300):
+    """Runs argv with stdout to /dev/null; returns (seconds, maxrss KiB, rc, stderr)."""
+    with open(os.devnull, "w") as null:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(argv, stdout=null, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        err = p.stderr.read()
+        _, status, ru = os.wait4(p.pid, 0)
+        t1 = time.perf_counter()
+        p.returncode = os.waitstatus_to_exitcode(status)
+    return t1 - t0, ru.ru_maxrss, p.returncode, err
+
+
+def vm_hwm_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def map_info(pid, name):
+    path = f"/sys/fs/bpf/asynctrace/{pid}/{name}"
+    r = subprocess.run(["bpftool", "-j", "map", "show", "pinned", path], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BenchError(f"bpftool map show pinned {path}: {r.stderr.strip()}")
+    return json.loads(r.stdout)
+
+
+def count_tasks(tool, pid):
+    r = subprocess.run([tool, "ps", "-p", str(pid), "--format", "json"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return None
+    try:
+        doc = json.loads(r.stdout)
+    except ValueError:
+        return None
+    for key in ("tasks", "rows"):
+        if isinstance(doc.get(key), list):
+            return len(doc[key])
+    return None
+
+
+def pstree_bench(args, runner, py):
+    tool = runner.tool
+    out = []
+    for n in args.pstree_tasks:
+        log(f"  pstree: {n} pending tasks ({os.path.basename(py)})")
+        w = Proc([tool, "run", "--", py, WORKLOAD, "hold", "--tasks", str(n)], env=runner.env("dormant"))
+        tracer = None
+        try:
+            w.expect(r"^holding tasks=", 300)
+            row = {"tasks": n, "python": py}
+            argv = [tool, "pstree", "-p", str(w.pid), "--timeout", "60s"]
+            # One-shot: attach + replay + read + detach each time.
+            one = [run_rusage(argv) for _ in range(args.pstree_reps)]
+            for s, _, rc, err in one:
+                if rc != 0:
+                    raise BenchError(f"pstree one-shot failed rc={rc}: {err.strip()[-400:]}")
+            row["oneshot_ms"] = [s * 1e3 for s, *_ in one]
+            row["oneshot_maxrss_kib"] = max(r for _, r, *_ in one)
+            # Held: `asynctrace attach` keeps the maps pinned; pstree reads them.
+            t0 = time.perf_counter()
+            tracer = Proc([tool, "attach", "-p", str(w.pid), "--timeout", "60s"], tracer=True)
+            tracer.expect(r"^attached pid=", 300)
+            row["attach_s"] = time.perf_counter() - t0
+            held = [run_rusage(argv) for _ in range(args.pstree_reps)]
+            for s, _, rc, err in held:
+                if rc != 0:
+                    raise BenchError(f"pstree (held) failed rc={rc}: {err.strip()[-400:]}")
+            row["held_ms"] = [s * 1e3 for s, *_ in held]
+            row["held_maxrss_kib"] = max(r for _, r, *_ in held)
+            row["seen_tasks"] = count_tasks(tool, w.pid)
+            info = map_info(w.pid, "tasks")
+            row["tasks_map"] = {k: info.get(k) for k in ("id", "bytes_key", "bytes_value", "max_entries",
+                                                          "bytes_memlock", "flags")}
+            try:
+                row["codes_map_memlock"] = map_info(w.pid, "codes").get("bytes_memlock")
+            except BenchError:
+                row["codes_map_memlock"] = None
+            row["attach_vmhwm_kib"] = vm_hwm_kib(tracer.pid)
+            row["oneshot_median_ms"] = statistics.median(row["oneshot_ms"])
+            row["held_median_ms"] = statistics.median(row["held_ms"])
+            row["target_ms"] = PSTREE_TARGET_MS.get(n)
+            out.append(row)
+            log(f"    one-shot {row['oneshot_median_ms']:.1f} ms, held {row['held_median_ms']:.1f} ms, "
+                f"maxrss {row['oneshot_maxrss_kib'] / 1024:.1f} MiB, tasks map {row['tasks_map']['bytes_memlock']} B, "
+                f"seen {row['seen_tasks']}")
+        finally:
+            if tracer is not None:
+                tracer.stop(signal.SIGINT)
+            w.stop(signal.SIGINT)
+    return out
+
+
+# ---------------------------------------------------------------- report
+
+def fmt_ratio(r):
+    return f"{r:.3f}x" if r < 10 else f"{r:.1f}x"
+
+
+def verdict(ok):
+    return "-" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def table(rows, pst, args):
+    lines = []
+    hdr = f"{'workload':10} {'python':13} {'mode':9} {'baseline':>12} {'this mode':>12} {'ratio':>8}  {'target':13} result"
+    lines.append("Overhead: median over %d interleaved repetitions of (mode / baseline of the same repetition)" % args.reps)
+    lines.append(hdr)
+    lines.append("-" * len(hdr))
+    for r in rows:
+        if r["metric"] == "seconds":
+            b, v = f"{r['baseline_median']:.3f} s", f"{r['median']:.3f} s"
+        else:
+            b, v = f"{r['baseline_median']:.0f} rq/s", f"{r['median']:.0f} rq/s"
+        lines.append(f"{r['workload']:10} {r['python_label']:13} {r['mode']:9} {b:>12} {v:>12} "
+                     f"{fmt_ratio(r['ratio']):>8}  {r['target']:13} {verdict(r['pass'])}")
+    if pst:
+        lines.append("")
+        lines.append("pstree latency: median of %d, stdout to /dev/null (%s)" % (args.pstree_reps, pst[0]["python"]))
+        hdr2 = f"{'tasks':>7} {'one-shot':>10} {'held':>9} {'target':>9}  one-shot  held   {'tool maxrss':>11} {'tasks map':>10} {'B/task':>7}"
+        lines.append(hdr2)
+        lines.append("-" * len(hdr2))
+        for r in pst:
+            t = r["target_ms"]
+            okone = verdict(None if t is None else r["oneshot_median_ms"] <= t)
+            okheld = verdict(None if t is None else r["held_median_ms"] <= t)
+            mem = r["tasks_map"]["bytes_memlock"] or 0
+            lines.append(f"{r['tasks']:>7} {r['oneshot_median_ms']:>7.1f} ms {r['held_median_ms']:>6.1f} ms "
+                         f"{'<= %g ms' % t if t else '':>9}  {okone:8}  {okheld:5}  "
+                         f"{max(r['oneshot_maxrss_kib'], r['held_maxrss_kib']) / 1024:>8.1f} MiB "
+                         f"{mem / 1048576:>6.1f} MiB {mem / r['tasks']:>7.0f}")
+        big = max(pst, key=lambda r: r["tasks"])
+        rss = max(big["oneshot_maxrss_kib"], big["held_maxrss_kib"]) / 1024
+        bpt = (big["tasks_map"]["bytes_memlock"] or 0) / big["tasks"]
+        lines.append(f"tool max RSS at {big['tasks']} tasks: {rss:.1f} MiB (pstree; target <= {RSS_TARGET_MB:g} MiB) "
+                     f"{verdict(rss <= RSS_TARGET_MB)}; attach holder VmHWM {(big['attach_vmhwm_kib'] or 0) / 1024:.1f} MiB")
+        lines.append(f"kernel tasks map at {big['tasks']} tasks: {bpt:.0f} B/task memlock "
+                     f"(value {big['tasks_map']['bytes_value']} B; target <= {BYTES_PER_TASK_TARGET:g}) "
+                     f"{verdict(bpt <= BYTES_PER_TASK_TARGET)}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+LABELS = {}
+
+
+def default_pythons(build_dir):
+    vf = os.path.join(build_dir, "python", "versions.txt")
+    pys = []
+    want = {"cp312": None, "cp313": None}
+    if os.path.exists(DEBIAN_PY):
+        pys.append(DEBIAN_PY)
+    try:
+        with open(vf) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2 and parts[0] in want and want[parts[0]] is None:
+                    want[parts[0]] = parts[1]
+    except OSError:
+        log(f"bench: {vf} missing; only {DEBIAN_PY}")
+    pys += [p for p in want.values() if p]
+    return pys
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--build-dir", required=True)
+    p.add_argument("--python", action="append", dest="pythons", metavar="PATH",
+                   help="interpreter to measure (repeatable; default Debian 3.11, pyenv 3.12 and 3.13)")
+    p.add_argument("--reps", type=int, default=5, help="interleaved repetitions (default 5)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="timed rounds per process for ping-pong/churn, median taken (default 1)")
+    p.add_argument("--pingpong-tasks", type=int, default=10_000)
+    p.add_argument("--pingpong-steps", type=int, default=20)
+    p.add_argument("--churn-tasks", type=int, default=200_000, help="tasks per churn run (default 200000)")
+    p.add_argument("--wrk-duration", type=int, default=5)
+    p.add_argument("--wrk-warmup", type=int, default=1)
+    p.add_argument("--wrk-threads", type=int, default=2)
+    p.add_argument("--wrk-conns", type=int, default=64)
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="do not pin the server to CPU 1 and wrk to CPU 0")
+    p.add_argument("--no-server", action="store_true")
+    p.add_argument("--no-debug", action="store_true")
+    p.add_argument("--no-bpftrace", action="store_true")
+    p.add_argument("--reference-all", action="store_true",
+                   help="debug-mode and bpftrace rows on every interpreter (default: the first only)")
+    p.add_argument("--pstree-tasks", type=lambda s: [int(x) for x in s.split(",") if x],
+                   default=[1000, 10000, 100000])
+    p.add_argument("--pstree-reps", type=int, default=5)
+    p.add_argument("--no-overhead", action="store_true")
+    p.add_argument("--no-pstree", action="store_true")
+    p.add_argument("--json", metavar="FILE")
+    a = p.parse_args()
+    if (os.cpu_count() or 1) < 2:
+        a.pin = False
+
+    def on_term(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    pythons = a.pythons or default_pythons(a.build_dir)
+    for py in pythons:
+        LABELS[py] = py_label(py)
+    runner = Runner(a)
+    started = time.monotonic()
+    rows, pst = [], []
+    try:
+        if not a.no_overhead:
+            log(f"bench: overhead on {', '.join(LABELS[p] for p in pythons)}; {a.reps} reps, "
+                f"ping-pong {a.pingpong_tasks}x{a.pingpong_steps}, churn {a.churn_tasks} tasks")
+            rows = overhead(a, runner, pythons)
+        if not a.no_pstree:
+            log("bench: pstree latency")
+            pst = pstree_bench(a, runner, pythons[0])
+    except KeyboardInterrupt:
+        log("bench: interrupted; stopping children")
+        cleanup()
+        return 130
+    except BenchError as e:
+        log(f"bench: error: {e}")
+        cleanup()
+        return 1
+    finally:
+        cleanup()
+    elapsed = time.monotonic() - started
+    text = table(rows, pst, a)
+    print(text)
+    print(f"\n(measured in {elapsed:.0f} s on {os.cpu_count()} CPUs, kernel {platform.release()})")
+    if a.json:
+        doc = {
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "host": {"cpus": os.cpu_count(), "kernel": platform.release()},
+            "settings": {k: v for k, v in vars(a).items() if k != "json"},
+            "pythons": {p: LABELS[p] for p in pythons},
+            "elapsed_s": elapsed,
+            "overhead": rows,
+            "pstree": pst,
+            "table": text,
+        }
+        with open(a.json, "w") as f:
+            json.dump(doc, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
