@@ -9,6 +9,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "harness.h"
 
@@ -222,6 +223,32 @@ TEST(Detach, SemaphoresReturnToZeroInTheTarget) {
     std::string out;
     EXPECT_EQ(app.wait_exit(60s, &out), 0) << app.stderr_text();
     EXPECT_NE(out.find("SEM_ZERO"), std::string::npos) << out;
+  }
+}
+
+// Dormant probes cost nothing while the program idles: the watcher thread
+// sleeps between polls (a busy-waiting watcher once doubled step times).
+TEST(Dormant, IdleProcessUsesNoCpu) {
+  for (const auto& [tag, py] : e2e::built_pythons()) {
+    SCOPED_TRACE(py);
+    e2e::Program prog({tool(), "run", "--", py, "-c",
+                       "import asyncio, time\nasync def main():\n print('READY', flush=True)\n"
+                       " await asyncio.sleep(30)\nasyncio.run(main())"});
+    ASSERT_TRUE(prog.wait_line("READY", 20s)) << prog.stderr_text();
+    auto cpu_ticks = [&] {
+      std::string stat = e2e::read_file("/proc/" + std::to_string(prog.pid()) + "/stat");
+      std::istringstream in(stat.substr(stat.rfind(')') + 2));
+      std::string f;
+      long ticks = 0;
+      for (int i = 3; i <= 15 && in >> f; ++i) {
+        if (i == 14 || i == 15) ticks += std::stol(f);  // utime + stime
+      }
+      return ticks;
+    };
+    const long before = cpu_ticks();
+    sleep(1);
+    const long used = cpu_ticks() - before;
+    EXPECT_LE(used, 2) << "an idle traced-but-dormant process used " << used << " ticks of CPU in 1 s";
   }
 }
 

@@ -923,7 +923,19 @@ static struct {
 	long poll_ns;
 	pthread_mutex_t mu; /* with cv: stop wakes the watcher at once */
 	pthread_cond_t cv;
-} W = { .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+} W = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+/* The condition variable measures timeouts on CLOCK_MONOTONIC (the default,
+ * CLOCK_REALTIME, would turn monotonic deadlines into a busy loop). */
+static pthread_once_t cv_once = PTHREAD_ONCE_INIT;
+static void init_cv(void)
+{
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&W.cv, &ca);
+	pthread_condattr_destroy(&ca);
+}
 
 /* Sleeps one poll period, or less if asked to stop. */
 static void watcher_sleep(void)
@@ -1005,6 +1017,7 @@ static void start_watcher(void)
 	if (ms <= 0)
 		ms = 5;
 	W.poll_ns = ms * 1000000L;
+	pthread_once(&cv_once, init_cv);
 	atomic_store(&W.stop, 0);
 	atomic_store(&W.tid, 0);
 	pthread_attr_t a;
