@@ -101,7 +101,6 @@ static struct {
 	PyObject *get_running_loop;      /* _asyncio._get_running_loop */
 	PyTypeObject *asend_type, *athrow_type;
 
-	PyObject *codes;          /* code object -> qualname: keeps ids valid per session */
 	unsigned session_sem;     /* replay semaphore value the code set belongs to */
 	uint64_t replay_gen;
 } S;
@@ -174,8 +173,66 @@ static const char *utf8(PyObject *s, Py_ssize_t *len)
 }
 
 /*
- * Register a code object for this tracing session (once). The code object and
- * its qualname are kept alive by S.codes so the id stays valid. On 3.10 code
+ * Registered code objects of this tracing session, by address: a strong
+ * reference keeps each id valid while tracers may still resolve it. Keyed by
+ * pointer, not by a dict: code objects hash their whole content (and equal
+ * code objects from two modules are still two ids).
+ */
+static struct {
+	PyObject **slots; /* open addressing, NULL = empty */
+	size_t cap, len;  /* cap is a power of two */
+} codes;
+
+static size_t ptr_slot(PyObject *p, size_t cap)
+{
+	uintptr_t h = (uintptr_t)p >> 4;
+	h ^= h >> 17;
+	h *= 0x9E3779B97F4A7C15ull;
+	return (size_t)(h >> 7) & (cap - 1);
+}
+
+static void codes_clear(void)
+{
+	for (size_t i = 0; i < codes.cap; i++)
+		Py_CLEAR(codes.slots[i]);
+	codes.len = 0;
+}
+
+/* 1 if newly added, 0 if present, -1 on memory error. */
+static int codes_add(PyObject *code)
+{
+	if (2 * (codes.len + 1) > codes.cap) {
+		size_t ncap = codes.cap ? 2 * codes.cap : 1024;
+		PyObject **ns = PyMem_Calloc(ncap, sizeof(PyObject *));
+		if (!ns)
+			return -1;
+		for (size_t i = 0; i < codes.cap; i++) {
+			PyObject *o = codes.slots[i];
+			if (!o)
+				continue;
+			size_t j = ptr_slot(o, ncap);
+			while (ns[j])
+				j = (j + 1) & (ncap - 1);
+			ns[j] = o;
+		}
+		PyMem_Free(codes.slots);
+		codes.slots = ns;
+		codes.cap = ncap;
+	}
+	size_t j = ptr_slot(code, codes.cap);
+	while (codes.slots[j]) {
+		if (codes.slots[j] == code)
+			return 0;
+		j = (j + 1) & (codes.cap - 1);
+	}
+	codes.slots[j] = Py_NewRef(code);
+	codes.len++;
+	return 1;
+}
+
+/*
+ * Register a code object for this tracing session (once); `codes` keeps it
+ * alive so the id stays valid. On 3.10 code
  * objects have no co_qualname: the coroutine's __qualname__ is used when known.
  */
 static uint64_t register_code(PyObject *code, PyObject *owner)
@@ -187,15 +244,11 @@ static uint64_t register_code(PyObject *code, PyObject *owner)
 	unsigned sem = ASYNCTRACE_REPLAY_SEMAPHORE();
 	if (sem != S.session_sem) {
 		/* The set of attached tracers changed: a new session re-registers. */
-		PyDict_Clear(S.codes);
+		codes_clear();
 		S.session_sem = sem;
 	}
-	int r = PyDict_Contains(S.codes, code);
-	if (r != 0) {
-		if (r < 0)
-			PyErr_Clear();
-		return (uint64_t)(uintptr_t)code;
-	}
+	if (codes_add(code) <= 0)
+		return (uint64_t)(uintptr_t)code; /* known (or no memory: stays unnamed) */
 	PyCodeObject *co = (PyCodeObject *)code;
 	PyObject *qn = NULL;
 #if PY_VERSION_HEX >= 0x030B0000
@@ -210,8 +263,6 @@ static uint64_t register_code(PyObject *code, PyObject *owner)
 		qn = Py_NewRef(co->co_name);
 	}
 #endif
-	if (PyDict_SetItem(S.codes, code, qn) < 0)
-		PyErr_Clear();
 	Py_ssize_t qlen, flen;
 	const char *q = utf8(qn, &qlen);
 	const char *f = utf8(co->co_filename, &flen);
@@ -777,7 +828,7 @@ static PyObject *m_replay_begin(PyObject *mod, PyObject *arg)
 	(void)mod;
 	(void)arg;
 	uint64_t gen = ++S.replay_gen;
-	PyDict_Clear(S.codes); /* new tracer: re-register every code it will see */
+	codes_clear(); /* new tracer: re-register every code it will see */
 	S.session_sem = ASYNCTRACE_REPLAY_SEMAPHORE();
 	if (ASYNCTRACE_REPLAY_BEGIN_ENABLED())
 		ASYNCTRACE_REPLAY_BEGIN(gen);
@@ -1144,8 +1195,6 @@ PyMODINIT_FUNC PyInit__asynctrace(void)
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 		if (!*names[i].var && !(*names[i].var = PyUnicode_InternFromString(names[i].s)))
 			return NULL;
-	if (!S.codes && !(S.codes = PyDict_New()))
-		return NULL;
 	PyObject *m = PyModule_Create(&moddef);
 	if (m && PyModule_AddIntConstant(m, "ABI_VERSION", ASYNCTRACE_ABI_VERSION) < 0)
 		Py_CLEAR(m);
