@@ -80,6 +80,9 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   auto* ps = app.add_subcommand("ps", "Table of pending tasks, one row per awaiter (Python 3.14 'ps' columns)");
   add_target_options(ps, o, fmt, timeout);
   ps->footer("EXAMPLES:\n  sudo asynctrace ps -p 1234\n  sudo asynctrace ps -p 1234 --format json\n");
+  auto* stats = app.add_subcommand("stats", "Tracer counters for a process: events, replay, drops (full maps)");
+  add_target_options(stats, o, fmt, timeout);
+  stats->footer("EXAMPLES:\n  sudo asynctrace stats -p 1234\n  sudo asynctrace stats -p 1234 --format json\n");
   auto* attach = app.add_subcommand("attach", "Stay attached, maps pinned, so pstree/ps answer at once from them");
   add_target_options(attach, o, fmt, timeout);
   std::string duration = "0";
@@ -114,6 +117,7 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   }
   if (pstree->parsed()) o.command = Command::Pstree;
   else if (ps->parsed()) o.command = Command::Ps;
+  else if (stats->parsed()) o.command = Command::Stats;
   else if (attach->parsed()) o.command = Command::Attach;
   else if (run->parsed()) o.command = Command::Run;
   else {

@@ -13,7 +13,7 @@
 
 namespace asynctrace {
 
-enum class Command { Pstree, Ps, Attach, Run, Version };
+enum class Command { Pstree, Ps, Stats, Attach, Run, Version };
 enum class Format { Text, Json };
 
 struct Options {

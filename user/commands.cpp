@@ -43,7 +43,9 @@ void warn_partial(const ProcCounters& c) {
 void print_view(const Options& o, const Snapshot& snap) {
   const TaskGraph g = build_graph(snap);
   warn_partial(g.counters);
-  if (o.format == Format::Json) {
+  if (o.command == Command::Stats) {
+    std::cout << (o.format == Format::Json ? stats_json(g).dump(2) + "\n" : render_stats(g));
+  } else if (o.format == Format::Json) {
     std::cout << graph_json(g, o.command == Command::Pstree).dump(2) << "\n";
   } else if (o.command == Command::Pstree) {
     std::cout << render_pstree(g);
@@ -196,6 +198,7 @@ int run_command(const Options& o) {
       return kExitOk;
     case Command::Pstree:
     case Command::Ps:
+    case Command::Stats:
       return run_view(o);
     case Command::Attach:
       return run_attach(o);

@@ -168,7 +168,43 @@ nlohmann::json tree_json(const TaskGraph& g, const TreeNode& n) {
   return j;
 }
 
+bool complete(const ProcCounters& c) { return c.drop_tasks_full == 0 && c.drop_edges_full == 0; }
+
+nlohmann::json counters_json(const ProcCounters& c) {
+  return {{"events", c.events},
+          {"replay_tasks", c.replay_tasks},
+          {"dropped_tasks_map_full", c.drop_tasks_full},
+          {"dropped_codes_map_full", c.drop_codes_full},
+          {"dropped_edges_full", c.drop_edges_full},
+          {"events_for_unknown_tasks", c.unknown_task}};
+}
+
 }  // namespace
+
+nlohmann::json stats_json(const TaskGraph& g) {
+  return {{"schema", "asynctrace/stats/v1"},
+          {"pid", g.pid},
+          {"tasks", g.tasks.size()},
+          {"unnamed_frames", g.unnamed_frames},
+          {"counters", counters_json(g.counters)},
+          {"complete", complete(g.counters)}};
+}
+
+std::string render_stats(const TaskGraph& g) {
+  const auto& c = g.counters;
+  std::string out;
+  auto row = [&](const char* k, uint64_t v) { out += ljust(k, 28) + std::to_string(v) + "\n"; };
+  row("pid", g.pid);
+  row("tasks pending", g.tasks.size());
+  row("events", c.events);
+  row("tasks in last replay", c.replay_tasks);
+  row("dropped: task map full", c.drop_tasks_full);
+  row("dropped: code map full", c.drop_codes_full);
+  row("dropped: awaiters full", c.drop_edges_full);
+  row("events for unknown tasks", c.unknown_task);
+  out += ljust("view", 28) + (complete(c) ? "complete" : "partial") + "\n";
+  return out;
+}
 
 std::string hex_id(uint64_t id) {
   char buf[24];
@@ -300,20 +336,13 @@ nlohmann::json graph_json(const TaskGraph& g, bool with_tree) {
       threads.push_back({{"tid", tid}, {"tasks", n}});
     }
   }
-  const auto& c = g.counters;
   nlohmann::json j = {
       {"schema", "asynctrace/tasks/v1"},
       {"pid", g.pid},
       {"threads", std::move(threads)},
       {"tasks", std::move(tasks)},
-      {"counters",
-       {{"events", c.events},
-        {"replay_tasks", c.replay_tasks},
-        {"dropped_tasks_map_full", c.drop_tasks_full},
-        {"dropped_codes_map_full", c.drop_codes_full},
-        {"dropped_edges_full", c.drop_edges_full},
-        {"events_for_unknown_tasks", c.unknown_task}}},
-      {"complete", c.drop_tasks_full == 0 && c.drop_edges_full == 0},
+      {"counters", counters_json(g.counters)},
+      {"complete", complete(g.counters)},
   };
   if (with_tree) {
     nlohmann::json forest = nlohmann::json::array();

@@ -46,6 +46,10 @@ std::vector<PsRow> build_ps_rows(const TaskGraph& g);
 
 nlohmann::json graph_json(const TaskGraph& g, bool with_tree);
 
+// `stats`: counters of the tracer for one process.
+nlohmann::json stats_json(const TaskGraph& g);
+std::string render_stats(const TaskGraph& g);
+
 std::string hex_id(uint64_t id);  // Python's hex(): "0x7f..."
 
 }  // namespace asynctrace

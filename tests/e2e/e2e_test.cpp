@@ -187,6 +187,11 @@ TEST_P(TracedFromStart, EventsAloneGiveTheSameViews) {
   prog.signal(SIGUSR2);
   ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
   check_views(truth_path, prog.pid());
+  auto st = e2e::run({tool(), "stats", "-p", std::to_string(prog.pid()), "--format", "json"});
+  ASSERT_EQ(st.exit_code, 0) << st.err;
+  const json stats = json::parse(st.out);
+  EXPECT_TRUE(stats["complete"].get<bool>());
+  EXPECT_GT(stats["counters"]["events"].get<uint64_t>(), stats["tasks"].get<uint64_t>());
   prog.signal(SIGUSR1);
   EXPECT_EQ(prog.wait_exit(60s, nullptr), 0) << prog.stderr_text();
   EXPECT_EQ(holder.wait_exit(30s, nullptr), 0) << holder.stderr_text();
@@ -311,6 +316,9 @@ TEST(BadInput, FullTaskMapGivesAMarkedPartialView) {
   EXPECT_FALSE(j["complete"].get<bool>());
   EXPECT_LE(j["tasks"].size(), 1000u);
   EXPECT_GE(j["counters"]["dropped_tasks_map_full"].get<uint64_t>(), 10001u - 1000u);
+  auto st = e2e::run({tool(), "stats", "-p", std::to_string(prog.pid()), "--max-tasks", "1000", "--format", "json"});
+  EXPECT_EQ(st.exit_code, 0) << st.err;
+  EXPECT_FALSE(json::parse(st.out)["complete"].get<bool>());
   // The process is unharmed: it finishes its work as usual.
   prog.signal(SIGUSR1);
   std::string out;

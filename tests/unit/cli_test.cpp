@@ -32,6 +32,20 @@ TEST(Cli, PsJsonAndTimeout) {
   EXPECT_EQ(r.options->timeout, 250ms);
 }
 
+TEST(Cli, StatsAndAttach) {
+  auto r = parse({"stats", "-p", "9", "-f", "json"});
+  ASSERT_TRUE(r.options);
+  EXPECT_EQ(r.options->command, Command::Stats);
+  EXPECT_EQ(r.options->format, Format::Json);
+  auto a = parse({"attach", "-p", "9", "--duration", "10m", "--max-tasks", "5000"});
+  ASSERT_TRUE(a.options);
+  EXPECT_EQ(a.options->command, Command::Attach);
+  EXPECT_EQ(a.options->duration, 600000ms);
+  EXPECT_EQ(a.options->max_tasks, 5000u);
+  EXPECT_FALSE(parse({"attach", "-p", "9", "--duration", "-3s"}).options);
+  EXPECT_FALSE(parse({"ps", "-p", "9", "--max-tasks", "0"}).options);
+}
+
 TEST(Cli, RunTakesTheRestAfterDashDash) {
   auto r = parse({"run", "--", "python3", "app.py", "--port", "8080"});
   ASSERT_TRUE(r.options);

@@ -184,3 +184,19 @@ TEST(Pstree, TruncatedNamesEndInAnEllipsisNotInABrokenCharacter) {
   EXPECT_EQ(j["tasks"][0]["name"], std::string(62, 'x') + "é");
   EXPECT_TRUE(j["tasks"][0]["name_truncated"].get<bool>());
 }
+
+TEST(Stats, CountersAndCompleteness) {
+  Snapshot s = taskgroup_snapshot();
+  s.counters.events = 42;
+  s.counters.drop_tasks_full = 3;
+  const auto g = build_graph(s);
+  const auto j = stats_json(g);
+  EXPECT_EQ(j["schema"], "asynctrace/stats/v1");
+  EXPECT_EQ(j["tasks"], 3);
+  EXPECT_EQ(j["counters"]["events"], 42);
+  EXPECT_EQ(j["counters"]["dropped_tasks_map_full"], 3);
+  EXPECT_FALSE(j["complete"].get<bool>());
+  const std::string text = render_stats(g);
+  EXPECT_NE(text.find("dropped: task map full      3\n"), std::string::npos) << text;
+  EXPECT_NE(text.find("view                        partial\n"), std::string::npos) << text;
+}
