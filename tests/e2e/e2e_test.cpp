@@ -257,6 +257,37 @@ TEST(Dormant, IdleProcessUsesNoCpu) {
   }
 }
 
+// The third way to enable the probes: installed into an interpreter's
+// site-packages (here a throw-away venv), every asyncio program carries them.
+TEST(Enable, InstalledIntoAnInterpreter) {
+  const auto pythons = e2e::built_pythons();
+  ASSERT_FALSE(pythons.empty());
+  const auto& [tag, py] = pythons.back();
+  const std::string venv = tmp_path("venv");
+  ASSERT_EQ(e2e::run({py, "-m", "venv", "--without-pip", venv}).exit_code, 0);
+  const std::string vpy = venv + "/bin/python";
+  auto inst = e2e::run({e2e::source_dir() + "/runtimes/python/install.sh", vpy, e2e::binary_dir()});
+  ASSERT_EQ(inst.exit_code, 0) << inst.err;
+  {
+    e2e::Program prog({vpy, "-c",
+                       "import asyncio\nasync def napper():\n await asyncio.sleep(30)\n"
+                       "async def main():\n t = asyncio.create_task(napper(), name='napper')\n"
+                       " print('READY', flush=True)\n await t\nasyncio.run(main())"});
+    ASSERT_TRUE(prog.wait_line("READY", 20s)) << prog.stderr_text();
+    usleep(100 * 1000);
+    auto r = e2e::run({tool(), "pstree", "-p", std::to_string(prog.pid())});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("(T) napper"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find(" napper <string>:3"), std::string::npos) << r.out;
+  }
+  auto un = e2e::run({e2e::source_dir() + "/runtimes/python/install.sh", "--uninstall", vpy});
+  EXPECT_EQ(un.exit_code, 0) << un.err;
+  e2e::Program plain({vpy, "-c", "import time; print('READY', flush=True); time.sleep(30)"});
+  ASSERT_TRUE(plain.wait_line("READY", 20s));
+  EXPECT_EQ(e2e::run({tool(), "ps", "-p", std::to_string(plain.pid())}).exit_code, 5);
+  e2e::run({"rm", "-rf", venv});
+}
+
 TEST(Runtimes, EverySupportedInterpreterWasBuilt) {
   std::set<std::string> tags;
   for (const auto& [tag, _] : e2e::built_pythons()) tags.insert(tag);
