@@ -94,6 +94,7 @@ static struct {
 	ternaryfunc orig_step_call;
 	PyCFunction orig_wakeup;
 	PyMethodDef *set_name_def;
+	int loop_field_ok;        /* ((PyObject **)task)[2] is task._loop */
 	PyCFunction orig_set_name;
 
 	PyObject *gathering_future_type; /* asyncio.tasks._GatheringFuture */
@@ -134,11 +135,23 @@ static __thread int tls_npending;
 #define LOOP_TID_SLOTS 64
 static struct { _Atomic uintptr_t loop; _Atomic uint32_t tid; } loop_tids[LOOP_TID_SLOTS];
 
-static uint32_t native_tid(void) { return (uint32_t)gettid(); }
+/* gettid() is a syscall: once per thread (reset in a forked child). */
+static __thread uint32_t tls_tid;
+static __thread uintptr_t tls_last_loop; /* loop whose tid this thread last recorded */
+
+static uint32_t native_tid(void)
+{
+	if (!tls_tid)
+		tls_tid = (uint32_t)gettid();
+	return tls_tid;
+}
 
 static void learn_loop_tid(PyObject *loop)
 {
 	uintptr_t key = (uintptr_t)loop;
+	if (key == tls_last_loop)
+		return; /* steps of one loop run on one thread: nothing new */
+	tls_last_loop = key;
 	size_t h = (key >> 4) % LOOP_TID_SLOTS;
 	atomic_store(&loop_tids[h].loop, key);
 	atomic_store(&loop_tids[h].tid, native_tid());
@@ -559,13 +572,22 @@ static void emit_post_step(PyObject *task)
 
 /* ---- hooks ------------------------------------------------------------------ */
 
+/* The task's loop: FutureObj's first field on 3.10-3.13 (checked at install). */
+static PyObject *task_loop_borrowed(PyObject *task)
+{
+	return S.loop_field_ok ? ((PyObject **)task)[2] : NULL;
+}
+
 static void before_step(PyObject *task)
 {
 	flush_pending();
-	PyObject *loop = PyObject_GetAttr(task, s_loop);
-	if (loop)
+	PyObject *loop = task_loop_borrowed(task);
+	if (loop) {
 		learn_loop_tid(loop);
-	Py_XDECREF(loop);
+	} else if ((loop = PyObject_GetAttr(task, s_loop))) {
+		learn_loop_tid(loop);
+		Py_DECREF(loop);
+	}
 	PyErr_Clear();
 	if (ASYNCTRACE_TASK_RESUME_ENABLED())
 		ASYNCTRACE_TASK_RESUME(task);
@@ -779,6 +801,10 @@ static PyObject *m_install(PyObject *mod, PyObject *args)
 	    PyAsyncGen_CheckExact(((AsyncGenAwaitable *)athrow)->gen))
 		athrow_t = Py_TYPE(athrow);
 
+	PyObject *loop_attr = PyObject_GetAttr(task, s_loop);
+	S.loop_field_ok = loop_attr && loop_attr != Py_None && ((PyObject **)task)[2] == loop_attr;
+	Py_XDECREF(loop_attr);
+	PyErr_Clear();
 	S.task_type = (PyTypeObject *)Py_NewRef(task_type);
 	S.step_type = (PyTypeObject *)Py_NewRef(Py_TYPE(step));
 	S.wakeup_def = ((PyCFunctionObject *)wakeup)->m_ml;
@@ -1145,6 +1171,8 @@ static PyObject *m_after_fork_child(PyObject *mod, PyObject *arg)
 	(void)arg;
 	atomic_store(&W.running, 0);
 	tls_npending = 0;
+	tls_tid = 0; /* the child's thread has its own id */
+	tls_last_loop = 0;
 	if (S.installed) {
 		/* The child is a new process: no tracer is attached to it yet, but it
 		 * inherited the parent's semaphore values; only a rise means a tracer. */
