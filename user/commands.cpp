@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "commands.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/stat.h>
@@ -143,6 +144,7 @@ Result<std::string> python_tag(const std::string& program) {
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
   posix_spawn_file_actions_addclose(&fa, fds[0]);
+  posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);  // a non-Python program's complaints
   const char* argv[] = {program.c_str(), "-S", "-c",
                         "import sys; print('cp%d%d' % sys.version_info[:2])", nullptr};
   pid_t child = 0;
