@@ -78,24 +78,49 @@ Result<std::unique_ptr<Tracer>> start_tracing(const Options& o) {
   return tracer;
 }
 
+// -v: how long each phase took, on stderr.
+class PhaseClock {
+ public:
+  explicit PhaseClock(bool on) : on_(on), t_(std::chrono::steady_clock::now()) {}
+  void mark(const char* phase) {
+    const auto now = std::chrono::steady_clock::now();
+    if (on_) {
+      std::cerr << "asynctrace: " << phase << ": "
+                << std::chrono::duration<double, std::milli>(now - t_).count() << " ms\n";
+    }
+    t_ = now;
+  }
+
+ private:
+  bool on_;
+  std::chrono::steady_clock::time_point t_;
+};
+
 int run_view(const Options& o) {
+  PhaseClock clock(o.verbose);
   if (auto st = check_privileges(); !st.ok()) return fail(st.error());
   if (!process_alive(o.pid)) return fail(proc_error(inspect_process(o.pid)));
   // An `asynctrace attach` holding this process: answer from its maps.
   auto pinned = read_pinned(o.pid);
   if (!pinned.ok()) return fail(pinned.error());
   if (pinned.value()) {
+    clock.mark("read pinned maps");
     print_view(o, *pinned.value());
+    clock.mark("render");
     return output_status();
   }
   auto tracer = start_tracing(o);
   if (!tracer.ok()) return fail(tracer.error());
+  clock.mark("attach and replay");
   auto snap = tracer.value()->snapshot();
   if (!snap.ok()) return fail(snap.error());
+  clock.mark("read maps");
   // Print first, detach after: closing the uprobe links waits for a kernel
   // grace period (tens of ms), which the user need not wait for.
   print_view(o, snap.value());
+  clock.mark("render");
   tracer.value().reset();
+  clock.mark("detach");
   return output_status();
 }
 

@@ -10,7 +10,7 @@
 namespace asynctrace {
 namespace {
 
-FrameInfo name_frame(const Snapshot& snap, const Frame& f, size_t* unnamed) {
+FrameInfo name_frame_uncached(const Snapshot& snap, const Frame& f, size_t* unnamed) {
   auto it = snap.code.find(f.code_id);
   if (it == snap.code.end()) {
     ++*unnamed;
@@ -32,7 +32,30 @@ void trim_partial_utf8(std::string& s) {
   if (lead >= 0xC0 && need > back + 1) s.resize(i - 1);
 }
 
+// Frames repeat across tasks (10,000 tasks share a handful of await sites):
+// name each (code, line) once and intern its label.
+struct FrameNamer {
+  const Snapshot& snap;
+  size_t* unnamed;
+  std::unordered_map<uint64_t, std::unordered_map<uint32_t, FrameInfo>> cache;
+  std::unordered_map<std::string, uint32_t> labels;
+
+  const FrameInfo& operator()(const Frame& f) {
+    auto& by_line = cache[f.code_id];
+    auto it = by_line.find(f.line);
+    if (it != by_line.end()) return it->second;
+    FrameInfo info = name_frame_uncached(snap, f, unnamed);
+    info.label = labels.emplace(frame_label(info), static_cast<uint32_t>(labels.size())).first->second;
+    return by_line.emplace(f.line, std::move(info)).first->second;
+  }
+};
+
 }  // namespace
+
+std::string frame_label(const FrameInfo& f) {
+  if (f.line == 0 && f.filename.empty()) return f.funcname;
+  return f.funcname + " " + f.filename + ":" + std::to_string(f.line);
+}
 
 const TaskNode* TaskGraph::find(uint64_t id) const {
   auto it = index.find(id);
@@ -41,9 +64,9 @@ const TaskNode* TaskGraph::find(uint64_t id) const {
 
 std::vector<const AwaitEdge*> TaskGraph::awaiters_of(uint64_t child) const {
   std::vector<const AwaitEdge*> out;
-  for (const auto& e : edges) {
-    if (e.child == child) out.push_back(&e);
-  }
+  auto it = index.find(child);
+  if (it == index.end() || edge_begin.size() <= it->second + 1) return out;
+  for (uint32_t i = edge_begin[it->second]; i < edge_begin[it->second + 1]; ++i) out.push_back(&edges[i]);
   return out;
 }
 
@@ -70,6 +93,7 @@ TaskGraph build_graph(const Snapshot& snap) {
   });
 
   g.tasks.reserve(recs.size());
+  FrameNamer name_frame{snap, &g.unnamed_frames, {}, {}};
   for (const auto* r : recs) {
     TaskNode n;
     n.id = r->id;
@@ -85,7 +109,7 @@ TaskGraph build_graph(const Snapshot& snap) {
     n.stack_truncated = r->frames_truncated;
     n.nameless = r->nameless;
     n.stack.reserve(r->frames.size());
-    for (const auto& f : r->frames) n.stack.push_back(name_frame(snap, f, &g.unnamed_frames));
+    for (const auto& f : r->frames) n.stack.push_back(name_frame(f));
     g.index.emplace(n.id, g.tasks.size());
     g.tasks.push_back(std::move(n));
   }
@@ -105,7 +129,9 @@ TaskGraph build_graph(const Snapshot& snap) {
   for (const auto* r : recs) {
     for (const auto& a : r->awaited_by) add(a.task_id, r->id, a.kind);
   }
+  g.edge_begin.reserve(g.tasks.size() + 1);
   for (const auto& t : g.tasks) {
+    g.edge_begin.push_back(static_cast<uint32_t>(g.edges.size()));
     auto it = by_child.find(t.id);
     if (it == by_child.end()) continue;
     auto& v = it->second;
@@ -114,6 +140,7 @@ TaskGraph build_graph(const Snapshot& snap) {
     });
     g.edges.insert(g.edges.end(), v.begin(), v.end());
   }
+  g.edge_begin.push_back(static_cast<uint32_t>(g.edges.size()));
   return g;
 }
 

@@ -17,7 +17,12 @@ struct FrameInfo {
   std::string funcname;  // raw bytes (escape before printing)
   std::string filename;  // raw bytes; "" if the code id was never named
   uint32_t line = 0;
+  uint32_t label = 0;    // interned frame_label(): equal labels, equal ids (per graph)
 };
+
+// "funcname file:line" (or "funcname" alone for an unnamed frame), raw bytes:
+// Python 3.14's frame label, which also decides which frames are "the same".
+std::string frame_label(const FrameInfo& f);
 
 struct TaskNode {
   uint64_t id = 0;
@@ -44,11 +49,12 @@ struct TaskGraph {
   uint32_t pid = 0;
   std::vector<TaskNode> tasks;  // grouped by thread, then creation order
   std::vector<AwaitEdge> edges; // in child order, then awaiter order
+  std::vector<uint32_t> edge_begin;  // edges of tasks[i]: [edge_begin[i], edge_begin[i+1])
   ProcCounters counters;
   size_t unnamed_frames = 0;    // frames whose code id was never registered
 
   const TaskNode* find(uint64_t id) const;
-  std::vector<const AwaitEdge*> awaiters_of(uint64_t child) const;
+  std::vector<const AwaitEdge*> awaiters_of(uint64_t child) const;  // O(awaiters)
 
   std::unordered_map<uint64_t, size_t> index;  // task id -> position in tasks
 };

@@ -2,7 +2,8 @@
 #include "views.h"
 
 #include <cstdio>
-#include <map>
+#include <algorithm>
+#include <unordered_map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <unordered_set>
@@ -16,25 +17,35 @@ namespace {
 struct Key {
   bool task;
   uint64_t v;
-  bool operator<(const Key& o) const { return task != o.task ? task < o.task : v < o.v; }
   bool operator==(const Key& o) const { return task == o.task && v == o.v; }
+};
+struct KeyHash {
+  size_t operator()(const Key& k) const { return std::hash<uint64_t>()(k.v * 2 + k.task); }
 };
 
 struct Builder {
   const TaskGraph& g;
-  std::map<Key, std::vector<Key>> children;
-  std::map<Key, std::map<std::string, Key>> cor_nodes;
-  std::map<uint64_t, FrameInfo> cor_frame;
-  uint64_t next_cor = 1;
+  std::unordered_map<Key, std::vector<Key>, KeyHash> children;
+  // Frame nodes under a parent, by interned label: siblings share a frame.
+  std::unordered_map<Key, std::unordered_map<uint32_t, Key>, KeyHash> cor_nodes;
+  std::vector<const FrameInfo*> cor_frame{nullptr};  // by frame node serial
+  struct Placed {
+    Key parent;
+    uint64_t child;
+    bool operator==(const Placed& o) const { return parent == o.parent && child == o.child; }
+  };
+  struct PlacedHash {
+    size_t operator()(const Placed& p) const { return KeyHash()(p.parent) * 31 + std::hash<uint64_t>()(p.child); }
+  };
+  std::unordered_set<Placed, PlacedHash> placed;  // a task appears once under a frame
 
   Key cor_node(Key parent, const FrameInfo& f) {
-    const std::string label = frame_label(f);
     auto& m = cor_nodes[parent];
-    if (auto it = m.find(label); it != m.end()) return it->second;
-    Key k{false, next_cor++};
-    cor_frame[k.v] = f;
+    if (auto it = m.find(f.label); it != m.end()) return it->second;
+    Key k{false, cor_frame.size()};
+    cor_frame.push_back(&f);
     children[parent].push_back(k);
-    m.emplace(label, k);
+    m.emplace(f.label, k);
     return k;
   }
 
@@ -61,10 +72,8 @@ struct Builder {
       out.frame = cor_frame[k.v];
     }
     if (auto it = children.find(k); it != children.end()) {
-      for (const Key& c : it->second) {
-        out.children.emplace_back();
-        expand(c, path, drawn, out.children.back());
-      }
+      out.children.resize(it->second.size());
+      for (size_t i = 0; i < it->second.size(); ++i) expand(it->second[i], path, drawn, out.children[i]);
     }
     if (k.task) path.pop_back();
   }
@@ -86,7 +95,7 @@ void render_node(const TaskGraph& g, const TreeNode& n, const std::string& prefi
     if (n.cycle) out += " [await cycle: back edge]";
   } else {
     out += " ";
-    out += escape_untrusted(frame_label(n.frame));
+    out += escape_untrusted(frame_label(*n.frame));
   }
   out += '\n';
   const std::string next = prefix + (last ? "    " : "│   ");
@@ -158,9 +167,9 @@ nlohmann::json tree_json(const TaskGraph& g, const TreeNode& n) {
     if (n.cycle) j["cycle"] = true;
   } else {
     j = {{"type", "frame"},
-         {"function", sanitize_utf8(n.frame.funcname)},
-         {"file", sanitize_utf8(n.frame.filename)},
-         {"line", n.frame.line}};
+         {"function", sanitize_utf8(n.frame->funcname)},
+         {"file", sanitize_utf8(n.frame->filename)},
+         {"line", n.frame->line}};
   }
   auto kids = nlohmann::json::array();
   for (const auto& c : n.children) kids.push_back(tree_json(g, c));
@@ -212,29 +221,22 @@ std::string hex_id(uint64_t id) {
   return buf;
 }
 
-std::string frame_label(const FrameInfo& f) {
-  if (f.line == 0 && f.filename.empty()) return f.funcname;
-  return f.funcname + " " + f.filename + ":" + std::to_string(f.line);
-}
-
 std::vector<TreeNode> build_forest(const TaskGraph& g) {
-  Builder b{g, {}, {}, {}, 1};
-  std::set<uint64_t> awaiting;
+  Builder b{g, {}, {}, {nullptr}, {}};
+  std::unordered_set<uint64_t> awaiting;
+  std::unordered_map<uint64_t, Key> innermost;  // awaiter -> its innermost frame node
   for (const auto& e : g.edges) {
-    const TaskNode* awaiter = g.find(e.awaiter);
-    Key cur = b.descend(e.awaiter, awaiter->stack);
-    Key child{true, e.child};
-    auto& kids = b.children[cur];
-    bool present = false;
-    for (const Key& k : kids) present = present || k == child;
-    if (!present) kids.push_back(child);
+    auto [it, fresh] = innermost.try_emplace(e.awaiter, Key{true, 0});
+    if (fresh) it->second = b.descend(e.awaiter, g.find(e.awaiter)->stack);
+    const Key cur = it->second;
+    if (b.placed.insert({cur, e.child}).second) b.children[cur].push_back(Key{true, e.child});
     awaiting.insert(e.awaiter);
   }
   for (const auto& t : g.tasks) {
     if (!awaiting.count(t.id)) b.descend(t.id, t.stack);
   }
 
-  std::set<uint64_t> is_child;
+  std::unordered_set<uint64_t> is_child;
   for (const auto& [k, kids] : b.children) {
     for (const Key& c : kids) {
       if (c.task) is_child.insert(c.v);

@@ -16,7 +16,7 @@ namespace asynctrace {
 struct TreeNode {
   bool is_task = false;
   uint64_t task_id = 0;       // tasks only
-  FrameInfo frame;            // coroutine frames only
+  const FrameInfo* frame = nullptr;  // coroutine frames only; points into the TaskGraph
   bool cycle = false;         // task already on the path above: back edge, not expanded
   std::vector<TreeNode> children;
 };
@@ -26,9 +26,6 @@ struct TreeNode {
 // tasks nobody awaits. Tasks reachable only through an await cycle are drawn
 // too, the back edge marked instead of refusing to draw.
 std::vector<TreeNode> build_forest(const TaskGraph& g);
-
-// "funcname file:line" (or "funcname" alone for an unnamed frame), raw bytes.
-std::string frame_label(const FrameInfo& f);
 
 std::string render_pstree(const TaskGraph& g);  // lines joined, each ending in '\n'
 std::string render_ps(const TaskGraph& g);
