@@ -254,7 +254,7 @@ class Runner:
         finally:
             if tracer is not None:
                 tracer.stop(signal.SIGINT)
-            w.stop(signal.SIGINT)
+            w.stop()
 
 
 # ---------------------------------------------------------------- overhead
@@ -304,7 +304,7 @@ def overhead(args, runner, pythons):
                     v = runner.server(py, mode)
                 samples.setdefault((wl, py, mode), []).append(v)
                 unit = "req/s" if kind == "rps" else "s"
-                log(f"  rep {rep + 1}/{args.reps} {wl:9} {os.path.basename(py):10} {mode:9} "
+                log(f"  rep {rep + 1}/{args.reps} {wl:9} {LABELS[py]:13} {mode:9} "
                     f"{v:.4f} {unit}  ({time.monotonic() - t0:.1f}s)")
 
     rows = []
@@ -437,7 +437,7 @@ def pstree_bench(args, runner, py):
         finally:
             if tracer is not None:
                 tracer.stop(signal.SIGINT)
-            w.stop(signal.SIGINT)
+            w.stop()
     return out
 
 
@@ -484,7 +484,13 @@ def table(rows, pst, args):
         bpt = (big["tasks_map"]["bytes_memlock"] or 0) / big["tasks"]
         lines.append(f"tool max RSS at {big['tasks']} tasks: {rss:.1f} MiB (pstree; target <= {RSS_TARGET_MB:g} MiB) "
                      f"{verdict(rss <= RSS_TARGET_MB)}; attach holder VmHWM {(big['attach_vmhwm_kib'] or 0) / 1024:.1f} MiB")
-        lines.append(f"kernel tasks map at {big['tasks']} tasks: {bpt:.0f} B/task memlock "
+        marg = ""
+        small = min(pst, key=lambda r: r["tasks"])
+        if small is not big and small["tasks_map"]["bytes_memlock"] is not None:
+            m = ((big["tasks_map"]["bytes_memlock"] or 0) - small["tasks_map"]["bytes_memlock"]) / (
+                big["tasks"] - small["tasks"])
+            marg = f", marginal {m:.0f} B/task between {small['tasks']} and {big['tasks']}"
+        lines.append(f"kernel tasks map at {big['tasks']} tasks: {bpt:.0f} B/task memlock{marg} "
                      f"(value {big['tasks_map']['bytes_value']} B; target <= {BYTES_PER_TASK_TARGET:g}) "
                      f"{verdict(bpt <= BYTES_PER_TASK_TARGET)}")
     return "\n".join(lines)
@@ -493,6 +499,19 @@ def table(rows, pst, args):
 # ---------------------------------------------------------------- main
 
 LABELS = {}
+COMMIT = None
+
+
+def git_commit():
+    root = os.path.dirname(HERE)
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
 
 
 def default_pythons(build_dir):
@@ -546,9 +565,18 @@ def main():
         a.pin = False
 
     def on_term(signum, _frame):
+        # Once: cleanup must not be interrupted by a second signal.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt
 
+    # scripts/bench starts us in the background, where SIGINT is ignored; an
+    # ignored SIGINT would be inherited by the workloads, so handle it here
+    # (handlers, unlike SIG_IGN, are reset in children at exec).
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    global COMMIT
+    COMMIT = git_commit()
     pythons = a.pythons or default_pythons(a.build_dir)
     for py in pythons:
         LABELS[py] = py_label(py)
@@ -576,11 +604,13 @@ def main():
     elapsed = time.monotonic() - started
     text = table(rows, pst, a)
     print(text)
-    print(f"\n(measured in {elapsed:.0f} s on {os.cpu_count()} CPUs, kernel {platform.release()})")
+    print(f"\n(measured in {elapsed:.0f} s on {os.cpu_count()} CPUs, kernel {platform.release()}, "
+          f"asynctrace {COMMIT or 'unknown commit'})")
     if a.json:
         doc = {
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "host": {"cpus": os.cpu_count(), "kernel": platform.release()},
+            "commit": COMMIT,
             "settings": {k: v for k, v in vars(a).items() if k != "json"},
             "pythons": {p: LABELS[p] for p in pythons},
             "elapsed_s": elapsed,
