@@ -41,17 +41,20 @@ void warn_partial(const ProcCounters& c) {
   }
 }
 
-void print_view(const Options& o, const Snapshot& snap) {
+// Takes the snapshot by value and drops it once the graph is built: at
+// 100,000 tasks the two together are most of the tool's memory.
+void print_view(const Options& o, Snapshot snap) {
   const TaskGraph g = build_graph(snap);
+  snap = Snapshot{};
   warn_partial(g.counters);
   if (o.command == Command::Stats) {
     std::cout << (o.format == Format::Json ? stats_json(g).dump(2) + "\n" : render_stats(g));
   } else if (o.format == Format::Json) {
     std::cout << graph_json(g, o.command == Command::Pstree).dump(2) << "\n";
   } else if (o.command == Command::Pstree) {
-    std::cout << render_pstree(g);
+    render_pstree(g, std::cout);
   } else {
-    std::cout << render_ps(g);
+    render_ps(g, std::cout);
   }
   std::cout.flush();
 }
@@ -105,7 +108,7 @@ int run_view(const Options& o) {
   if (!pinned.ok()) return fail(pinned.error());
   if (pinned.value()) {
     clock.mark("read pinned maps");
-    print_view(o, *pinned.value());
+    print_view(o, std::move(*pinned.value()));
     clock.mark("render");
     return output_status();
   }
@@ -117,7 +120,7 @@ int run_view(const Options& o) {
   clock.mark("read maps");
   // Print first, detach after: closing the uprobe links waits for a kernel
   // grace period (tens of ms), which the user need not wait for.
-  print_view(o, snap.value());
+  print_view(o, std::move(snap.value()));
   clock.mark("render");
   tracer.value().reset();
   clock.mark("detach");

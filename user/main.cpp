@@ -10,6 +10,7 @@
 #include "result.h"
 
 int main(int argc, char** argv) {
+  std::ios::sync_with_stdio(false);  // views stream large outputs through std::cout
   std::vector<std::string> args(argv, argv + argc);
   const auto parsed = asynctrace::parse_cli(args);
   if (!parsed.out.empty()) std::cout << parsed.out;

@@ -36,17 +36,18 @@ void trim_partial_utf8(std::string& s) {
 // name each (code, line) once and intern its label.
 struct FrameNamer {
   const Snapshot& snap;
-  size_t* unnamed;
-  std::unordered_map<uint64_t, std::unordered_map<uint32_t, FrameInfo>> cache;
+  TaskGraph& g;
+  std::unordered_map<uint64_t, std::unordered_map<uint32_t, const FrameInfo*>> cache;
   std::unordered_map<std::string, uint32_t> labels;
 
-  const FrameInfo& operator()(const Frame& f) {
+  const FrameInfo* operator()(const Frame& f) {
     auto& by_line = cache[f.code_id];
     auto it = by_line.find(f.line);
     if (it != by_line.end()) return it->second;
-    FrameInfo info = name_frame_uncached(snap, f, unnamed);
+    FrameInfo info = name_frame_uncached(snap, f, &g.unnamed_frames);
     info.label = labels.emplace(frame_label(info), static_cast<uint32_t>(labels.size())).first->second;
-    return by_line.emplace(f.line, std::move(info)).first->second;
+    g.frames.push_back(std::move(info));
+    return by_line.emplace(f.line, &g.frames.back()).first->second;
   }
 };
 
@@ -93,7 +94,7 @@ TaskGraph build_graph(const Snapshot& snap) {
   });
 
   g.tasks.reserve(recs.size());
-  FrameNamer name_frame{snap, &g.unnamed_frames, {}, {}};
+  FrameNamer name_frame{snap, g, {}, {}};
   for (const auto* r : recs) {
     TaskNode n;
     n.id = r->id;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -33,7 +34,7 @@ struct TaskNode {
   TaskState state = TaskState::Created;
   AwaitKind awaiting_kind = AwaitKind::None;
   uint64_t awaiting_id = 0;
-  std::vector<FrameInfo> stack;  // innermost first
+  std::vector<const FrameInfo*> stack;  // innermost first; into TaskGraph::frames
   bool name_truncated = false;
   bool stack_truncated = false;
   bool nameless = false;
@@ -46,7 +47,14 @@ struct AwaitEdge {
 };
 
 struct TaskGraph {
+  TaskGraph() = default;
+  TaskGraph(TaskGraph&&) = default;
+  TaskGraph& operator=(TaskGraph&&) = default;
+  TaskGraph(const TaskGraph&) = delete;  // stacks point into `frames`
+  TaskGraph& operator=(const TaskGraph&) = delete;
+
   uint32_t pid = 0;
+  std::deque<FrameInfo> frames; // each distinct (code, line) once; stable addresses
   std::vector<TaskNode> tasks;  // grouped by thread, then creation order
   std::vector<AwaitEdge> edges; // in child order, then awaiter order
   std::vector<uint32_t> edge_begin;  // edges of tasks[i]: [edge_begin[i], edge_begin[i+1])

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <unordered_map>
 #include <nlohmann/json.hpp>
+#include <ostream>
+#include <sstream>
 #include <set>
 #include <unordered_set>
 
@@ -13,69 +15,74 @@
 namespace asynctrace {
 namespace {
 
-// Node keys of the intermediate graph: tasks by id, coroutine frames by serial.
-struct Key {
-  bool task;
-  uint64_t v;
-  bool operator==(const Key& o) const { return task == o.task && v == o.v; }
-};
-struct KeyHash {
-  size_t operator()(const Key& k) const { return std::hash<uint64_t>()(k.v * 2 + k.task); }
-};
-
+// The intermediate graph of 3.14's _build_tree, flat: node i < ntasks is
+// g.tasks[i]; node ntasks + k is the k-th frame node. Children are linked
+// lists of references (a task awaited by two tasks is referenced twice).
 struct Builder {
   const TaskGraph& g;
-  std::unordered_map<Key, std::vector<Key>, KeyHash> children;
-  // Frame nodes under a parent, by interned label: siblings share a frame.
-  std::unordered_map<Key, std::unordered_map<uint32_t, Key>, KeyHash> cor_nodes;
-  std::vector<const FrameInfo*> cor_frame{nullptr};  // by frame node serial
-  struct Placed {
-    Key parent;
-    uint64_t child;
-    bool operator==(const Placed& o) const { return parent == o.parent && child == o.child; }
+  const uint32_t ntasks;
+  std::vector<const FrameInfo*> frame_of;  // by frame node - ntasks
+  struct Ref {
+    uint32_t node;
+    int32_t next;
   };
-  struct PlacedHash {
-    size_t operator()(const Placed& p) const { return KeyHash()(p.parent) * 31 + std::hash<uint64_t>()(p.child); }
-  };
-  std::unordered_set<Placed, PlacedHash> placed;  // a task appears once under a frame
+  std::vector<Ref> refs;
+  std::vector<int32_t> first, last;  // by node: first/last ref of its children, -1 = none
+  // (parent node, label) -> frame node: siblings share a frame.
+  std::unordered_map<uint64_t, uint32_t> frame_child;
+  std::unordered_set<uint64_t> placed;  // (frame node, task node): a task once under a frame
 
-  Key cor_node(Key parent, const FrameInfo& f) {
-    auto& m = cor_nodes[parent];
-    if (auto it = m.find(f.label); it != m.end()) return it->second;
-    Key k{false, cor_frame.size()};
-    cor_frame.push_back(&f);
-    children[parent].push_back(k);
-    m.emplace(f.label, k);
-    return k;
+  explicit Builder(const TaskGraph& graph)
+      : g(graph), ntasks(static_cast<uint32_t>(graph.tasks.size())), first(ntasks, -1), last(ntasks, -1) {}
+
+  static uint64_t pack(uint32_t a, uint32_t b) { return (static_cast<uint64_t>(a) << 32) | b; }
+
+  void add_child(uint32_t parent, uint32_t child) {
+    const int32_t r = static_cast<int32_t>(refs.size());
+    refs.push_back({child, -1});
+    if (last[parent] < 0) first[parent] = r;
+    else refs[static_cast<size_t>(last[parent])].next = r;
+    last[parent] = r;
   }
 
-  Key descend(uint64_t task, const std::vector<FrameInfo>& stack) {
-    Key cur{true, task};
-    for (auto it = stack.rbegin(); it != stack.rend(); ++it) cur = cor_node(cur, *it);
+  uint32_t frame_node(uint32_t parent, const FrameInfo& f) {
+    auto [it, fresh] = frame_child.try_emplace(pack(parent, f.label), 0);
+    if (!fresh) return it->second;
+    const uint32_t n = ntasks + static_cast<uint32_t>(frame_of.size());
+    frame_of.push_back(&f);
+    first.push_back(-1);
+    last.push_back(-1);
+    add_child(parent, n);
+    it->second = n;
+    return n;
+  }
+
+  uint32_t descend(uint32_t task, const std::vector<const FrameInfo*>& stack) {
+    uint32_t cur = task;
+    for (auto it = stack.rbegin(); it != stack.rend(); ++it) cur = frame_node(cur, **it);
     return cur;
   }
 
-  void expand(Key k, std::vector<uint64_t>& path, std::unordered_set<uint64_t>& drawn,
-              TreeNode& out) {
-    out.is_task = k.task;
-    if (k.task) {
-      out.task_id = k.v;
-      drawn.insert(k.v);
-      for (uint64_t p : path) {
-        if (p == k.v) {
-          out.cycle = true;
-          return;
-        }
+  void expand(uint32_t node, std::vector<uint32_t>& path, std::vector<bool>& drawn, TreeNode& out) const {
+    out.is_task = node < ntasks;
+    if (out.is_task) {
+      out.task_id = g.tasks[node].id;
+      drawn[node] = true;
+      if (std::find(path.begin(), path.end(), node) != path.end()) {
+        out.cycle = true;
+        return;
       }
-      path.push_back(k.v);
+      path.push_back(node);
     } else {
-      out.frame = cor_frame[k.v];
+      out.frame = frame_of[node - ntasks];
     }
-    if (auto it = children.find(k); it != children.end()) {
-      out.children.resize(it->second.size());
-      for (size_t i = 0; i < it->second.size(); ++i) expand(it->second[i], path, drawn, out.children[i]);
-    }
-    if (k.task) path.pop_back();
+    size_t n = 0;
+    for (int32_t r = first[node]; r >= 0; r = refs[static_cast<size_t>(r)].next) ++n;
+    out.children.resize(n);
+    size_t i = 0;
+    for (int32_t r = first[node]; r >= 0; r = refs[static_cast<size_t>(r)].next)
+      expand(refs[static_cast<size_t>(r)].node, path, drawn, out.children[i++]);
+    if (out.is_task) path.pop_back();
   }
 };
 
@@ -85,19 +92,16 @@ std::string shown_name(const TaskNode& t) {
 }
 
 void render_node(const TaskGraph& g, const TreeNode& n, const std::string& prefix, bool last,
-                 std::string& out) {
-  out += prefix;
-  out += last ? "└── " : "├── ";
+                 std::ostream& out) {
+  out << prefix << (last ? "└── " : "├── ");
   if (n.is_task) {
     const TaskNode* t = g.find(n.task_id);
-    out += "(T) ";
-    out += t ? shown_name(*t) : hex_id(n.task_id);
-    if (n.cycle) out += " [await cycle: back edge]";
+    out << "(T) " << (t ? shown_name(*t) : hex_id(n.task_id));
+    if (n.cycle) out << " [await cycle: back edge]";
   } else {
-    out += " ";
-    out += escape_untrusted(frame_label(*n.frame));
+    out << " " << escape_untrusted(frame_label(*n.frame));
   }
-  out += '\n';
+  out << '\n';
   const std::string next = prefix + (last ? "    " : "│   ");
   for (size_t i = 0; i < n.children.size(); ++i) {
     render_node(g, n.children[i], next, i + 1 == n.children.size(), out);
@@ -110,11 +114,11 @@ std::string first_word(const FrameInfo& f) {
   return sp == std::string::npos ? s : s.substr(0, sp);
 }
 
-std::string chain(const std::vector<FrameInfo>& stack) {
+std::string chain(const std::vector<const FrameInfo*>& stack) {
   std::string out;
   for (size_t i = 0; i < stack.size(); ++i) {
     if (i) out += " -> ";
-    out += first_word(stack[i]);
+    out += first_word(*stack[i]);
   }
   return out;
 }
@@ -149,9 +153,10 @@ const char* state_name(TaskState s) {
   return "unknown";
 }
 
-nlohmann::json stack_json(const std::vector<FrameInfo>& stack) {
+nlohmann::json stack_json(const std::vector<const FrameInfo*>& stack) {
   auto arr = nlohmann::json::array();
-  for (const auto& f : stack) {
+  for (const FrameInfo* fp : stack) {
+    const FrameInfo& f = *fp;
     arr.push_back({{"function", sanitize_utf8(f.funcname)},
                    {"file", sanitize_utf8(f.filename)},
                    {"line", f.line}});
@@ -222,47 +227,46 @@ std::string hex_id(uint64_t id) {
 }
 
 std::vector<TreeNode> build_forest(const TaskGraph& g) {
-  Builder b{g, {}, {}, {nullptr}, {}};
-  std::unordered_set<uint64_t> awaiting;
-  std::unordered_map<uint64_t, Key> innermost;  // awaiter -> its innermost frame node
+  Builder b(g);
+  std::vector<bool> awaiting(b.ntasks, false), is_child(b.ntasks, false);
+  std::unordered_map<uint32_t, uint32_t> innermost;  // awaiter -> its innermost frame node
   for (const auto& e : g.edges) {
-    auto [it, fresh] = innermost.try_emplace(e.awaiter, Key{true, 0});
-    if (fresh) it->second = b.descend(e.awaiter, g.find(e.awaiter)->stack);
-    const Key cur = it->second;
-    if (b.placed.insert({cur, e.child}).second) b.children[cur].push_back(Key{true, e.child});
-    awaiting.insert(e.awaiter);
+    const uint32_t awaiter = static_cast<uint32_t>(g.index.at(e.awaiter));
+    const uint32_t child = static_cast<uint32_t>(g.index.at(e.child));
+    auto [it, fresh] = innermost.try_emplace(awaiter, 0);
+    if (fresh) it->second = b.descend(awaiter, g.tasks[awaiter].stack);
+    if (b.placed.insert(Builder::pack(it->second, child)).second) b.add_child(it->second, child);
+    awaiting[awaiter] = true;
+    is_child[child] = true;
   }
-  for (const auto& t : g.tasks) {
-    if (!awaiting.count(t.id)) b.descend(t.id, t.stack);
-  }
-
-  std::unordered_set<uint64_t> is_child;
-  for (const auto& [k, kids] : b.children) {
-    for (const Key& c : kids) {
-      if (c.task) is_child.insert(c.v);
-    }
+  for (uint32_t i = 0; i < b.ntasks; ++i) {
+    if (!awaiting[i]) b.descend(i, g.tasks[i].stack);
   }
   std::vector<TreeNode> forest;
-  std::unordered_set<uint64_t> drawn;
-  std::vector<uint64_t> path;
-  for (const auto& t : g.tasks) {
-    if (is_child.count(t.id)) continue;
+  std::vector<bool> drawn(b.ntasks, false);
+  std::vector<uint32_t> path;
+  for (uint32_t i = 0; i < b.ntasks; ++i) {
+    if (is_child[i]) continue;
     forest.emplace_back();
-    b.expand(Key{true, t.id}, path, drawn, forest.back());
+    b.expand(i, path, drawn, forest.back());
   }
   // Tasks only reachable through a cycle have no root: start from the first.
-  for (const auto& t : g.tasks) {
-    if (drawn.count(t.id)) continue;
+  for (uint32_t i = 0; i < b.ntasks; ++i) {
+    if (drawn[i]) continue;
     forest.emplace_back();
-    b.expand(Key{true, t.id}, path, drawn, forest.back());
+    b.expand(i, path, drawn, forest.back());
   }
   return forest;
 }
 
-std::string render_pstree(const TaskGraph& g) {
-  std::string out;
+void render_pstree(const TaskGraph& g, std::ostream& out) {
   for (const auto& root : build_forest(g)) render_node(g, root, "", true, out);
-  return out;
+}
+
+std::string render_pstree(const TaskGraph& g) {
+  std::ostringstream out;
+  render_pstree(g, out);
+  return out.str();
 }
 
 std::vector<PsRow> build_ps_rows(const TaskGraph& g) {
@@ -286,23 +290,27 @@ std::vector<PsRow> build_ps_rows(const TaskGraph& g) {
   return rows;
 }
 
-std::string render_ps(const TaskGraph& g) {
-  auto line = [](const std::string& a, const std::string& b, const std::string& c,
-                 const std::string& d, const std::string& e, const std::string& f,
-                 const std::string& h) {
-    return ljust(a, 10) + " " + ljust(b, 20) + " " + ljust(c, 20) + " " + ljust(d, 50) + " " +
-           ljust(e, 50) + " " + ljust(f, 15) + " " + ljust(h, 15) + "\n";
+void render_ps(const TaskGraph& g, std::ostream& out) {
+  auto line = [&out](const std::string& a, const std::string& b, const std::string& c,
+                     const std::string& d, const std::string& e, const std::string& f,
+                     const std::string& h) {
+    out << ljust(a, 10) << " " << ljust(b, 20) << " " << ljust(c, 20) << " " << ljust(d, 50) << " "
+        << ljust(e, 50) << " " << ljust(f, 15) << " " << ljust(h, 15) << "\n";
   };
-  std::string out = line("tid", "task id", "task name", "coroutine stack", "awaiter chain",
-                         "awaiter name", "awaiter id");
-  out += std::string(180, '-') + "\n";
+  line("tid", "task id", "task name", "coroutine stack", "awaiter chain", "awaiter name", "awaiter id");
+  out << std::string(180, '-') << "\n";
   for (const auto& r : build_ps_rows(g)) {
     const TaskNode* awaiter = g.find(r.awaiter_id);
-    out += line(std::to_string(r.tid), hex_id(r.task_id), shown_name(*g.find(r.task_id)),
-                escape_untrusted(r.coroutine_stack), escape_untrusted(r.awaiter_chain),
-                awaiter ? shown_name(*awaiter) : "", hex_id(r.awaiter_id));
+    line(std::to_string(r.tid), hex_id(r.task_id), shown_name(*g.find(r.task_id)),
+         escape_untrusted(r.coroutine_stack), escape_untrusted(r.awaiter_chain),
+         awaiter ? shown_name(*awaiter) : "", hex_id(r.awaiter_id));
   }
-  return out;
+}
+
+std::string render_ps(const TaskGraph& g) {
+  std::ostringstream out;
+  render_ps(g, out);
+  return out.str();
 }
 
 nlohmann::json graph_json(const TaskGraph& g, bool with_tree) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <iosfwd>
 #include <string>
 #include <vector>
 
@@ -27,7 +28,10 @@ struct TreeNode {
 // too, the back edge marked instead of refusing to draw.
 std::vector<TreeNode> build_forest(const TaskGraph& g);
 
-std::string render_pstree(const TaskGraph& g);  // lines joined, each ending in '\n'
+// Text views, streamed (100,000 tasks make tens of MB of text).
+void render_pstree(const TaskGraph& g, std::ostream& out);
+void render_ps(const TaskGraph& g, std::ostream& out);
+std::string render_pstree(const TaskGraph& g);  // lines, each ending in '\n'
 std::string render_ps(const TaskGraph& g);
 
 struct PsRow {
