@@ -68,6 +68,7 @@ int output_status() {
 // command that traces a process does first.
 Result<std::unique_ptr<Tracer>> start_tracing(const Options& o) {
   if (auto st = check_privileges(); !st.ok()) return st.error();
+  sweep_stale_pins();
   const ProcInfo info = inspect_process(o.pid);
   if (info.kind != ProcKind::Probed) return proc_error(info);
   TraceOptions topts;
@@ -102,6 +103,7 @@ class PhaseClock {
 int run_view(const Options& o) {
   PhaseClock clock(o.verbose);
   if (auto st = check_privileges(); !st.ok()) return fail(st.error());
+  sweep_stale_pins();
   if (!process_alive(o.pid)) return fail(proc_error(inspect_process(o.pid)));
   // An `asynctrace attach` holding this process: answer from its maps.
   auto pinned = read_pinned(o.pid);

@@ -7,6 +7,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/mount.h>
@@ -524,16 +525,42 @@ Status check_privileges() {
 
 std::string pin_dir(pid_t pid) { return "/sys/fs/bpf/asynctrace/" + std::to_string(pid); }
 
-Result<std::optional<Snapshot>> read_pinned(pid_t pid) {
+namespace {
+
+// True while an `asynctrace attach` holds the lock of `pid` (the kernel drops
+// a flock when its holder dies, however it dies).
+bool pin_holder_alive(pid_t pid) {
   const int lock = open(lock_path(pid).c_str(), O_RDONLY | O_CLOEXEC);
-  if (lock < 0) return std::optional<Snapshot>{};
-  if (flock(lock, LOCK_SH | LOCK_NB) == 0) {  // nobody holds it: stale
-    remove_pins(pid);
-    unlink(lock_path(pid).c_str());
-    close(lock);
+  if (lock < 0) return false;
+  const bool held = flock(lock, LOCK_SH | LOCK_NB) != 0;
+  close(lock);
+  return held;
+}
+
+void remove_stale(pid_t pid) {
+  remove_pins(pid);
+  unlink(lock_path(pid).c_str());
+}
+
+}  // namespace
+
+void sweep_stale_pins() {
+  DIR* d = opendir("/sys/fs/bpf/asynctrace");
+  if (!d) return;
+  while (const dirent* e = readdir(d)) {
+    char* end = nullptr;
+    const long pid = std::strtol(e->d_name, &end, 10);
+    if (pid <= 0 || *end != '\0') continue;
+    if (!pin_holder_alive(static_cast<pid_t>(pid))) remove_stale(static_cast<pid_t>(pid));
+  }
+  closedir(d);
+}
+
+Result<std::optional<Snapshot>> read_pinned(pid_t pid) {
+  if (!pin_holder_alive(pid)) {
+    remove_stale(pid);
     return std::optional<Snapshot>{};
   }
-  close(lock);
   int fds[3] = {-1, -1, -1};
   for (int i = 0; i < 3; ++i) {
     const std::string path = pin_dir(pid) + "/" + kPinnedMaps[i];

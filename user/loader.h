@@ -50,6 +50,11 @@ std::string pin_dir(pid_t pid);
 // a killed holder are removed.
 Result<std::optional<Snapshot>> read_pinned(pid_t pid);
 
+// Removes every pin whose `asynctrace attach` is gone (killed with SIGKILL):
+// run at the start of each tracing command, so a killed holder leaves nothing
+// in the kernel beyond the next asynctrace invocation.
+void sweep_stale_pins();
+
 // Open, configure, load, attach: probes attached in the order the ABI requires
 // (replay__end last). Errors carry exit codes kExitPrivilege / kExitTracing / ...
 Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const ProcInfo& proc);

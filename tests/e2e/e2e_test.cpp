@@ -288,6 +288,30 @@ TEST(Enable, InstalledIntoAnInterpreter) {
   e2e::run({"rm", "-rf", venv});
 }
 
+// `attach` killed with SIGKILL: the traced process goes on unharmed, and the
+// next asynctrace command removes the pins the holder could not.
+TEST(Faults, KilledHolderLeavesNothingBehind) {
+  e2e::Program prog({tool(), "run", "--", "/usr/bin/python3.11", "-c",
+                     "import asyncio\nasync def tick():\n for i in range(60):\n  await asyncio.sleep(0.05)\n"
+                     "  print('tick', i, flush=True)\nasyncio.run(tick())"});
+  ASSERT_TRUE(prog.wait_line("tick 0", 20s)) << prog.stderr_text();
+  const std::string pid = std::to_string(prog.pid());
+  {
+    e2e::Program holder({tool(), "attach", "-p", pid});
+    ASSERT_TRUE(holder.wait_line("attached pid=" + pid + " maps=/sys/fs/bpf/asynctrace/" + pid, 30s))
+        << holder.stderr_text();
+    holder.signal(SIGKILL);
+    holder.wait_exit(10s, nullptr);
+  }
+  EXPECT_EQ(access(("/sys/fs/bpf/asynctrace/" + pid).c_str(), F_OK), 0) << "pins of the killed holder";
+  // Any later command sweeps them; the target still answers, from a fresh attach.
+  auto r = e2e::run({tool(), "stats", "-p", pid});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(access(("/sys/fs/bpf/asynctrace/" + pid).c_str(), F_OK), 0) << "stale pins not removed";
+  EXPECT_TRUE(prog.wait_line("tick 59", 30s)) << "the traced process did not go on";
+  EXPECT_EQ(prog.wait_exit(30s, nullptr), 0) << prog.stderr_text();
+}
+
 TEST(Runtimes, EverySupportedInterpreterWasBuilt) {
   std::set<std::string> tags;
   for (const auto& [tag, _] : e2e::built_pythons()) tags.insert(tag);
