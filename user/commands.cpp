@@ -100,6 +100,31 @@ class PhaseClock {
   std::chrono::steady_clock::time_point t_;
 };
 
+// Closing uprobe links waits for a kernel grace period (60-120 ms here) that
+// the user need not wait for: a forked child holds the last references and
+// closes them, so the kernel finishes unregistering just after we exit. If
+// fork fails, detach here.
+void detach_in_background(std::unique_ptr<Tracer>& tracer) {
+  std::cout.flush();
+  std::cerr.flush();
+  const pid_t child = fork();
+  if (child == 0) {
+    const int null = open("/dev/null", O_RDWR);
+    if (null >= 0) {
+      for (int fd = 0; fd <= 2; ++fd) dup2(null, fd);  // release the caller's pipes
+    }
+    setsid();
+    tracer.reset();
+    _exit(0);
+  }
+  if (child < 0) {
+    tracer.reset();
+    return;
+  }
+  // Our copies of the link and map fds are not the last ones: closing is cheap.
+  tracer.reset();
+}
+
 int run_view(const Options& o) {
   PhaseClock clock(o.verbose);
   if (auto st = check_privileges(); !st.ok()) return fail(st.error());
@@ -124,9 +149,10 @@ int run_view(const Options& o) {
   // grace period (tens of ms), which the user need not wait for.
   print_view(o, std::move(snap.value()));
   clock.mark("render");
-  tracer.value().reset();
+  const int status = output_status();
+  detach_in_background(tracer.value());
   clock.mark("detach");
-  return output_status();
+  return status;
 }
 
 volatile sig_atomic_t g_stop = 0;
