@@ -38,6 +38,10 @@ struct Param {
 
 void PrintTo(const Param& p, std::ostream* os) { *os << p.c.program << " on " << p.python; }
 
+std::string case_name(const ::testing::TestParamInfo<Param>& i) {
+  return i.param.c.program + "_" + i.param.tag;
+}
+
 std::vector<Param> params() {
   std::vector<Param> out;
   for (const auto& [tag, py] : e2e::built_pythons()) {
@@ -162,9 +166,7 @@ TEST_P(Traced, PstreeAndPsMatchTheProgramsOwnView) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Programs, Traced, ::testing::ValuesIn(params()),
-                         [](const ::testing::TestParamInfo<Param>& i) {
-                           return i.param.c.program + "_" + i.param.tag;
-                         });
+                         case_name);
 
 // The tracer is attached (and holds the maps pinned) before the program
 // builds its tasks: the views come from the event path alone, no replay.
@@ -211,9 +213,7 @@ std::vector<Param> event_params() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Programs, TracedFromStart, ::testing::ValuesIn(event_params()),
-                         [](const ::testing::TestParamInfo<Param>& i) {
-                           return i.param.c.program + "_" + i.param.tag;
-                         });
+                         case_name);
 
 // Detaching leaves nothing raised in the target: the runtime itself reports
 // its semaphores after the tracer went away (tests/runtime_smoke/app.py).
