@@ -192,8 +192,11 @@ class Runner:
         return env
 
     def start_tracer(self, mode, pid):
-        if mode == "attached":
-            t = Proc([self.tool, "attach", "-p", str(pid), "--timeout", "60s"], tracer=True)
+        if mode in ("attached", "per-event"):
+            env = dict(os.environ)
+            if mode == "per-event":
+                env["ASYNCTRACE_EVENTS"] = "per-event"
+            t = Proc([self.tool, "attach", "-p", str(pid), "--timeout", "60s"], env=env, tracer=True)
             t.expect(r"^attached pid=", 120)
             return t
         if mode == "bpftrace":
@@ -212,11 +215,12 @@ class Runner:
             pid = int(m.group(1))
             tracer = self.start_tracer(mode, pid)
             w.send("go\n")
-            m = w.expect(r"^result seconds=([\d.,]+)", 900)
+            m = w.expect(r"^result seconds=([\d.,]+) cpu=([\d.,]+)", 900)
             secs = [float(x) for x in m.group(1).split(",")]
+            cpu = [float(x) for x in m.group(2).split(",")]
             if tracer is not None and tracer.p.poll() is not None:
                 raise BenchError(f"tracer exited during the run: {tracer.tail()}")
-            return statistics.median(secs)
+            return statistics.median(secs), statistics.median(cpu)
         finally:
             if tracer is not None:
                 tracer.stop(signal.SIGINT)
@@ -275,6 +279,8 @@ def overhead(args, runner, pythons):
     for i, py in enumerate(pythons):
         modes = ["baseline", "dormant", "attached"]
         if i == 0 or args.reference_all:
+            if not args.no_per_event:
+                modes.append("per-event")
             if not args.no_debug:
                 modes.append("debug")
             if not args.no_bpftrace:
@@ -288,6 +294,7 @@ def overhead(args, runner, pythons):
             log(f"bench: aiohttp server skipped ({DEBIAN_PY} not among --python)")
 
     samples = {}
+    cpu_samples = {}
     for rep in range(args.reps):
         for wl, py, modes, kind in cases:
             k = rep % len(modes)
@@ -297,12 +304,13 @@ def overhead(args, runner, pythons):
                     wl_args = list(pp_args)
                     if mode == "debug":
                         wl_args[wl_args.index("--rounds") + 1] = "1"
-                    v = runner.timed(py, mode, wl_args)
+                    v, cpu = runner.timed(py, mode, wl_args)
                 elif wl == "churn":
-                    v = runner.timed(py, mode, churn_args)
+                    v, cpu = runner.timed(py, mode, churn_args)
                 else:
-                    v = runner.server(py, mode)
+                    v, cpu = runner.server(py, mode), None
                 samples.setdefault((wl, py, mode), []).append(v)
+                cpu_samples.setdefault((wl, py, mode), []).append(cpu)
                 unit = "req/s" if kind == "rps" else "s"
                 log(f"  rep {rep + 1}/{args.reps} {wl:9} {LABELS[py]:13} {mode:9} "
                     f"{v:.4f} {unit}  ({time.monotonic() - t0:.1f}s)")
@@ -314,10 +322,13 @@ def overhead(args, runner, pythons):
             vals = samples[(wl, py, mode)]
             ratios = [v / b for v, b in zip(vals, base)]
             ratio = statistics.median(ratios)
+            cpus, cbase = cpu_samples[(wl, py, mode)], cpu_samples[(wl, py, "baseline")]
+            cpu_ratio = (statistics.median([c / b for c, b in zip(cpus, cbase)])
+                         if kind == "time" and all(cpus) and all(cbase) else None)
             tgt = TARGETS.get((wl, mode))
             if mode == "debug":
                 tgt_s, ok = "ref (13-18x)", None
-            elif mode == "bpftrace":
+            elif mode in ("bpftrace", "per-event"):
                 tgt_s, ok = "ref", None
             elif tgt is None:
                 tgt_s, ok = "", None
@@ -335,6 +346,8 @@ def overhead(args, runner, pythons):
                 "baseline_median": statistics.median(base),
                 "ratio": ratio,
                 "ratios": ratios,
+                "cpu_ratio": cpu_ratio,
+                "cpu_samples": cpus,
                 "samples": vals,
                 "target": tgt_s,
                 "pass": ok,
@@ -453,8 +466,10 @@ def verdict(ok):
 
 def table(rows, pst, args):
     lines = []
-    hdr = f"{'workload':10} {'python':13} {'mode':9} {'baseline':>12} {'this mode':>12} {'ratio':>8}  {'target':13} result"
+    hdr = (f"{'workload':10} {'python':13} {'mode':9} {'baseline':>12} {'this mode':>12} {'ratio':>8}  "
+           f"{'target':13} {'result':6} {'cpu ratio':>9}")
     lines.append("Overhead: median over %d interleaved repetitions of (mode / baseline of the same repetition)" % args.reps)
+    lines.append("ratio: wall time (rq/s for aiohttp); cpu ratio: CPU time of the whole traced process, all threads")
     lines.append(hdr)
     lines.append("-" * len(hdr))
     for r in rows:
@@ -462,8 +477,9 @@ def table(rows, pst, args):
             b, v = f"{r['baseline_median']:.3f} s", f"{r['median']:.3f} s"
         else:
             b, v = f"{r['baseline_median']:.0f} rq/s", f"{r['median']:.0f} rq/s"
+        cr = fmt_ratio(r["cpu_ratio"]) if r.get("cpu_ratio") else ""
         lines.append(f"{r['workload']:10} {r['python_label']:13} {r['mode']:9} {b:>12} {v:>12} "
-                     f"{fmt_ratio(r['ratio']):>8}  {r['target']:13} {verdict(r['pass'])}")
+                     f"{fmt_ratio(r['ratio']):>8}  {r['target']:13} {verdict(r['pass']):6} {cr:>9}")
     if pst:
         lines.append("")
         lines.append("pstree latency: median of %d, stdout to /dev/null (%s)" % (args.pstree_reps, pst[0]["python"]))
@@ -551,6 +567,9 @@ def main():
                    help="do not pin the server to CPU 1 and wrk to CPU 0")
     p.add_argument("--no-server", action="store_true")
     p.add_argument("--no-debug", action="store_true")
+    p.add_argument("--no-per-event", action="store_true",
+                   help="skip the reference row with asynctrace on its per-event probes "
+                        "(ASYNCTRACE_EVENTS=per-event: one trap per event, the pre-batch design)")
     p.add_argument("--no-bpftrace", action="store_true")
     p.add_argument("--reference-all", action="store_true",
                    help="debug-mode and bpftrace rows on every interpreter (default: the first only)")

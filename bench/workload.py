@@ -9,7 +9,8 @@ usage: workload.py pingpong [--tasks N] [--steps N] [--rounds R] [--wait]
 With --wait the workload prints "ready pid=PID" and blocks on a line from stdin
 before the timed part, so the driver can attach a tracer first. The timed
 workloads print one line "result seconds=S1,S2,..." (wall time of each of the
-R rounds of the timed part, each on a fresh event loop; nothing else is timed).
+R rounds of the timed part, each on a fresh event loop; nothing else is timed)
+and " cpu=C1,C2,..." (CPU seconds of the whole process, all threads, in each).
 server prints "serving port=P" once it accepts connections; hold prints
 "holding tasks=N pid=PID" once its N tasks are pending in event.wait().
 Both run until SIGTERM/SIGINT.
@@ -51,14 +52,23 @@ async def _churn(tasks, batch):
 
 
 def _timed(coro_fn, *args):
+    """(wall seconds, CPU seconds of the whole process: every thread, user +
+    system, so work a tracer does on another thread counts too)."""
     loop = asyncio.new_event_loop()
     try:
+        c0 = time.process_time()
         t0 = time.perf_counter()
         loop.run_until_complete(coro_fn(*args))
         t1 = time.perf_counter()
+        c1 = time.process_time()
     finally:
         loop.close()
-    return t1 - t0
+    return t1 - t0, c1 - c0
+
+
+def _report(runs):
+    print("result seconds=" + ",".join(f"{w:.6f}" for w, _ in runs)
+          + " cpu=" + ",".join(f"{c:.6f}" for _, c in runs), flush=True)
 
 
 async def _serve(port):
@@ -105,12 +115,10 @@ def main():
     a = p.parse_args()
     if a.mode == "pingpong":
         _handshake(a.wait)
-        secs = [_timed(_pingpong, a.tasks or 10_000, a.steps) for _ in range(a.rounds)]
-        print("result seconds=" + ",".join(f"{x:.6f}" for x in secs), flush=True)
+        _report([_timed(_pingpong, a.tasks or 10_000, a.steps) for _ in range(a.rounds)])
     elif a.mode == "churn":
         _handshake(a.wait)
-        secs = [_timed(_churn, a.tasks or 1_000_000, a.batch) for _ in range(a.rounds)]
-        print("result seconds=" + ",".join(f"{x:.6f}" for x in secs), flush=True)
+        _report([_timed(_churn, a.tasks or 1_000_000, a.batch) for _ in range(a.rounds)])
     elif a.mode == "server":
         try:
             asyncio.run(_serve(a.port))

@@ -93,6 +93,39 @@ struct at_proc {
 	__u64 drop_edges_full;
 	__u64 unknown_task;    /* events for a task never created (late attach gap) */
 	__u64 seq;             /* next task seq */
+	__u64 drop_runtime;    /* records the runtime could not buffer (batch__flush) */
+	__u64 bad_records;     /* malformed batch records (batch rest skipped) */
+};
+
+/* Batched events: mirrors struct asynctrace_rec / asynctrace_rec_create of
+ * include/asynctrace/probes.h (user/abi_check.cpp asserts the layouts). */
+#define AT_REC_PAD 0
+#define AT_REC_CREATE 1
+#define AT_REC_STEP 2
+#define AT_REC_COMPLETE 3
+#define AT_REC_EDGE_ADD 4
+#define AT_REC_EDGE_REMOVE 5
+#define AT_REC_STACK 6
+#define AT_REC_RESUME 7
+#define AT_REC_NAME_MAX 64
+#define AT_REC_MAX_SLOTS 18
+#define AT_BATCH_CHUNK 128     /* slots read from the process per copy */
+
+struct at_rec {
+	__u8 type;
+	__u8 kind;
+	__u16 nslots;
+	__u32 len;
+	__u64 a;
+	__u64 b;
+	__u64 c;
+};
+
+struct at_rec_create {
+	__u64 code_id;
+	__u32 tid;
+	__u32 kept;
+	__u64 reserved[2];
 };
 
 #endif /* ASYNCTRACE_BPF_ABI_H */

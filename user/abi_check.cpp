@@ -15,4 +15,14 @@ static_assert(offsetof(struct at_task, awaited_by) == 56);
 static_assert(offsetof(struct at_task, name) == 120);
 static_assert(sizeof(struct at_task) == 120 + AT_NAME_LEN + 16 * AT_MAX_FRAMES);
 static_assert(sizeof(struct at_code) == 16 + AT_QUALNAME_LEN + AT_FILENAME_LEN);
-static_assert(sizeof(struct at_proc) == 64);
+static_assert(sizeof(struct at_proc) == 80);
+static_assert(sizeof(struct at_rec) == sizeof(struct asynctrace_rec) && sizeof(struct at_rec) == 32);
+static_assert(offsetof(struct at_rec, len) == offsetof(struct asynctrace_rec, len));
+static_assert(offsetof(struct at_rec, a) == offsetof(struct asynctrace_rec, a));
+static_assert(sizeof(struct at_rec_create) == sizeof(struct asynctrace_rec_create));
+static_assert(offsetof(struct at_rec_create, kept) == offsetof(struct asynctrace_rec_create, kept));
+static_assert(AT_REC_NAME_MAX == ASYNCTRACE_REC_NAME_MAX && AT_REC_MAX_SLOTS == ASYNCTRACE_REC_MAX_SLOTS);
+static_assert(AT_REC_CREATE == ASYNCTRACE_REC_CREATE && AT_REC_STEP == ASYNCTRACE_REC_STEP &&
+              AT_REC_COMPLETE == ASYNCTRACE_REC_COMPLETE && AT_REC_EDGE_ADD == ASYNCTRACE_REC_EDGE_ADD &&
+              AT_REC_EDGE_REMOVE == ASYNCTRACE_REC_EDGE_REMOVE && AT_REC_STACK == ASYNCTRACE_REC_STACK &&
+              AT_REC_RESUME == ASYNCTRACE_REC_RESUME && AT_REC_PAD == ASYNCTRACE_REC_PAD);

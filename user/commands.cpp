@@ -39,6 +39,10 @@ void warn_partial(const ProcCounters& c) {
               << " await edge(s), " << c.drop_codes_full
               << " code name(s) (raise --max-tasks)\n";
   }
+  if (c.drop_runtime || c.bad_records)
+    std::cerr << "asynctrace: warning: partial view: " << c.drop_runtime
+              << " event(s) lost in the runtime's buffer, " << c.bad_records
+              << " malformed batch record(s)\n";
 }
 
 // Takes the snapshot by value and drops it once the graph is built: at
@@ -130,14 +134,25 @@ int run_view(const Options& o) {
   if (auto st = check_privileges(); !st.ok()) return fail(st.error());
   sweep_stale_pins();
   if (!process_alive(o.pid)) return fail(proc_error(inspect_process(o.pid)));
-  // An `asynctrace attach` holding this process: answer from its maps.
-  auto pinned = read_pinned(o.pid);
+  // An `asynctrace attach` holding this process: answer from its maps, after
+  // the runtime replayed its current stacks into them.
+  const ProcInfo info = inspect_process(o.pid);
+  auto pinned = open_pinned(o.pid, &info, o.verbose);
   if (!pinned.ok()) return fail(pinned.error());
-  if (pinned.value()) {
+  if (auto& held = pinned.value()) {
+    if (auto st = held->wait_replay(o.timeout); !st.ok()) {
+      if (st.error().code != kExitReplayTimeout) return fail(st.error());
+      std::cerr << "asynctrace: warning: " << st.error().message << "\n";
+    }
+    clock.mark("replay into pinned maps");
+    auto snap = held->snapshot();
+    if (!snap.ok()) return fail(snap.error());
     clock.mark("read pinned maps");
-    print_view(o, std::move(*pinned.value()));
+    print_view(o, std::move(snap.value()));
     clock.mark("render");
-    return output_status();
+    const int status = output_status();
+    detach_in_background(held);
+    return status;
   }
   auto tracer = start_tracing(o);
   if (!tracer.ok()) return fail(tracer.error());

@@ -118,22 +118,42 @@ Status ensure_uprobe_interface() {
 // unseen between its creation and our attach.
 // A runtime need not emit every probe (a runtime without gather has no
 // edge__add site); only task__create and replay__end are required.
+//
+// Two ways to receive the task events: a runtime with a batch__flush site
+// buffers them and fires one probe per batch (the fast path: no trap per
+// event); otherwise each event is its own probe. code__register and the replay
+// probes are used in both.
+enum EventPath : unsigned { kPerEvent = 1, kBatch = 2, kBoth = 3 };
 struct ProbeSlot {
   const char* probe;
   bpf_program* (*prog)(asynctrace_bpf*);
+  unsigned paths = kBoth;
   bool required = false;
 };
-constexpr std::array<ProbeSlot, 9> kAttachOrder{{
-    {"task__complete", [](asynctrace_bpf* s) { return s->progs.task_complete; }},
+constexpr std::array<ProbeSlot, 10> kAttachOrder{{
+    {"batch__flush", [](asynctrace_bpf* s) { return s->progs.batch_flush; }, kBatch, true},
+    {"task__complete", [](asynctrace_bpf* s) { return s->progs.task_complete; }, kPerEvent},
     {"code__register", [](asynctrace_bpf* s) { return s->progs.code_register; }},
-    {"task__create", [](asynctrace_bpf* s) { return s->progs.task_create; }, true},
-    {"edge__add", [](asynctrace_bpf* s) { return s->progs.edge_add; }},
-    {"edge__remove", [](asynctrace_bpf* s) { return s->progs.edge_remove; }},
-    {"task__await", [](asynctrace_bpf* s) { return s->progs.task_await; }},
-    {"task__resume", [](asynctrace_bpf* s) { return s->progs.task_resume; }},
+    {"task__create", [](asynctrace_bpf* s) { return s->progs.task_create; }, kPerEvent, true},
+    {"edge__add", [](asynctrace_bpf* s) { return s->progs.edge_add; }, kPerEvent},
+    {"edge__remove", [](asynctrace_bpf* s) { return s->progs.edge_remove; }, kPerEvent},
+    {"task__await", [](asynctrace_bpf* s) { return s->progs.task_await; }, kPerEvent},
+    {"task__resume", [](asynctrace_bpf* s) { return s->progs.task_resume; }, kPerEvent},
     {"replay__begin", [](asynctrace_bpf* s) { return s->progs.replay_begin; }},
-    {"replay__end", [](asynctrace_bpf* s) { return s->progs.replay_end; }, true},
+    {"replay__end", [](asynctrace_bpf* s) { return s->progs.replay_end; }, kBoth, true},
 }};
+
+// The batch path when the runtime offers it, unless ASYNCTRACE_EVENTS=per-event
+// asks for one probe per event (for comparison; bpftrace-like cost).
+EventPath choose_event_path(const std::string& binary) {
+  const char* env = std::getenv("ASYNCTRACE_EVENTS");
+  if (env && std::string_view(env) == "per-event") return kPerEvent;
+  auto sites = usdt::read_sites(binary, "asynctrace");
+  if (!sites.ok()) return kPerEvent;
+  for (const usdt::Site& site : sites.value())
+    if (site.name == "batch__flush") return kBatch;
+  return kPerEvent;
+}
 
 std::string bytes(const char* p, size_t cap, uint64_t len) {
   return std::string(p, std::min<uint64_t>(cap, len));
@@ -245,6 +265,8 @@ Result<Snapshot> read_maps(uint32_t pid, int tasks_fd, int codes_fd, int procs_f
     snap.counters.drop_codes_full = proc.drop_codes_full;
     snap.counters.drop_edges_full = proc.drop_edges_full;
     snap.counters.unknown_task = proc.unknown_task;
+    snap.counters.drop_runtime = proc.drop_runtime;
+    snap.counters.bad_records = proc.bad_records;
   }
   return snap;
 }
@@ -354,7 +376,8 @@ void close_links_concurrently(const std::vector<int>& fds) {
 
 class BpfTracer final : public Tracer {
  public:
-  BpfTracer(pid_t pid, asynctrace_bpf* skel, AttachMode mode) : pid_(pid), skel_(skel), mode_(mode) {}
+  BpfTracer(pid_t pid, asynctrace_bpf* skel, AttachMode mode, EventPath path, std::string mapped_path)
+      : pid_(pid), skel_(skel), mode_(mode), path_(path), mapped_path_(std::move(mapped_path)) {}
   ~BpfTracer() override {
     // libbpf links in reverse order: replay__end goes first so the runtime
     // sees its semaphore drop before anything else disappears.
@@ -365,6 +388,7 @@ class BpfTracer final : public Tracer {
     // one more grace period.
     std::reverse(link_fds_.begin(), link_fds_.end());
     close_links_concurrently(link_fds_);
+    if (noop_fd_ >= 0) close(noop_fd_);
     asynctrace_bpf__destroy(skel_);
   }
 
@@ -407,6 +431,9 @@ class BpfTracer final : public Tracer {
   pid_t pid_;
   asynctrace_bpf* skel_;
   AttachMode mode_;
+  EventPath path_;
+  std::string mapped_path_;  // the probe library as the process maps it
+  int noop_fd_ = -1;         // program of the replay request link
   std::vector<bpf_link*> links_;  // PerfPerSite, in attach order
   std::vector<int> link_fds_;     // UprobeMulti, in attach order
   Pins pins_;
@@ -414,6 +441,7 @@ class BpfTracer final : public Tracer {
 
 Status BpfTracer::attach_per_site(const std::string& binary) {
   for (const ProbeSlot& slot : kAttachOrder) {
+    if (!(slot.paths & path_)) continue;
     bpf_link* link = bpf_program__attach_usdt(slot.prog(skel_), pid_, binary.c_str(),
                                               "asynctrace", slot.probe, nullptr);
     if (!link) {
@@ -450,6 +478,7 @@ Status BpfTracer::attach_multi(const std::string& binary) {
   std::array<ProbeSites, kAttachOrder.size()> per_slot;
   for (size_t i = 0; i < kAttachOrder.size(); ++i) {
     const ProbeSlot& slot = kAttachOrder[i];
+    if (!(slot.paths & path_)) continue;
     for (const usdt::Site& site : sites.value()) {
       if (site.name != slot.probe) continue;
       auto [it, fresh] = spec_ids.try_emplace(site.args, static_cast<int>(spec_ids.size()));
@@ -480,6 +509,17 @@ Status BpfTracer::attach_multi(const std::string& binary) {
       return attach_error(-fd, kAttachOrder[i].probe, binary, pid_,
                           std::string("uprobe_multi link: ") + std::strerror(-fd));
     link_fds_.push_back(fd);
+  }
+  // replay__end rising starts the replay, unless another tracer already
+  // holds it (its semaphore counts processes, not tracers): a request probe
+  // covers that case. Both rising at once still make one replay.
+  const bool has_requests = std::any_of(sites.value().begin(), sites.value().end(), [](const usdt::Site& s) {
+    return s.name.rfind("replay__req", 0) == 0;
+  });
+  if (has_requests) noop_fd_ = usdt::load_noop_program();
+  if (noop_fd_ >= 0) {
+    const int fd = usdt::request_replay(pid_, binary, mapped_path_, sites.value(), noop_fd_);
+    if (fd >= 0) link_fds_.push_back(fd);
   }
   return ok_status();
 }
@@ -556,12 +596,91 @@ void sweep_stale_pins() {
   closedir(d);
 }
 
-Result<std::optional<Snapshot>> read_pinned(pid_t pid) {
+namespace {
+
+// The maps an `asynctrace attach` holds for a process, plus (while it lives)
+// one extra link on the runtime's replay__end site: a do-nothing program
+// whose only effect is raising the semaphore, which makes the runtime replay
+// its live tasks with their current stacks into the holder's maps. Between
+// replays the batch path keeps states and edges current but not stacks.
+class PinnedTracer final : public Tracer {
+ public:
+  PinnedTracer(pid_t pid, std::array<int, 3> fds) : pid_(pid), fds_(fds) {}
+  ~PinnedTracer() override {
+    if (link_fd_ >= 0) close(link_fd_);  // one grace period: run_view forks for it
+    if (prog_fd_ >= 0) close(prog_fd_);
+    for (int fd : fds_) close(fd);
+  }
+
+  // Raises the replay__end semaphore; false if this kernel cannot (then the
+  // view shows the maps as they are).
+  std::string request_replay(const ProcInfo& proc) {
+    if (std::string why; !usdt::uprobe_multi_supported(&why)) return why;
+    const std::string& binary = proc.probe_lib_host.empty() ? proc.probe_lib : proc.probe_lib_host;
+    auto sites = usdt::read_sites(binary, "asynctrace");
+    if (!sites.ok()) return sites.error().message;
+    gen0_ = replay_gen();
+    prog_fd_ = usdt::load_noop_program();
+    if (prog_fd_ < 0) return std::string("no-op program: ") + std::strerror(errno);
+    link_fd_ = usdt::request_replay(pid_, binary, proc.probe_lib, sites.value(), prog_fd_);
+    if (link_fd_ < 0) {
+      const int err = -link_fd_;
+      link_fd_ = -1;
+      return err == ENOENT ? "the runtime has no replay request probes"
+             : err == EBUSY ? "every replay request probe is held by other tracers"
+                            : std::string("uprobe_multi link: ") + std::strerror(err);
+    }
+    return {};
+  }
+
+  Status wait_replay(std::chrono::milliseconds timeout) override {
+    if (link_fd_ < 0) return ok_status();
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (replay_gen() == gen0_) {
+      if (!process_alive(pid_))
+        return Error{kExitProcessExited, "failed to wait for replay of process " +
+                                             std::to_string(pid_) + ": the process exited"};
+      if (std::chrono::steady_clock::now() >= deadline)
+        return Error{kExitReplayTimeout,
+                     "no replay from process " + std::to_string(pid_) + " in " +
+                         std::to_string(timeout.count()) +
+                         " ms; showing the held maps, whose stacks may be missing or stale"};
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+    return ok_status();
+  }
+
+  Result<Snapshot> snapshot() const override {
+    return read_maps(static_cast<uint32_t>(pid_), fds_[0], fds_[1], fds_[2]);
+  }
+
+  Status pin() override {
+    return Error{kExitTracing, "failed to pin maps of process " + std::to_string(pid_) +
+                                   ": another 'asynctrace attach' holds them"};
+  }
+
+ private:
+  uint64_t replay_gen() const {
+    at_proc proc{};
+    const __u32 key = static_cast<__u32>(pid_);
+    return bpf_map_lookup_elem(fds_[2], &key, &proc) == 0 ? proc.replay_gen : 0;
+  }
+
+  pid_t pid_;
+  std::array<int, 3> fds_;
+  int prog_fd_ = -1;
+  int link_fd_ = -1;
+  uint64_t gen0_ = 0;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Tracer>> open_pinned(pid_t pid, const ProcInfo* proc, bool verbose) {
   if (!pin_holder_alive(pid)) {
     remove_stale(pid);
-    return std::optional<Snapshot>{};
+    return std::unique_ptr<Tracer>{};
   }
-  int fds[3] = {-1, -1, -1};
+  std::array<int, 3> fds = {-1, -1, -1};
   for (int i = 0; i < 3; ++i) {
     const std::string path = pin_dir(pid) + "/" + kPinnedMaps[i];
     fds[i] = bpf_obj_get(path.c_str());
@@ -572,10 +691,12 @@ Result<std::optional<Snapshot>> read_pinned(pid_t pid) {
                    "failed to open pinned BPF map '" + path + "': " + std::strerror(err)};
     }
   }
-  auto snap = read_maps(static_cast<uint32_t>(pid), fds[0], fds[1], fds[2]);
-  for (int fd : fds) close(fd);
-  if (!snap.ok()) return snap.error();
-  return std::optional<Snapshot>(std::move(snap.value()));
+  auto tracer = std::make_unique<PinnedTracer>(pid, fds);
+  if (proc && proc->kind == ProcKind::Probed) {
+    if (std::string why = tracer->request_replay(*proc); !why.empty() && verbose)
+      std::fprintf(stderr, "asynctrace: no replay requested: %s\n", why.c_str());
+  }
+  return std::unique_ptr<Tracer>(std::move(tracer));
 }
 
 Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const ProcInfo& proc) {
@@ -599,7 +720,17 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
   skel->rodata->target_tgid = static_cast<__u32>(opts.pid ? opts.pid : proc.pid);
   if (opts.max_tasks && bpf_map__set_max_entries(skel->maps.tasks, opts.max_tasks) != 0)
     return Error{kExitTracing, "failed to size BPF map 'tasks': " + reason(errno)};
-  auto tracer = std::make_unique<BpfTracer>(static_cast<pid_t>(skel->rodata->target_tgid), skel, mode);
+  const std::string& binary = proc.probe_lib_host.empty() ? proc.probe_lib : proc.probe_lib_host;
+  const EventPath path = choose_event_path(binary);
+  if (opts.verbose)
+    std::fprintf(stderr, "asynctrace: events by %s\n",
+                 path == kBatch ? "batch__flush (buffered in the runtime)" : "per-event probes");
+  auto tracer =
+      std::make_unique<BpfTracer>(static_cast<pid_t>(skel->rodata->target_tgid), skel, mode, path,
+                                  proc.probe_lib);
+  // Programs of the other path are not loaded (less verifier time).
+  for (const ProbeSlot& slot : kAttachOrder)
+    if (!(slot.paths & path)) bpf_program__set_autoload(slot.prog(skel), false);
   if (mode == AttachMode::UprobeMulti) {
     // The kernel accepts a uprobe_multi link only for programs loaded with
     // this attach type (SEC("usdt") leaves it 0), and wires
@@ -626,7 +757,6 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
       errno != EEXIST)
     return Error{kExitTracing, "failed to update BPF map 'procs': " + reason(errno)};
 
-  const std::string& binary = proc.probe_lib_host.empty() ? proc.probe_lib : proc.probe_lib_host;
   if (Status st = tracer->attach(binary); !st.ok()) return st.error();
   return std::unique_ptr<Tracer>(std::move(tracer));
 }

@@ -45,10 +45,12 @@ Status check_privileges();
 // Where `attach` pins the maps of one process: /sys/fs/bpf/asynctrace/<pid>.
 std::string pin_dir(pid_t pid);
 
-// If a live `asynctrace attach` holds the maps of `pid` pinned, reads them
-// (no attach, no replay). Empty optional when nobody holds them; stale pins of
-// a killed holder are removed.
-Result<std::optional<Snapshot>> read_pinned(pid_t pid);
+// If a live `asynctrace attach` holds the maps of `pid` pinned: a Tracer over
+// those maps (nothing loaded). With `proc`, it also asks the runtime for a
+// replay (fresh stacks), which wait_replay() waits for; a timeout there is a
+// warning: the held maps are still a valid, if stackless, view. Null when
+// nobody holds the maps; stale pins of a killed holder are removed.
+Result<std::unique_ptr<Tracer>> open_pinned(pid_t pid, const ProcInfo* proc, bool verbose = false);
 
 // Removes every pin whose `asynctrace attach` is gone (killed with SIGKILL):
 // run at the start of each tracing command, so a killed holder leaves nothing

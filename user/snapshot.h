@@ -59,6 +59,8 @@ struct ProcCounters {
   uint64_t drop_codes_full = 0;
   uint64_t drop_edges_full = 0;
   uint64_t unknown_task = 0;
+  uint64_t drop_runtime = 0;  // records the runtime could not buffer (batch path)
+  uint64_t bad_records = 0;   // malformed batch records (rest of that batch skipped)
 };
 
 struct Snapshot {

@@ -17,6 +17,8 @@
 #endif
 
 #include <charconv>
+#include <cstdio>
+#include <fstream>
 #include <cstring>
 
 namespace asynctrace::usdt {
@@ -293,11 +295,7 @@ Result<std::vector<Site>> read_sites(const std::string& path, std::string_view p
   return sites;
 }
 
-bool uprobe_multi_supported(std::string* why) {
-#if !defined(__x86_64__)
-  *why = "USDT operands of this architecture are parsed by libbpf only";
-  return false;
-#else
+int load_noop_program() {
   // A do-nothing kprobe program with the multi-uprobe attach type.
   const bpf_insn insns[] = {
       {BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 0},
@@ -305,7 +303,15 @@ bool uprobe_multi_supported(std::string* why) {
   };
   LIBBPF_OPTS(bpf_prog_load_opts, opts);
   opts.expected_attach_type = static_cast<bpf_attach_type>(kAttachUprobeMulti);
-  const int prog = bpf_prog_load(BPF_PROG_TYPE_KPROBE, nullptr, "GPL", insns, 2, &opts);
+  return bpf_prog_load(BPF_PROG_TYPE_KPROBE, "at_noop", "GPL", insns, 2, &opts);
+}
+
+bool uprobe_multi_supported(std::string* why) {
+#if !defined(__x86_64__)
+  *why = "USDT operands of this architecture are parsed by libbpf only";
+  return false;
+#else
+  const int prog = load_noop_program();
   if (prog < 0) {
     *why = std::string("probe program did not load: ") + std::strerror(errno);
     return false;
@@ -353,6 +359,53 @@ int create_uprobe_multi_link(int prog_fd, const std::string& path, pid_t pid,
   attr.cnt = static_cast<uint32_t>(offsets.size());
   attr.pid = static_cast<uint32_t>(pid);
   return link_create_raw(attr);
+}
+
+Result<uint16_t> read_semaphore(pid_t pid, const std::string& mapped_path, uint64_t sema_offset) {
+  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    // start-end perms offset dev inode path
+    unsigned long long start = 0, end = 0, off = 0;
+    char perms[8] = {};
+    int path_at = 0;
+    if (std::sscanf(line.c_str(), "%llx-%llx %7s %llx %*s %*s %n", &start, &end, perms, &off, &path_at) < 4 ||
+        path_at <= 0)
+      continue;
+    if (line.compare(static_cast<size_t>(path_at), std::string::npos, mapped_path) != 0) continue;
+    if (sema_offset < off || sema_offset + 2 > off + (end - start)) continue;
+    const int fd = open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return Error{kExitTracing, std::string("open /proc/PID/mem: ") + std::strerror(errno)};
+    uint16_t v = 0;
+    const ssize_t n = pread(fd, &v, sizeof v, static_cast<off_t>(start + (sema_offset - off)));
+    close(fd);
+    if (n != sizeof v) return Error{kExitTracing, "short read of a USDT semaphore"};
+    return v;
+  }
+  return Error{kExitTracing, "semaphore not mapped in process " + std::to_string(pid)};
+}
+
+int request_replay(pid_t pid, const std::string& path, const std::string& mapped_path,
+                   const std::vector<Site>& sites, int prog_fd) {
+  const Site* fallback = nullptr;
+  for (int i = 0; i < 8; ++i) {
+    const std::string name = "replay__req" + std::to_string(i);
+    for (const Site& s : sites) {
+      if (s.name != name || !s.sema_offset) continue;
+      auto v = read_semaphore(pid, mapped_path, s.sema_offset);
+      if (!v.ok()) {
+        if (!fallback) fallback = &s;  // cannot tell: try it if nothing better
+        continue;
+      }
+      if (v.value() != 0) continue;  // another tracer's request
+      return create_uprobe_multi_link(prog_fd, path, pid, {s.offset}, {s.sema_offset}, {0});
+    }
+  }
+  if (fallback)
+    return create_uprobe_multi_link(prog_fd, path, pid, {fallback->offset}, {fallback->sema_offset}, {0});
+  for (const Site& s : sites)
+    if (s.name.rfind("replay__req", 0) == 0) return -EBUSY;
+  return -ENOENT;
 }
 
 }  // namespace asynctrace::usdt

@@ -68,6 +68,23 @@ int create_uprobe_multi_link(int prog_fd, const std::string& path, pid_t pid,
                              const std::vector<unsigned long>& ref_ctr_offsets,
                              const std::vector<uint64_t>& cookies);
 
+// Loads a program that does nothing, for BPF_TRACE_UPROBE_MULTI links whose
+// only purpose is their semaphores (ref_ctr_offsets). Returns the fd or -1.
+int load_noop_program();
+
+// Current value of a USDT semaphore in process `pid`: `mapped_path` is the
+// ELF file as the process maps it, `sema_offset` the semaphore's file offset
+// (Site::sema_offset). Reads /proc/PID/mem; never writes.
+Result<uint16_t> read_semaphore(pid_t pid, const std::string& mapped_path, uint64_t sema_offset);
+
+// Asks the runtime of `pid` for a replay of its live state (probes.h,
+// replay__req0..7): attaches `prog_fd` (a no-op program) to the first request
+// probe whose semaphore is 0, raising it. Returns the link fd (close it to
+// withdraw the request), or -errno; -ENOENT if the runtime has no request
+// probes, -EBUSY if every one is held.
+int request_replay(pid_t pid, const std::string& path, const std::string& mapped_path,
+                   const std::vector<Site>& sites, int prog_fd);
+
 // The value of enum bpf_attach_type BPF_TRACE_UPROBE_MULTI (uapi >= 6.6;
 // the bookworm headers predate it).
 constexpr int kAttachUprobeMulti = 48;

@@ -182,7 +182,9 @@ nlohmann::json tree_json(const TaskGraph& g, const TreeNode& n) {
   return j;
 }
 
-bool complete(const ProcCounters& c) { return c.drop_tasks_full == 0 && c.drop_edges_full == 0; }
+bool complete(const ProcCounters& c) {
+  return c.drop_tasks_full == 0 && c.drop_edges_full == 0 && c.drop_runtime == 0 && c.bad_records == 0;
+}
 
 nlohmann::json counters_json(const ProcCounters& c) {
   return {{"events", c.events},
@@ -190,7 +192,9 @@ nlohmann::json counters_json(const ProcCounters& c) {
           {"dropped_tasks_map_full", c.drop_tasks_full},
           {"dropped_codes_map_full", c.drop_codes_full},
           {"dropped_edges_full", c.drop_edges_full},
-          {"events_for_unknown_tasks", c.unknown_task}};
+          {"events_for_unknown_tasks", c.unknown_task},
+          {"dropped_in_runtime", c.drop_runtime},
+          {"bad_records", c.bad_records}};
 }
 
 }  // namespace
@@ -216,6 +220,8 @@ std::string render_stats(const TaskGraph& g) {
   row("dropped: code map full", c.drop_codes_full);
   row("dropped: awaiters full", c.drop_edges_full);
   row("events for unknown tasks", c.unknown_task);
+  row("dropped: runtime buffer", c.drop_runtime);
+  row("malformed batch records", c.bad_records);
   out += ljust("view", 28) + (complete(c) ? "complete" : "partial") + "\n";
   return out;
 }

@@ -24,7 +24,7 @@
 
 #include <stdint.h>
 
-#define ASYNCTRACE_ABI_VERSION 1
+#define ASYNCTRACE_ABI_VERSION 2
 
 /* One coroutine frame of a suspended task, innermost first in arrays. */
 struct asynctrace_frame {
@@ -53,6 +53,50 @@ enum asynctrace_outcome {
 	ASYNCTRACE_OUTCOME_DESTROYED = 3, /* freed while still pending */
 };
 
+/*
+ * Batched events (probe batch__flush). A runtime may record events as 32-byte
+ * records in its own memory and fire one probe per batch instead of one per
+ * event: a uprobe trap costs about as much as a whole asyncio step, so
+ * per-event probes cannot be cheap on a hot path. A record means exactly what
+ * the per-event probe of the same name means; tracers may attach either form
+ * (the CPython runtime feeds each form only while it has a tracer).
+ *
+ * Every record starts with this header; payload slots follow it. Records are
+ * contiguous in a batch and never split.
+ */
+struct asynctrace_rec {
+	uint8_t type;    /* ASYNCTRACE_REC_* */
+	uint8_t kind;    /* await kind, outcome or edge kind, per type */
+	uint16_t nslots; /* 32-byte slots this record takes, header included, >= 1 */
+	uint32_t len;    /* CREATE: name length as sent; STACK: nframes */
+	uint64_t a;      /* task id (child id for edges) */
+	uint64_t b;      /* CREATE: parent id; STEP/STACK: awaited id; edges: awaiter id */
+	uint64_t c;      /* CREATE: loop id; others 0 */
+};
+
+/* Slot 1 of a CREATE record; the name's bytes follow from slot 2 on
+ * (min(len, ASYNCTRACE_REC_NAME_MAX) bytes, zero padded). */
+struct asynctrace_rec_create {
+	uint64_t code_id; /* coroutine code id, 0 if none (or: keep) */
+	uint32_t tid;     /* OS thread id of the task's loop; never 0 in a record */
+	uint32_t kept;    /* name bytes present in this record */
+	uint64_t reserved[2];
+};
+
+enum asynctrace_rec_type {
+	ASYNCTRACE_REC_PAD = 0,      /* skip nslots */
+	ASYNCTRACE_REC_CREATE = 1,   /* = task__create; 2 + ceil(kept / 32) slots */
+	ASYNCTRACE_REC_STEP = 2,     /* = task__resume + task__await without frames (kind = await kind) */
+	ASYNCTRACE_REC_COMPLETE = 3, /* = task__complete (kind = outcome) */
+	ASYNCTRACE_REC_EDGE_ADD = 4, /* = edge__add (kind = edge kind) */
+	ASYNCTRACE_REC_EDGE_REMOVE = 5, /* = edge__remove */
+	ASYNCTRACE_REC_STACK = 6,    /* = task__await with frames: len frames follow, two per slot */
+	ASYNCTRACE_REC_RESUME = 7,   /* = task__resume */
+};
+
+#define ASYNCTRACE_REC_NAME_MAX 64 /* name bytes a CREATE record carries at most */
+#define ASYNCTRACE_REC_MAX_SLOTS 18 /* largest record: STACK with 32 frames (+1 spare) */
+
 /* edge__add kinds: why awaiter waits on child besides a direct await. */
 enum asynctrace_edge_kind {
 	ASYNCTRACE_EDGE_AWAIT = 0,     /* direct await (tracers derive it from task__await) */
@@ -75,7 +119,16 @@ enum asynctrace_edge_kind {
 	X(edge__remove)           \
 	X(code__register)         \
 	X(replay__begin)          \
-	X(replay__end)
+	X(replay__end)            \
+	X(batch__flush)           \
+	X(replay__req0)           \
+	X(replay__req1)           \
+	X(replay__req2)           \
+	X(replay__req3)           \
+	X(replay__req4)           \
+	X(replay__req5)           \
+	X(replay__req6)           \
+	X(replay__req7)
 
 #ifdef ASYNCTRACE_DEFINE_SEMAPHORES
 #define ASYNCTRACE__SEM(n) \
@@ -149,6 +202,43 @@ ASYNCTRACE__SEMAPHORES(ASYNCTRACE__SEM)
 #define ASYNCTRACE_REPLAY_END_ENABLED() ASYNCTRACE__ON(replay__end)
 #define ASYNCTRACE_REPLAY_END(gen, ntasks) \
 	STAP_PROBE2(asynctrace, replay__end, (uint64_t)(gen), (uint64_t)(ntasks))
+/* batch__flush(records, nslots, dropped)
+ * records: struct asynctrace_rec[nslots] (whole records, in event order).
+ * dropped: records the runtime could not buffer since it started (cumulative).
+ * Records of one process reach tracers in event order across all its threads. */
+#define ASYNCTRACE_BATCH_FLUSH_ENABLED() ASYNCTRACE__ON(batch__flush)
+#define ASYNCTRACE_BATCH_FLUSH(recs, nslots, dropped) \
+	STAP_PROBE3(asynctrace, batch__flush, (recs), (uint64_t)(nslots), (uint64_t)(dropped))
+
+/* replay__req0 .. replay__req7(): never fired; only their semaphores matter.
+ * A USDT semaphore counts processes with the probe attached, not tracers: once
+ * one tracer holds replay__end it stays 1 when a second one attaches. A tracer
+ * that needs a replay then attaches any program to a request probe whose
+ * semaphore is 0; the runtime replays whenever a request semaphore rises
+ * (and, as before, when replay__end's rises).
+ * ASYNCTRACE_DEFINE_REPLAY_REQUEST_SITES() defines the sites (once, in the
+ * translation unit that defines the semaphores). */
+#define ASYNCTRACE_REPLAY_REQUESTS 8
+#define ASYNCTRACE_REPLAY_REQUEST_MASK()                                              \
+	((asynctrace_replay__req0_semaphore ? 1u : 0u) | (asynctrace_replay__req1_semaphore ? 2u : 0u) | \
+	 (asynctrace_replay__req2_semaphore ? 4u : 0u) | (asynctrace_replay__req3_semaphore ? 8u : 0u) | \
+	 (asynctrace_replay__req4_semaphore ? 16u : 0u) | (asynctrace_replay__req5_semaphore ? 32u : 0u) | \
+	 (asynctrace_replay__req6_semaphore ? 64u : 0u) | (asynctrace_replay__req7_semaphore ? 128u : 0u))
+#define ASYNCTRACE_DEFINE_REPLAY_REQUEST_SITES()                                  \
+	__attribute__((used, noinline)) void asynctrace_replay_request_sites(int i) \
+	{                                                                         \
+		switch (i) {                                                      \
+		case 0: STAP_PROBE(asynctrace, replay__req0); break;              \
+		case 1: STAP_PROBE(asynctrace, replay__req1); break;              \
+		case 2: STAP_PROBE(asynctrace, replay__req2); break;              \
+		case 3: STAP_PROBE(asynctrace, replay__req3); break;              \
+		case 4: STAP_PROBE(asynctrace, replay__req4); break;              \
+		case 5: STAP_PROBE(asynctrace, replay__req5); break;              \
+		case 6: STAP_PROBE(asynctrace, replay__req6); break;              \
+		default: STAP_PROBE(asynctrace, replay__req7); break;             \
+		}                                                                 \
+	}
+
 /* The value a runtime polls to notice a new tracer. */
 #define ASYNCTRACE_REPLAY_SEMAPHORE() (asynctrace_replay__end_semaphore)
 

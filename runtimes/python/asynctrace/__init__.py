@@ -36,11 +36,13 @@ def enable():
         from . import _asynctrace, _discover
 
         points = _discover.hook_points()
+        samples, finish = _discover.layout_samples()
         try:
-            _asynctrace._install(*points)
+            _asynctrace._install(*points, samples)
         finally:
             _discover.close_awaitables(points)
-        del points
+            finish()
+        del points, samples
         _discover.wrap_taskgroup(_asynctrace)
 
         import atexit

@@ -71,6 +71,59 @@ def hook_points():
     return args
 
 
+def _shield_closure():
+    """(code of asyncio.shield's _outer_done_callback, index of `inner` in its closure)."""
+    import asyncio.tasks as tasks
+
+    code = getattr(tasks.shield, "__code__", None)
+    for const in code.co_consts if code is not None else ():
+        if getattr(const, "co_name", None) == "_outer_done_callback":
+            try:
+                return const, const.co_freevars.index("inner")
+            except ValueError:
+                break
+    return None, -1
+
+
+def layout_samples():
+    """Sample objects from which _install() learns the _asyncio field layout.
+
+    Returns (samples, finish): finish() completes the sample task and futures
+    so that nothing is logged when they are collected.
+    """
+    loop = _FakeLoop()
+    wfut = _asyncio.Future(loop=loop)
+    coro = _wait(wfut)
+    task = _asyncio.Task(coro, loop=loop, name="asynctrace-layout")
+    loop.ready.pop(0)[0]()  # first step: the task awaits wfut
+    fdone = _asyncio.Future(loop=loop)
+    fdone.set_result(None)
+    fcanc = _asyncio.Future(loop=loop)
+    fcanc.cancel()
+    fexc = _asyncio.Future(loop=loop)
+    exc = RuntimeError("asynctrace layout sample")
+    fexc.set_exception(exc)
+    fcb = _asyncio.Future(loop=loop)
+
+    def cb(fut):
+        pass
+
+    fcb.add_done_callback(cb)
+    shield_code, inner = _shield_closure()
+    samples = (task, wfut, coro, task.get_name(), fdone, fcanc, fexc, exc, fcb, cb,
+               shield_code, inner)
+
+    def finish():
+        fexc.exception()  # retrieved: no "exception was never retrieved" log
+        fcb.cancel()
+        wfut.set_result(None)
+        while loop.ready:
+            f, fargs = loop.ready.pop(0)
+            f(*fargs)
+
+    return samples, finish
+
+
 def close_awaitables(args):
     """Close the sample asend/athrow objects (3.13 warns about unawaited ones)."""
     for aw in args[-2:]:

@@ -29,6 +29,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -38,6 +39,10 @@
 
 #define ASYNCTRACE_DEFINE_SEMAPHORES
 #include "asynctrace/probes.h"
+
+/* Never called: the request probes exist for their semaphores (probes.h). */
+__attribute__((visibility("hidden"))) void asynctrace_replay_request_sites(int i);
+ASYNCTRACE_DEFINE_REPLAY_REQUEST_SITES()
 
 #if PY_VERSION_HEX < 0x030A0000
 #error "asynctrace needs CPython >= 3.10"
@@ -104,7 +109,23 @@ static struct {
 
 	unsigned session_sem;     /* replay semaphore value the code set belongs to */
 	uint64_t replay_gen;
+	int in_replay;            /* the replay runs: await states carry their frames */
+	PyObject *shield_code;    /* code of asyncio.shield's _outer_done_callback */
+	Py_ssize_t shield_inner;  /* index of `inner` in its closure, -1 if unknown */
 } S;
+
+/*
+ * Field positions inside _asyncio's FutureObj / TaskObj, found at install on
+ * live sample objects (asynctrace/_discover.py layout_samples) and verified
+ * there; the hot path reads them directly instead of calling Python getters.
+ * Indices count PyObject * words from the object start.
+ */
+static struct {
+	int ok;
+	Py_ssize_t coro, waiter, name, exc, cb0; /* word indices */
+	Py_ssize_t state_off;                    /* byte offset of the fut_state int */
+	int st_pending, st_cancelled, st_finished;
+} L;
 
 /* Interned attribute names. */
 static PyObject *s_state, *s_fut_waiter, *s_get_coro, *s_get_name, *s_loop, *s_exception,
@@ -167,7 +188,125 @@ static uint32_t lookup_loop_tid(uintptr_t key)
 
 #define ANY_STEP_PROBE_ON() \
 	(ASYNCTRACE_TASK_RESUME_ENABLED() | ASYNCTRACE_TASK_AWAIT_ENABLED() | \
-	 ASYNCTRACE_TASK_COMPLETE_ENABLED())
+	 ASYNCTRACE_TASK_COMPLETE_ENABLED() | ASYNCTRACE_BATCH_FLUSH_ENABLED())
+#define BATCH_ON() ASYNCTRACE_BATCH_FLUSH_ENABLED()
+
+/* ---- event ring: the batch path (probes.h, batch__flush) --------------------
+ *
+ * One ring per process. Records are appended only with the GIL held, so the
+ * GIL orders producers (all threads) and the ring keeps event order across
+ * threads. A flusher (the watcher thread every poll period or when kicked,
+ * or a producer finding the ring full) holds `lock`, fires batch__flush over
+ * the published, unflushed range, and then advances `tail`; the tracer's BPF
+ * program reads the records during the probe. Nothing is computed or kept
+ * while no tracer attached batch__flush. */
+#define RING_SLOTS 16384u /* 512 KiB, allocated when a tracer first attaches */
+#define RING_MASK (RING_SLOTS - 1)
+#define RING_KICK (RING_SLOTS / 4) /* wake the watcher at this fill */
+
+static struct {
+	struct asynctrace_rec *slots;
+	uint64_t head;            /* next free position (GIL) */
+	_Atomic uint64_t pub;     /* head as published to flushers */
+	_Atomic uint64_t tail;    /* first position not flushed yet */
+	atomic_flag lock;
+	_Atomic uint64_t dropped; /* records lost (no memory): cumulative */
+	_Atomic int kicked;
+} R = { .lock = ATOMIC_FLAG_INIT };
+
+static void kick_watcher(void);
+
+static void ring_lock(void)
+{
+	while (atomic_flag_test_and_set_explicit(&R.lock, memory_order_acquire))
+		sched_yield();
+}
+
+static void ring_unlock(void) { atomic_flag_clear_explicit(&R.lock, memory_order_release); }
+
+/* With the lock: hands every published record to the tracers (or drops them
+ * when none listens any more). */
+static void ring_flush_locked(void)
+{
+	uint64_t t = atomic_load_explicit(&R.tail, memory_order_relaxed);
+	uint64_t h = atomic_load_explicit(&R.pub, memory_order_acquire);
+	if (BATCH_ON()) {
+		while (t < h) {
+			uint32_t off = (uint32_t)(t & RING_MASK);
+			uint64_t n = h - t;
+			if (n > RING_SLOTS - off)
+				n = RING_SLOTS - off;
+			/* Register operands only: tracers (libbpf) cannot read
+			 * %rip-relative USDT arguments. */
+			struct asynctrace_rec *recs = &R.slots[off];
+			uint64_t dropped = atomic_load_explicit(&R.dropped, memory_order_relaxed);
+			__asm__ volatile("" : "+r"(recs), "+r"(n), "+r"(dropped));
+			ASYNCTRACE_BATCH_FLUSH(recs, n, dropped);
+			t += n;
+		}
+	}
+	atomic_store_explicit(&R.tail, h, memory_order_release);
+	atomic_store_explicit(&R.kicked, 0, memory_order_relaxed);
+}
+
+static void ring_flush(void)
+{
+	if (!R.slots)
+		return;
+	ring_lock();
+	ring_flush_locked();
+	ring_unlock();
+}
+
+/*
+ * Space for an n-slot record (GIL held), or NULL (counted as dropped). No
+ * Python API may run between ring_reserve() and ring_commit(): a finalizer
+ * run by the GC could append a record in between.
+ */
+static struct asynctrace_rec *ring_reserve(uint32_t n)
+{
+	if (!R.slots) {
+		R.slots = aligned_alloc(64, (size_t)RING_SLOTS * sizeof(struct asynctrace_rec));
+		if (!R.slots) {
+			atomic_fetch_add_explicit(&R.dropped, 1, memory_order_relaxed);
+			return NULL;
+		}
+	}
+	uint64_t h = R.head;
+	uint32_t off = (uint32_t)(h & RING_MASK);
+	uint32_t pad = off + n > RING_SLOTS ? RING_SLOTS - off : 0;
+	if (h + pad + n - atomic_load_explicit(&R.tail, memory_order_acquire) > RING_SLOTS) {
+		ring_flush();
+		if (h + pad + n - atomic_load_explicit(&R.tail, memory_order_acquire) > RING_SLOTS) {
+			atomic_fetch_add_explicit(&R.dropped, 1, memory_order_relaxed);
+			return NULL;
+		}
+	}
+	if (pad) {
+		R.slots[off] = (struct asynctrace_rec){ .type = ASYNCTRACE_REC_PAD, .nslots = (uint16_t)pad };
+		R.head = h + pad;
+	}
+	return &R.slots[R.head & RING_MASK];
+}
+
+static void ring_commit(uint32_t n)
+{
+	R.head += n;
+	atomic_store_explicit(&R.pub, R.head, memory_order_release);
+	if (R.head - atomic_load_explicit(&R.tail, memory_order_relaxed) >= RING_KICK &&
+	    !atomic_exchange_explicit(&R.kicked, 1, memory_order_relaxed))
+		kick_watcher();
+}
+
+/* One-slot record. */
+static void rec1(uint8_t type, uint8_t kind, uint64_t a, uint64_t b)
+{
+	struct asynctrace_rec *r = ring_reserve(1);
+	if (!r)
+		return;
+	*r = (struct asynctrace_rec){ .type = type, .kind = kind, .nslots = 1, .a = a, .b = b };
+	ring_commit(1);
+}
 
 /* ---- small helpers (all called with the GIL, never leave an error set) ----- */
 
@@ -383,8 +522,12 @@ static size_t collect_frames(PyObject *coro)
 
 static int is_task(PyObject *o) { return PyObject_TypeCheck(o, S.task_type); }
 
+static inline PyObject *field(PyObject *o, Py_ssize_t idx) { return ((PyObject **)o)[idx]; }
+
 static int task_is_done(PyObject *task)
 {
+	if (L.ok)
+		return *(int *)((char *)task + L.state_off) != L.st_pending;
 	PyObject *st = PyObject_GetAttr(task, s_state);
 	int done = 0;
 	if (st && PyUnicode_Check(st))
@@ -397,6 +540,11 @@ static int task_is_done(PyObject *task)
 /* Outcome of a done task, read without marking its exception as retrieved. */
 static int task_outcome(PyObject *task)
 {
+	if (L.ok) {
+		if (*(int *)((char *)task + L.state_off) == L.st_cancelled)
+			return ASYNCTRACE_OUTCOME_CANCELLED;
+		return field(task, L.exc) ? ASYNCTRACE_OUTCOME_EXCEPTION : ASYNCTRACE_OUTCOME_RESULT;
+	}
 	PyObject *st = PyObject_GetAttr(task, s_state);
 	int cancelled = st && PyUnicode_Check(st) &&
 			PyUnicode_CompareWithASCIIString(st, "CANCELLED") == 0;
@@ -408,6 +556,43 @@ static int task_outcome(PyObject *task)
 	Py_XDECREF(exc);
 	PyErr_Clear();
 	return failed ? ASYNCTRACE_OUTCOME_EXCEPTION : ASYNCTRACE_OUTCOME_RESULT;
+}
+
+/* The future the task waits for (new ref), or NULL. */
+static PyObject *task_waiter(PyObject *task)
+{
+	if (L.ok) {
+		PyObject *w = field(task, L.waiter);
+		return w == Py_None ? NULL : Py_XNewRef(w);
+	}
+	PyObject *w = PyObject_GetAttr(task, s_fut_waiter);
+	if (!w)
+		PyErr_Clear();
+	if (w == Py_None)
+		Py_CLEAR(w);
+	return w;
+}
+
+/* The task's coroutine (new ref), or NULL. */
+static PyObject *task_coro(PyObject *task)
+{
+	if (L.ok)
+		return Py_XNewRef(field(task, L.coro));
+	return get_coro(task);
+}
+
+/* Code object of a coroutine-like object (new ref) or NULL, without getters
+ * for the native coroutine and generator types. */
+static PyObject *coro_code_fast(PyObject *coro)
+{
+	if (coro && (PyCoro_CheckExact(coro) || PyGen_CheckExact(coro))) {
+#if PY_VERSION_HEX >= 0x030C0000
+		return (PyObject *)PyGen_GetCode((PyGenObject *)coro);
+#else
+		return Py_XNewRef((PyObject *)((PyGenObject *)coro)->gi_code);
+#endif
+	}
+	return coro_code(coro);
 }
 
 /* asyncio's current task of the loop running on this thread (borrowed-free id). */
@@ -425,6 +610,63 @@ static uint64_t running_parent(void)
 	return parent;
 }
 
+/* The task whose step runs on this thread (hooked steps only), or 0. */
+static __thread uint64_t tls_current;
+
+/* A task's name as UTF-8, without calling Task.get_name() when the layout is
+ * known: 3.12+ keep the default name as the counter (a PyLong) until someone
+ * asks, so "Task-<n>" is formatted here exactly as get_name() would. */
+struct name_buf {
+	char num[32];
+	PyObject *owned;
+};
+
+static const char *task_name(PyObject *task, Py_ssize_t *len, struct name_buf *nb)
+{
+	nb->owned = NULL;
+	if (L.ok) {
+		PyObject *n = field(task, L.name);
+		if (n && PyUnicode_Check(n))
+			return utf8(n, len);
+		if (n && PyLong_CheckExact(n)) {
+			long long v = PyLong_AsLongLong(n);
+			if (!(v == -1 && PyErr_Occurred())) {
+				int k = snprintf(nb->num, sizeof nb->num, "Task-%lld", v);
+				*len = k > 0 ? k : 0;
+				return nb->num;
+			}
+			PyErr_Clear();
+		}
+	}
+	nb->owned = PyObject_CallMethodNoArgs(task, s_get_name);
+	if (!nb->owned)
+		PyErr_Clear();
+	return utf8(nb->owned, len);
+}
+
+static void rec_create(PyObject *task, uint64_t parent, PyObject *loop, uint32_t tid,
+		       const char *name, Py_ssize_t nlen, uint64_t code_id)
+{
+	uint32_t kept = nlen > ASYNCTRACE_REC_NAME_MAX ? ASYNCTRACE_REC_NAME_MAX : (uint32_t)nlen;
+	uint32_t n = 2 + (kept + 31) / 32;
+	struct asynctrace_rec *r = ring_reserve(n);
+	if (!r)
+		return;
+	r[0] = (struct asynctrace_rec){ .type = ASYNCTRACE_REC_CREATE, .nslots = (uint16_t)n,
+					.len = nlen > UINT32_MAX ? UINT32_MAX : (uint32_t)nlen,
+					.a = (uint64_t)(uintptr_t)task, .b = parent,
+					.c = (uint64_t)(uintptr_t)loop };
+	struct asynctrace_rec_create *c = (struct asynctrace_rec_create *)&r[1];
+	*c = (struct asynctrace_rec_create){ .code_id = code_id, .tid = tid ? tid : native_tid(),
+					     .kept = kept };
+	if (kept) {
+		char *dst = (char *)&r[2];
+		memcpy(dst, name, kept);
+		memset(dst + kept, 0, (size_t)(n - 2) * 32 - kept);
+	}
+	ring_commit(n);
+}
+
 /*
  * coro: the task's coroutine if the caller has it. Task.get_coro() must not be
  * called on a finished eager task: 3.12.0/3.12.1 return a NULL task_coro
@@ -432,25 +674,37 @@ static uint64_t running_parent(void)
  */
 static void emit_create_raw(PyObject *task, uint64_t parent, uint64_t tid, PyObject *coro)
 {
-	if (!ASYNCTRACE_TASK_CREATE_ENABLED())
+	int pe = ASYNCTRACE_TASK_CREATE_ENABLED(), be = BATCH_ON();
+	if (!pe && !be)
 		return;
-	PyObject *name = PyObject_CallMethodNoArgs(task, s_get_name);
-	PyObject *loop = PyObject_GetAttr(task, s_loop);
+	struct name_buf nb;
+	Py_ssize_t nlen;
+	const char *n = task_name(task, &nlen, &nb);
+	PyObject *loop = S.loop_field_ok ? Py_XNewRef(field(task, 2)) : PyObject_GetAttr(task, s_loop);
 	if (coro)
 		Py_INCREF(coro);
 	else if (!task_is_done(task))
-		coro = get_coro(task);
-	PyObject *code = coro_code(coro);
+		coro = task_coro(task);
+	PyObject *code = coro_code_fast(coro);
 	PyErr_Clear();
 	uint64_t code_id = register_code(code, coro);
-	Py_ssize_t nlen;
-	const char *n = utf8(name, &nlen);
-	ASYNCTRACE_TASK_CREATE(task, parent, loop == Py_None ? NULL : loop, tid, n, nlen, code_id);
+	if (loop == Py_None)
+		Py_CLEAR(loop);
+	if (be)
+		rec_create(task, parent, loop, (uint32_t)tid, n, nlen, code_id);
+	if (pe)
+		ASYNCTRACE_TASK_CREATE(task, parent, loop, tid, n, nlen, code_id);
 	Py_XDECREF(code);
 	Py_XDECREF(coro);
 	Py_XDECREF(loop);
-	Py_XDECREF(name);
+	Py_XDECREF(nb.owned);
 	PyErr_Clear();
+}
+
+static void emit_resume(PyObject *task)
+{
+	if (ASYNCTRACE_TASK_RESUME_ENABLED())
+		ASYNCTRACE_TASK_RESUME(task);
 }
 
 /* Emit task__create (+ resume: their eager step is running) for pending eager tasks. */
@@ -461,16 +715,19 @@ static void flush_pending(void)
 			continue;
 		tls_pending[i].flushed = 1;
 		emit_create_raw(tls_pending[i].task, tls_pending[i].parent, 0, tls_pending[i].coro);
-		if (ASYNCTRACE_TASK_RESUME_ENABLED())
-			ASYNCTRACE_TASK_RESUME(tls_pending[i].task);
+		emit_resume(tls_pending[i].task);
 	}
 }
 
+static int edges_on(void) { return ASYNCTRACE_EDGE_ADD_ENABLED() | BATCH_ON(); }
+
 static void emit_edge(PyObject *child, PyObject *awaiter, int kind)
 {
-	if (ASYNCTRACE_EDGE_ADD_ENABLED()) {
+	if (BATCH_ON())
+		rec1(ASYNCTRACE_REC_EDGE_ADD, (uint8_t)kind, (uint64_t)(uintptr_t)child,
+		     (uint64_t)(uintptr_t)awaiter);
+	if (ASYNCTRACE_EDGE_ADD_ENABLED())
 		ASYNCTRACE_EDGE_ADD(child, awaiter, kind);
-	}
 }
 
 /* edge__add(child, awaiter, GATHER) for each pending child task of a gather future. */
@@ -494,9 +751,32 @@ static void gather_edges(PyObject *gfut, PyObject *awaiter, int depth)
 	Py_DECREF(children);
 }
 
+/* The `inner` of a shield() whose outer future is `fut`, borrowed, or NULL.
+ * shield() adds _outer_done_callback to the outer future first, so it is the
+ * future's first callback (fut_callback0). */
+static PyObject *shield_inner_fast(PyObject *fut)
+{
+	if (!L.ok || !S.shield_code || S.shield_inner < 0)
+		return NULL;
+	PyObject *cb = field(fut, L.cb0);
+	if (!cb || !PyFunction_Check(cb) || PyFunction_GET_CODE(cb) != S.shield_code)
+		return NULL;
+	PyObject *closure = PyFunction_GET_CLOSURE(cb);
+	if (!closure || !PyTuple_Check(closure) || S.shield_inner >= PyTuple_GET_SIZE(closure))
+		return NULL;
+	PyObject *cell = PyTuple_GET_ITEM(closure, S.shield_inner);
+	return PyCell_Check(cell) ? PyCell_GET(cell) : NULL;
+}
+
 /* A future made by asyncio.shield(): its `_outer_done_callback` closes over `inner`. */
 static void shield_edges(PyObject *fut, PyObject *awaiter)
 {
+	if (L.ok && S.shield_code && S.shield_inner >= 0) {
+		PyObject *inner = shield_inner_fast(fut);
+		if (inner && is_task(inner) && !task_is_done(inner))
+			emit_edge(inner, awaiter, ASYNCTRACE_EDGE_SHIELD);
+		return;
+	}
 	PyObject *cbs = PyObject_GetAttr(fut, s_callbacks);
 	if (!cbs || !PyList_Check(cbs))
 		goto out;
@@ -526,48 +806,71 @@ out:
 	PyErr_Clear();
 }
 
+static void rec_stack(PyObject *task, PyObject *awaited, int kind, size_t nframes)
+{
+	uint32_t n = 1 + (uint32_t)(nframes + 1) / 2;
+	struct asynctrace_rec *r = ring_reserve(n);
+	if (!r)
+		return;
+	r[0] = (struct asynctrace_rec){ .type = ASYNCTRACE_REC_STACK, .kind = (uint8_t)kind,
+					.nslots = (uint16_t)n, .len = (uint32_t)nframes,
+					.a = (uint64_t)(uintptr_t)task, .b = (uint64_t)(uintptr_t)awaited };
+	memset(&r[1], 0, (size_t)(n - 1) * sizeof(*r));
+	memcpy(&r[1], tls_frames, nframes * sizeof(struct asynctrace_frame));
+	ring_commit(n);
+}
+
 /* task__await for a suspended task, preceded by the gather/shield edges that hold. */
 static void emit_await_state(PyObject *task)
 {
-	PyObject *w = PyObject_GetAttr(task, s_fut_waiter);
-	if (!w)
-		PyErr_Clear();
+	PyObject *w = task_waiter(task);
 	int kind = ASYNCTRACE_AWAIT_NONE;
-	if (w && w != Py_None) {
-		if (is_task(w)) {
+	if (w) {
+		if (is_task(w))
 			kind = ASYNCTRACE_AWAIT_TASK;
-		}
 		else if (S.gathering_future_type &&
 			 PyObject_TypeCheck(w, (PyTypeObject *)S.gathering_future_type))
 			kind = ASYNCTRACE_AWAIT_GATHER;
 		else
 			kind = ASYNCTRACE_AWAIT_FUTURE;
 	}
-	if (ASYNCTRACE_EDGE_ADD_ENABLED()) {
+	if (edges_on()) {
 		if (kind == ASYNCTRACE_AWAIT_GATHER)
 			gather_edges(w, task, 0);
 		else if (kind == ASYNCTRACE_AWAIT_FUTURE)
 			shield_edges(w, task);
 	}
-	if (ASYNCTRACE_TASK_AWAIT_ENABLED()) {
-		PyObject *coro = get_coro(task);
+	int pe = ASYNCTRACE_TASK_AWAIT_ENABLED(), be = BATCH_ON();
+	if (pe || (be && S.in_replay)) {
+		PyObject *coro = task_coro(task);
 		size_t n = collect_frames(coro);
 		Py_XDECREF(coro);
-		ASYNCTRACE_TASK_AWAIT(task, kind == ASYNCTRACE_AWAIT_NONE ? NULL : w, kind, tls_frames, n);
+		if (be && S.in_replay)
+			rec_stack(task, w, kind, n);
+		if (pe)
+			ASYNCTRACE_TASK_AWAIT(task, w, kind, tls_frames, n);
 	}
+	if (be && !S.in_replay)
+		rec1(ASYNCTRACE_REC_STEP, (uint8_t)kind, (uint64_t)(uintptr_t)task, (uint64_t)(uintptr_t)w);
 	Py_XDECREF(w);
 	PyErr_Clear();
+}
+
+static void emit_complete(PyObject *task, int outcome)
+{
+	if (BATCH_ON())
+		rec1(ASYNCTRACE_REC_COMPLETE, (uint8_t)outcome, (uint64_t)(uintptr_t)task, 0);
+	if (ASYNCTRACE_TASK_COMPLETE_ENABLED())
+		ASYNCTRACE_TASK_COMPLETE(task, outcome);
 }
 
 /* After a step: completion or the new await state. */
 static void emit_post_step(PyObject *task)
 {
-	if (task_is_done(task)) {
-		if (ASYNCTRACE_TASK_COMPLETE_ENABLED())
-			ASYNCTRACE_TASK_COMPLETE(task, task_outcome(task));
-	} else {
+	if (task_is_done(task))
+		emit_complete(task, task_outcome(task));
+	else
 		emit_await_state(task);
-	}
 }
 
 /* ---- hooks ------------------------------------------------------------------ */
@@ -589,8 +892,7 @@ static void before_step(PyObject *task)
 		Py_DECREF(loop);
 	}
 	PyErr_Clear();
-	if (ASYNCTRACE_TASK_RESUME_ENABLED())
-		ASYNCTRACE_TASK_RESUME(task);
+	emit_resume(task);
 }
 
 static void after_step(PyObject *task)
@@ -607,8 +909,11 @@ static PyObject *hook_step_call(PyObject *self, PyObject *args, PyObject *kw)
 	if (!ANY_STEP_PROBE_ON())
 		return S.orig_step_call(self, args, kw);
 	PyObject *task = Py_NewRef(((StepMethWrapper *)self)->sw_task);
+	uint64_t prev = tls_current;
 	before_step(task);
+	tls_current = (uint64_t)(uintptr_t)task;
 	PyObject *r = S.orig_step_call(self, args, kw);
+	tls_current = prev;
 	after_step(task);
 	Py_DECREF(task);
 	return r;
@@ -620,8 +925,11 @@ static PyObject *hook_wakeup(PyObject *task, PyObject *fut)
 	if (!ANY_STEP_PROBE_ON())
 		return S.orig_wakeup(task, fut);
 	Py_INCREF(task);
+	uint64_t prev = tls_current;
 	before_step(task);
+	tls_current = (uint64_t)(uintptr_t)task;
 	PyObject *r = S.orig_wakeup(task, fut);
+	tls_current = prev;
 	after_step(task);
 	Py_DECREF(task);
 	return r;
@@ -636,7 +944,7 @@ static PyObject *hook_wakeup(PyObject *task, PyObject *fut)
 static PyObject *hook_set_name(PyObject *task, PyObject *name)
 {
 	PyObject *r = S.orig_set_name(task, name);
-	if (r && ASYNCTRACE_TASK_CREATE_ENABLED() && !task_is_done(task)) {
+	if (r && (ASYNCTRACE_TASK_CREATE_ENABLED() | BATCH_ON()) && !task_is_done(task)) {
 		exc_state_t ex;
 		EXC_SAVE(ex);
 		emit_create_raw(task, 0, 0, NULL);
@@ -664,7 +972,9 @@ static int first_step_ran(PyObject *task)
 
 static int traced_init(PyObject *self, PyObject *args, PyObject *kw)
 {
-	uint64_t parent = running_parent();
+	/* The task whose hooked step runs here is asyncio's current task, except
+	 * inside an eager step (not hooked: it runs in Task.__init__). */
+	uint64_t parent = tls_current && !tls_npending ? tls_current : running_parent();
 	int eager = 0;
 #if HAVE_EAGER_TASKS
 	if (kw && PyDict_Check(kw)) {
@@ -695,8 +1005,8 @@ static int traced_init(PyObject *self, PyObject *args, PyObject *kw)
 			emit_create_raw(self, parent, 0, slot >= 0 ? tls_pending[slot].coro : NULL);
 		int ran = flushed || first_step_ran(self);
 		if (ran) {
-			if (!flushed && ASYNCTRACE_TASK_RESUME_ENABLED())
-				ASYNCTRACE_TASK_RESUME(self);
+			if (!flushed)
+				emit_resume(self);
 			emit_post_step(self);
 		}
 	}
@@ -715,14 +1025,11 @@ static int hook_init(PyObject *self, PyObject *args, PyObject *kw)
 /* Task.tp_finalize: a task collected while pending never completes otherwise. */
 static void hook_finalize(PyObject *self)
 {
-	if (ASYNCTRACE_TASK_COMPLETE_ENABLED()) {
+	if (ASYNCTRACE_TASK_COMPLETE_ENABLED() | BATCH_ON()) {
 		exc_state_t ex;
 		EXC_SAVE(ex);
-		PyObject *st = PyObject_GetAttr(self, s_state);
-		if (st && PyUnicode_Check(st) && PyUnicode_CompareWithASCIIString(st, "PENDING") == 0) {
-			ASYNCTRACE_TASK_COMPLETE(self, ASYNCTRACE_OUTCOME_DESTROYED);
-		}
-		Py_XDECREF(st);
+		if (!task_is_done(self))
+			emit_complete(self, ASYNCTRACE_OUTCOME_DESTROYED);
 		PyErr_Clear();
 		EXC_RESTORE(ex);
 	}
@@ -760,6 +1067,81 @@ static void patch_subclasses(PyTypeObject *t, int depth)
 
 static void start_watcher(void);
 
+/* The one word index in [2, size/8) of `o` holding `p`, or -1 (none or several). */
+static Py_ssize_t find_word(PyObject *o, PyObject *p)
+{
+	Py_ssize_t n = Py_TYPE(o)->tp_basicsize / (Py_ssize_t)sizeof(PyObject *), found = -1;
+	for (Py_ssize_t i = 2; i < n; i++) {
+		if (field(o, i) != p)
+			continue;
+		if (found >= 0)
+			return -1;
+		found = i;
+	}
+	return found;
+}
+
+static int int_at(PyObject *o, Py_ssize_t off) { return *(int *)((char *)o + off); }
+
+/*
+ * Learns the field positions of L from live sample objects (see
+ * _discover.layout_samples) and checks every one of them; on any doubt L.ok
+ * stays 0 and the hooks use the Python getters (slower, same events).
+ */
+static void learn_layout(PyObject *samples)
+{
+	PyObject *task, *wfut, *coro, *name, *fdone, *fcanc, *fexc, *exc, *fcb, *cb, *shield_code;
+	Py_ssize_t inner;
+	memset(&L, 0, sizeof L);
+	S.shield_inner = -1;
+	if (!samples || samples == Py_None ||
+	    !PyArg_ParseTuple(samples, "OOOOOOOOOOOn", &task, &wfut, &coro, &name, &fdone, &fcanc, &fexc,
+			      &exc, &fcb, &cb, &shield_code, &inner)) {
+		PyErr_Clear();
+		return;
+	}
+	if (!is_task(task) || Py_TYPE(fdone) != Py_TYPE(fcanc) || Py_TYPE(fdone) != Py_TYPE(fexc) ||
+	    Py_TYPE(fdone) != Py_TYPE(fcb) || Py_TYPE(wfut) != Py_TYPE(fdone))
+		return;
+	Py_ssize_t ci = find_word(task, coro);
+	if (ci < 3 || (ci + 2) * (Py_ssize_t)sizeof(PyObject *) > Py_TYPE(task)->tp_basicsize)
+		return;
+	if (field(task, ci - 1) != wfut || field(task, ci + 1) != name)
+		return;
+	Py_ssize_t ei = find_word(fexc, exc), bi = find_word(fcb, cb);
+	if (ei < 0 || bi < 0)
+		return;
+	/* fut_state: the one int equal for the two pending objects, different for
+	 * done and cancelled, and the same for a result and an exception. */
+	Py_ssize_t fsize = Py_TYPE(fdone)->tp_basicsize, soff = -1;
+	for (Py_ssize_t off = 2 * (Py_ssize_t)sizeof(PyObject *); off + (Py_ssize_t)sizeof(int) <= fsize;
+	     off += sizeof(int)) {
+		int p = int_at(task, off), d = int_at(fdone, off), c = int_at(fcanc, off);
+		if (p != int_at(wfut, off) || p == d || p == c || d == c || int_at(fexc, off) != d ||
+		    p < 0 || p > 7 || d < 0 || d > 7 || c < 0 || c > 7)
+			continue;
+		if (soff >= 0)
+			return; /* ambiguous */
+		soff = off;
+	}
+	if (soff < 0)
+		return;
+	L.coro = ci;
+	L.waiter = ci - 1;
+	L.name = ci + 1;
+	L.exc = ei;
+	L.cb0 = bi;
+	L.state_off = soff;
+	L.st_pending = int_at(task, soff);
+	L.st_finished = int_at(fdone, soff);
+	L.st_cancelled = int_at(fcanc, soff);
+	L.ok = 1;
+	if (PyCode_Check(shield_code) && inner >= 0) {
+		S.shield_code = Py_NewRef(shield_code);
+		S.shield_inner = inner;
+	}
+}
+
 /*
  * _install(task_type, step_wrapper, task, wakeup_cb, gathering_future_type,
  *          current_tasks, get_running_loop, asend, athrow)
@@ -769,9 +1151,9 @@ static void start_watcher(void);
 static PyObject *m_install(PyObject *mod, PyObject *args)
 {
 	(void)mod;
-	PyObject *task_type, *step, *task, *wakeup, *gft, *cur, *grl, *asend, *athrow;
-	if (!PyArg_ParseTuple(args, "O!OOOOO!OOO", &PyType_Type, &task_type, &step, &task, &wakeup,
-			      &gft, &PyDict_Type, &cur, &grl, &asend, &athrow))
+	PyObject *task_type, *step, *task, *wakeup, *gft, *cur, *grl, *asend, *athrow, *samples = NULL;
+	if (!PyArg_ParseTuple(args, "O!OOOOO!OOO|O", &PyType_Type, &task_type, &step, &task, &wakeup,
+			      &gft, &PyDict_Type, &cur, &grl, &asend, &athrow, &samples))
 		return NULL;
 	if (S.installed)
 		Py_RETURN_FALSE;
@@ -806,6 +1188,7 @@ static PyObject *m_install(PyObject *mod, PyObject *args)
 	Py_XDECREF(loop_attr);
 	PyErr_Clear();
 	S.task_type = (PyTypeObject *)Py_NewRef(task_type);
+	learn_layout(samples);
 	S.step_type = (PyTypeObject *)Py_NewRef(Py_TYPE(step));
 	S.wakeup_def = ((PyCFunctionObject *)wakeup)->m_ml;
 	S.gathering_future_type = gft == Py_None ? NULL : Py_NewRef(gft);
@@ -854,6 +1237,8 @@ static PyObject *m_replay_begin(PyObject *mod, PyObject *arg)
 	(void)mod;
 	(void)arg;
 	uint64_t gen = ++S.replay_gen;
+	ring_flush(); /* what happened before the replay reaches tracers first */
+	S.in_replay = 1;
 	codes_clear(); /* new tracer: re-register every code it will see */
 	S.session_sem = ASYNCTRACE_REPLAY_SEMAPHORE();
 	if (ASYNCTRACE_REPLAY_BEGIN_ENABLED())
@@ -867,6 +1252,8 @@ static PyObject *m_replay_end(PyObject *mod, PyObject *args)
 	unsigned long long gen, n;
 	if (!PyArg_ParseTuple(args, "KK", &gen, &n))
 		return NULL;
+	S.in_replay = 0;
+	ring_flush(); /* the replayed state reaches tracers before replay__end */
 	if (ASYNCTRACE_REPLAY_END_ENABLED())
 		ASYNCTRACE_REPLAY_END(gen, n);
 	Py_RETURN_NONE;
@@ -912,7 +1299,8 @@ static PyObject *m_emit_running(PyObject *mod, PyObject *args)
 	int truncated;
 	if (!PyArg_ParseTuple(args, "OO!p", &task, &PyList_Type, &frames, &truncated))
 		return NULL;
-	if (!ASYNCTRACE_TASK_AWAIT_ENABLED())
+	int pe = ASYNCTRACE_TASK_AWAIT_ENABLED(), be = BATCH_ON();
+	if (!pe && !be)
 		Py_RETURN_NONE;
 	size_t n = 0;
 	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(frames) && n < ASYNCTRACE_MAX_FRAMES; i++) {
@@ -929,7 +1317,10 @@ static PyObject *m_emit_running(PyObject *mod, PyObject *args)
 	}
 	if (n && (truncated || PyList_GET_SIZE(frames) > (Py_ssize_t)n))
 		tls_frames[n - 1].flags |= ASYNCTRACE_FRAME_TRUNCATED;
-	ASYNCTRACE_TASK_AWAIT(task, NULL, ASYNCTRACE_AWAIT_RUNNING, tls_frames, n);
+	if (be)
+		rec_stack(task, NULL, ASYNCTRACE_AWAIT_RUNNING, n);
+	if (pe)
+		ASYNCTRACE_TASK_AWAIT(task, NULL, ASYNCTRACE_AWAIT_RUNNING, tls_frames, n);
 	Py_RETURN_NONE;
 }
 
@@ -940,7 +1331,7 @@ static PyObject *m_taskgroup_edge(PyObject *mod, PyObject *args)
 	PyObject *task, *parent;
 	if (!PyArg_ParseTuple(args, "OO", &task, &parent))
 		return NULL;
-	if (ASYNCTRACE_EDGE_ADD_ENABLED() && parent != Py_None && is_task(task) && !task_is_done(task)) {
+	if (edges_on() && parent != Py_None && is_task(task) && !task_is_done(task)) {
 		flush_pending();
 		emit_edge(task, parent, ASYNCTRACE_EDGE_TASKGROUP);
 	}
@@ -951,7 +1342,7 @@ static PyObject *m_edge_enabled(PyObject *mod, PyObject *arg)
 {
 	(void)mod;
 	(void)arg;
-	return PyBool_FromLong(ASYNCTRACE_EDGE_ADD_ENABLED());
+	return PyBool_FromLong(edges_on());
 }
 
 static PyObject *m_loop_tid(PyObject *mod, PyObject *loop)
@@ -982,6 +1373,18 @@ static PyObject *m_semaphores(PyObject *mod, PyObject *arg)
 	return d;
 }
 
+static PyObject *m_layout(PyObject *mod, PyObject *arg)
+{
+	(void)mod;
+	(void)arg;
+	if (!L.ok)
+		Py_RETURN_NONE;
+	return Py_BuildValue("{s:n,s:n,s:n,s:n,s:n,s:n,s:i,s:i,s:i,s:O}", "coro", L.coro, "waiter", L.waiter,
+			     "name", L.name, "exception", L.exc, "callback0", L.cb0, "state_offset",
+			     L.state_off, "pending", L.st_pending, "cancelled", L.st_cancelled, "finished",
+			     L.st_finished, "shield", S.shield_code ? Py_True : Py_False);
+}
+
 static PyObject *m_is_installed(PyObject *mod, PyObject *arg)
 {
 	(void)mod;
@@ -997,9 +1400,11 @@ static struct {
 	atomic_int stop;
 	atomic_int tid;     /* the watcher's OS thread id, 0 until it runs */
 	unsigned last;
+	unsigned last_req; /* replay request semaphores seen non-zero */
 	long poll_ns;
-	pthread_mutex_t mu; /* with cv: stop wakes the watcher at once */
+	pthread_mutex_t mu; /* with cv: stop and kicks wake the watcher at once */
 	pthread_cond_t cv;
+	int kick;           /* under mu */
 } W = { .mu = PTHREAD_MUTEX_INITIALIZER };
 
 /* The condition variable measures timeouts on CLOCK_MONOTONIC (the default,
@@ -1023,9 +1428,19 @@ static void watcher_sleep(void)
 	until.tv_sec += W.poll_ns / 1000000000L + until.tv_nsec / 1000000000L;
 	until.tv_nsec %= 1000000000L;
 	pthread_mutex_lock(&W.mu);
-	while (!atomic_load(&W.stop) &&
+	while (!atomic_load(&W.stop) && !W.kick &&
 	       pthread_cond_timedwait(&W.cv, &W.mu, &until) == 0)
 		;
+	W.kick = 0;
+	pthread_mutex_unlock(&W.mu);
+}
+
+/* A producer filled the ring past RING_KICK: flush now, not at the next poll. */
+static void kick_watcher(void)
+{
+	pthread_mutex_lock(&W.mu);
+	W.kick = 1;
+	pthread_cond_signal(&W.cv);
 	pthread_mutex_unlock(&W.mu);
 }
 
@@ -1058,14 +1473,22 @@ static void *watcher_main(void *arg)
 	atomic_store(&W.tid, (int)gettid());
 	while (!atomic_load(&W.stop)) {
 		watcher_sleep();
+		/* Nothing sits in the ring longer than one poll period, whether the
+		 * loop is busy, idle or blocked; no GIL needed. */
+		if (atomic_load_explicit(&R.pub, memory_order_acquire) !=
+		    atomic_load_explicit(&R.tail, memory_order_relaxed))
+			ring_flush();
 		unsigned v = ASYNCTRACE_REPLAY_SEMAPHORE();
-		if (v > W.last) {
+		unsigned req = ASYNCTRACE_REPLAY_REQUEST_MASK();
+		if (v > W.last || (req & ~W.last_req)) {
 			/*
 			 * A new tracer attached. probes.h says tracers attach replay__end
 			 * last, but generic tools (bpftrace) attach in any order: wait until
 			 * the semaphores stop changing (at most ~40 polls) before replaying.
+			 * A request alone (one link on a tracer already attached) needs no
+			 * wait.
 			 */
-			for (int i = 0, prev = -1; i < 40 && !atomic_load(&W.stop); i++) {
+			for (int i = 0, prev = -1; v > W.last && i < 40 && !atomic_load(&W.stop); i++) {
 				int cur = (int)semaphore_sum();
 				if (cur == prev)
 					break;
@@ -1073,6 +1496,7 @@ static void *watcher_main(void *arg)
 				watcher_sleep();
 			}
 			v = ASYNCTRACE_REPLAY_SEMAPHORE();
+			req = ASYNCTRACE_REPLAY_REQUEST_MASK();
 			if (atomic_load(&W.stop) || IS_FINALIZING())
 				break;
 			PyGILState_STATE g = PyGILState_Ensure();
@@ -1081,6 +1505,7 @@ static void *watcher_main(void *arg)
 			PyGILState_Release(g);
 		}
 		W.last = v;
+		W.last_req = req;
 	}
 	return NULL;
 }
@@ -1138,6 +1563,7 @@ static PyObject *m_stop_watcher(PyObject *mod, PyObject *arg)
 		}
 		Py_END_ALLOW_THREADS
 	}
+	ring_flush(); /* at exit and before fork: nothing left behind */
 	Py_RETURN_NONE;
 }
 
@@ -1170,13 +1596,22 @@ static PyObject *m_after_fork_child(PyObject *mod, PyObject *arg)
 	(void)mod;
 	(void)arg;
 	atomic_store(&W.running, 0);
+	/* Records of the parent are not the child's events; no tracer is
+	 * attached to the child (its semaphores count the parent's tracers). */
+	atomic_flag_clear(&R.lock);
+	R.head = atomic_load(&R.pub);
+	atomic_store(&R.tail, R.head);
+	atomic_store(&R.kicked, 0);
+	W.kick = 0;
 	tls_npending = 0;
+	tls_current = 0;
 	tls_tid = 0; /* the child's thread has its own id */
 	tls_last_loop = 0;
 	if (S.installed) {
 		/* The child is a new process: no tracer is attached to it yet, but it
 		 * inherited the parent's semaphore values; only a rise means a tracer. */
 		W.last = ASYNCTRACE_REPLAY_SEMAPHORE();
+		W.last_req = ASYNCTRACE_REPLAY_REQUEST_MASK();
 		start_watcher();
 	}
 	Py_RETURN_NONE;
@@ -1187,6 +1622,7 @@ static PyObject *m_after_fork_child(PyObject *mod, PyObject *arg)
 static PyMethodDef methods[] = {
 	{ "_install", m_install, METH_VARARGS, "Hook _asyncio (called by asynctrace.enable())." },
 	{ "is_installed", m_is_installed, METH_NOARGS, NULL },
+	{ "layout", m_layout, METH_NOARGS, "Field positions the hooks read directly (None: getters)." },
 	{ "semaphores", m_semaphores, METH_NOARGS, "Current USDT semaphore values." },
 	{ "replay_begin", m_replay_begin, METH_NOARGS, NULL },
 	{ "replay_end", m_replay_end, METH_VARARGS, NULL },
