@@ -22,6 +22,7 @@
 
 #define AT_MAX_TASKS 131072   /* tasks map capacity (all processes) */
 #define AT_MAX_CODES 65536    /* code map capacity */
+#define AT_MAX_STACKS 65536   /* distinct stacks (interned) */
 #define AT_MAX_PROCS 1024
 
 /* task states */
@@ -43,24 +44,39 @@ struct at_frame {
 	__u32 flags;
 };
 
+/* 160 bytes: with the hash map's per-element overhead (~72 bytes) and its
+ * buckets, about 250 bytes of kernel memory per live task. The task id is the
+ * key's; creation order is create_ns. */
 struct at_task {
-	__u64 task_id;
 	__u64 parent_id;       /* task running at creation, 0 if none */
 	__u64 loop_id;
 	__u64 coro_code_id;
-	__u64 create_ns;       /* bpf_ktime_get_ns() at create (or replay) */
-	__u64 seq;             /* per-map creation order */
+	__u64 create_ns;       /* bpf_ktime_get_ns() at create (or replay); orders tasks */
 	__u64 awaiting_id;     /* what the task awaits (task__await) */
+	__u64 stack_id;        /* key of its frames in `stacks`, 0 = none */
 	__u64 awaited_by[AT_MAX_AWAITERS]; /* edge__add awaiters, 0 = empty slot */
 	__u8 awaited_by_kind[AT_MAX_AWAITERS];
 	__u32 tid;             /* thread of the task's loop */
-	__u32 state;           /* enum at_task_state */
-	__u32 awaiting_kind;   /* enum asynctrace_await_kind */
 	__u32 name_len;        /* full length as sent (may exceed AT_NAME_LEN) */
-	__u32 nframes;         /* frames valid in frames[] */
-	__u32 flags;           /* AT_TASK_* */
-	__u32 pad;
+	__u8 state;            /* enum at_task_state */
+	__u8 awaiting_kind;    /* enum asynctrace_await_kind */
+	__u8 nframes;          /* frames of its stack (0: none known) */
+	__u8 flags;            /* AT_TASK_* */
 	char name[AT_NAME_LEN];
+};
+
+/* Stacks are interned: tasks suspended at the same place share one entry.
+ * stack_id is a hash of the frames (the runtime's on the batch path). */
+struct at_stack_key {
+	__u32 pid;
+	__u32 pad;
+	__u64 stack_id;
+};
+
+struct at_stack {
+	__u32 nframes;
+	__u32 pad;
+	__u64 gen;             /* replay generation that last used it (stack GC) */
 	struct at_frame frames[AT_MAX_FRAMES]; /* innermost first */
 };
 
@@ -92,9 +108,10 @@ struct at_proc {
 	__u64 drop_codes_full;
 	__u64 drop_edges_full;
 	__u64 unknown_task;    /* events for a task never created (late attach gap) */
-	__u64 seq;             /* next task seq */
 	__u64 drop_runtime;    /* records the runtime could not buffer (batch__flush) */
 	__u64 bad_records;     /* malformed batch records (batch rest skipped) */
+	__u64 drop_stacks_full;
+	__u64 replay_active;   /* generation of the replay in progress (replay__begin) */
 };
 
 /* Batched events: mirrors struct asynctrace_rec / asynctrace_rec_create of

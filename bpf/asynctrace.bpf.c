@@ -47,6 +47,17 @@ struct {
 	__type(value, struct at_code);
 } codes SEC(".maps");
 
+/* Interned stacks, shared by the tasks suspended at the same place. Entries
+ * no task refers to any more are removed by the user-space holder
+ * (loader.cpp gc), which keeps those a replay in progress may still use. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, AT_MAX_STACKS);
+	__type(key, struct at_stack_key);
+	__type(value, struct at_stack);
+} stacks SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, AT_MAX_PROCS);
@@ -57,6 +68,7 @@ struct {
 struct scratch {
 	struct at_task task;
 	struct at_code code;
+	struct at_stack stack;
 };
 
 struct {
@@ -136,10 +148,8 @@ static __always_inline struct at_task *task_get_or_nameless(struct at_proc *proc
 	if (!s)
 		return NULL;
 	__builtin_memset(&s->task, 0, sizeof(s->task));
-	s->task.task_id = key->task_id;
 	s->task.flags = AT_TASK_NAMELESS;
 	s->task.create_ns = bpf_ktime_get_ns();
-	s->task.seq = __sync_fetch_and_add(&proc->seq, 1);
 	err = bpf_map_update_elem(&tasks, key, &s->task, BPF_NOEXIST);
 	if (err && err != -EEXIST) {
 		__sync_fetch_and_add(&proc->drop_tasks_full, 1);
@@ -189,7 +199,7 @@ static __always_inline void apply_create(struct at_proc *proc, __u32 pid, __u64 
 	long err;
 
 	/* Replay re-creates live tasks: keep what later events already taught
-	 * us (await state, frames, edges, seq) and only refresh the identity. */
+	 * us (await state, frames, edges, creation time) and only refresh the identity. */
 	task = bpf_map_lookup_elem(&tasks, &key);
 	if (task) {
 		task_set_identity(task, parent_id, loop_id, tid, name_ptr, name_len, code_id,
@@ -200,12 +210,10 @@ static __always_inline void apply_create(struct at_proc *proc, __u32 pid, __u64 
 	if (!s)
 		return;
 	__builtin_memset(&s->task, 0, sizeof(s->task));
-	s->task.task_id = task_id;
 	s->task.state = AT_STATE_CREATED;
 	s->task.create_ns = bpf_ktime_get_ns();
 	task_set_identity(&s->task, parent_id, loop_id, tid, name_ptr, name_len, code_id, name_avail,
 			  name_in_kernel);
-	s->task.seq = __sync_fetch_and_add(&proc->seq, 1);
 	err = bpf_map_update_elem(&tasks, &key, &s->task, BPF_NOEXIST);
 	if (!err)
 		return;
@@ -221,12 +229,30 @@ static __always_inline void apply_create(struct at_proc *proc, __u32 pid, __u64 
 			  name_in_kernel);
 }
 
-static __always_inline void apply_resume(struct at_proc *proc, __u32 pid, __u64 task_id)
+/* The entry of a task an event names. Per-event probes create a NAMELESS
+ * entry for a task never created (it predates the attach and the replay has
+ * not reached it yet). The batch path does not: its runtime replays after
+ * every attach, and it erases tasks created and completed between two
+ * flushes, whose STEP and EDGE records then name tasks we must not create. */
+static __always_inline struct at_task *task_for_event(struct at_proc *proc, struct at_task_key *key,
+						      bool batch)
+{
+	struct at_task *task;
+
+	if (!batch)
+		return task_get_or_nameless(proc, key);
+	task = bpf_map_lookup_elem(&tasks, key);
+	if (!task)
+		__sync_fetch_and_add(&proc->unknown_task, 1);
+	return task;
+}
+
+static __always_inline void apply_resume(struct at_proc *proc, __u32 pid, __u64 task_id, bool batch)
 {
 	struct at_task_key key = { .pid = pid, .task_id = task_id };
 	struct at_task *task;
 
-	task = task_get_or_nameless(proc, &key);
+	task = task_for_event(proc, &key, batch);
 	if (!task)
 		return;
 	/* While it runs the task awaits nothing; the frames of its last
@@ -235,25 +261,63 @@ static __always_inline void apply_resume(struct at_proc *proc, __u32 pid, __u64 
 	task->awaiting_id = 0;
 	task->awaiting_kind = 0;
 	task->nframes = 0;
+	task->stack_id = 0;
 	task->flags &= ~AT_TASK_FRAMES_TRUNC;
+}
+
+/* FNV-1a over the frames: the id of an interned stack (same on both paths). */
+static __always_inline __u64 stack_hash(const struct at_stack *st, __u32 n)
+{
+	__u64 h = 0xcbf29ce484222325ULL;
+
+	for (int i = 0; i < AT_MAX_FRAMES; i++) {
+		if (i >= n)
+			break;
+		h = (h ^ st->frames[i].code_id) * 0x100000001b3ULL;
+		h = (h ^ (((__u64)st->frames[i].flags << 32) | st->frames[i].line)) * 0x100000001b3ULL;
+	}
+	return h ? h : 1;
+}
+
+/* Points the task at stack `st` (frames and nframes filled in), interning it. */
+static __always_inline void task_set_stack(struct at_proc *proc, __u32 pid, struct at_task *task,
+					   struct at_stack *st, __u64 stack_id)
+{
+	struct at_stack_key key = { .pid = pid, .stack_id = stack_id };
+	struct at_stack *old;
+	long err;
+
+	st->gen = proc->replay_active;
+	err = bpf_map_update_elem(&stacks, &key, st, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		old = bpf_map_lookup_elem(&stacks, &key);
+		if (old)
+			old->gen = st->gen; /* in use again: not garbage */
+	} else if (err) {
+		__sync_fetch_and_add(&proc->drop_stacks_full, 1);
+		return;
+	}
+	task->stack_id = stack_id;
+	task->nframes = (__u8)st->nframes;
 }
 
 /* task__await: state and awaited object; frames (if any) are copied by the
  * caller into the returned entry. */
 static __always_inline struct at_task *apply_await(struct at_proc *proc, __u32 pid, __u64 task_id,
-						   __u64 awaited_id, __u64 kind)
+						   __u64 awaited_id, __u64 kind, bool batch)
 {
 	struct at_task_key key = { .pid = pid, .task_id = task_id };
 	struct at_task *task;
 
-	task = task_get_or_nameless(proc, &key);
+	task = task_for_event(proc, &key, batch);
 	if (!task)
 		return NULL;
 	task->state = kind == AT_AWAIT_RUNNING ? AT_STATE_RUNNING : AT_STATE_SUSPENDED;
 	task->awaiting_id = awaited_id;
-	task->awaiting_kind = (__u32)kind;
+	task->awaiting_kind = (__u8)kind;
 	task->flags &= ~AT_TASK_FRAMES_TRUNC;
 	task->nframes = 0;
+	task->stack_id = 0;
 	return task;
 }
 
@@ -266,7 +330,7 @@ static __always_inline void apply_complete(struct at_proc *proc, __u32 pid, __u6
 }
 
 static __always_inline void apply_edge_add(struct at_proc *proc, __u32 pid, __u64 child_id,
-					   __u64 awaiter_id, __u64 kind)
+					   __u64 awaiter_id, __u64 kind, bool batch)
 {
 	struct at_task_key key = { .pid = pid, .task_id = child_id };
 	struct at_task *task;
@@ -274,7 +338,7 @@ static __always_inline void apply_edge_add(struct at_proc *proc, __u32 pid, __u6
 
 	if (!awaiter_id)
 		return;
-	task = task_get_or_nameless(proc, &key);
+	task = task_for_event(proc, &key, batch);
 	if (!task)
 		return;
 #pragma unroll
@@ -346,7 +410,7 @@ int BPF_USDT(task_resume, __u64 task_id)
 
 	proc = proc_for_event(pid);
 	if (proc)
-		apply_resume(proc, pid, task_id);
+		apply_resume(proc, pid, task_id, false);
 	return 0;
 }
 
@@ -357,24 +421,28 @@ int BPF_USDT(task_await, __u64 task_id, __u64 awaited_id, __u64 kind, __u64 fram
 	__u32 pid = current_tgid();
 	struct at_proc *proc;
 	struct at_task *task;
+	struct scratch *s;
 	__u32 n;
 
 	proc = proc_for_event(pid);
 	if (!proc)
 		return 0;
-	task = apply_await(proc, pid, task_id, awaited_id, kind);
+	task = apply_await(proc, pid, task_id, awaited_id, kind, false);
 	if (!task)
 		return 0;
 	if (nframes > AT_MAX_FRAMES)
 		task->flags |= AT_TASK_FRAMES_TRUNC;
 	n = bounded_len(nframes, AT_MAX_FRAMES);
-	if (!n || !frames_ptr)
+	s = scratch_slot();
+	if (!n || !frames_ptr || !s)
 		return 0;
 	/* struct asynctrace_frame and struct at_frame share one layout, so the
 	 * array is copied as is. */
-	if (bpf_probe_read_user(task->frames, n * sizeof(struct at_frame), (const void *)frames_ptr))
+	__builtin_memset(&s->stack, 0, sizeof(s->stack));
+	if (bpf_probe_read_user(s->stack.frames, n * sizeof(struct at_frame), (const void *)frames_ptr))
 		return 0;
-	task->nframes = n;
+	s->stack.nframes = n;
+	task_set_stack(proc, pid, task, &s->stack, stack_hash(&s->stack, n));
 	return 0;
 }
 
@@ -398,7 +466,7 @@ int BPF_USDT(edge_add, __u64 child_id, __u64 awaiter_id, __u64 kind)
 
 	proc = proc_for_event(pid);
 	if (proc)
-		apply_edge_add(proc, pid, child_id, awaiter_id, kind);
+		apply_edge_add(proc, pid, child_id, awaiter_id, kind, false);
 	return 0;
 }
 
@@ -424,32 +492,40 @@ int BPF_USDT(edge_remove, __u64 child_id, __u64 awaiter_id)
  * chunk. The buffer has AT_REC_MAX_SLOTS spare slots so the constant-size
  * payload copies below stay inside it for any record start the verifier
  * allows. */
-struct batch_ctx {
+/* State of one batch: in the per-CPU map value, not on the stack, so that
+ * the verifier does not track its values precisely through the bpf_loop
+ * callback (it would then verify the callback once per iteration value). */
+struct batch_buf {
 	__u64 base;       /* user address of slot 0 */
 	__u32 nslots;
 	__u32 pos;        /* next record, in slots from base */
 	__u32 chunk_start;
-	__u32 chunk_end;  /* slots [chunk_start, chunk_end) are in buf */
+	__u32 chunk_end;  /* slots [chunk_start, chunk_end) are in recs */
 	__u32 pid;
 	__u32 nrec;       /* records applied */
-	struct at_proc *proc;
-	struct batch_buf *buf;
-};
-
-struct batch_buf {
+	__u32 busy;       /* claimed by a batch running on this CPU */
+	__u32 pad;
 	struct at_rec recs[AT_BATCH_CHUNK + AT_REC_MAX_SLOTS];
 };
 
+/* bpf_loop's context (it must be on the stack): pointers only. */
+struct batch_ctx {
+	struct batch_buf *buf;
+	struct at_proc *proc;
+};
+
+/* Two buffers per CPU: a batch program preempted on this CPU (uprobe
+ * programs can be) must not share its buffer with the next one. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct batch_buf);
 } batch_bufs SEC(".maps");
 
 static __always_inline int batch_fill(struct batch_ctx *x)
 {
-	__u32 cnt = x->nslots - x->pos;
+	__u32 cnt = x->buf->nslots - x->buf->pos;
 
 	if (cnt > AT_BATCH_CHUNK)
 		cnt = AT_BATCH_CHUNK;
@@ -457,31 +533,119 @@ static __always_inline int batch_fill(struct batch_ctx *x)
 	if (cnt == 0 || cnt > AT_BATCH_CHUNK)
 		return -1;
 	if (bpf_probe_read_user(x->buf->recs, cnt * sizeof(struct at_rec),
-				(const void *)(x->base + (__u64)x->pos * sizeof(struct at_rec))))
+				(const void *)(x->buf->base + (__u64)x->buf->pos * sizeof(struct at_rec))))
 		return -1;
-	x->chunk_start = x->pos;
-	x->chunk_end = x->pos + cnt;
+	x->buf->chunk_start = x->buf->pos;
+	x->buf->chunk_end = x->buf->pos + cnt;
+	return 0;
+}
+
+/* One function per record type, not inlined: the verifier then checks each
+ * once per call site with a small state, instead of every path of every type
+ * through one large body (that took ~80 ms of verification per load). cur is
+ * the record's first slot in x->buf (< AT_BATCH_CHUNK), n its length. */
+static __always_inline int batch_create(struct batch_ctx *x, __u32 cur, __u32 n)
+{
+	struct at_rec *rec;
+	struct at_rec_create *c;
+	__u32 avail;
+
+	if (!x->proc || !x->buf || cur >= AT_BATCH_CHUNK || n < 2 || n > AT_REC_MAX_SLOTS)
+		return -1;
+	rec = &x->buf->recs[cur];
+	c = (struct at_rec_create *)&x->buf->recs[cur + 1];
+	avail = (n - 2) * sizeof(struct at_rec);
+	apply_create(x->proc, x->buf->pid, rec->a, rec->b, rec->c, c->tid, (__u64)&x->buf->recs[cur + 2],
+		     rec->len, c->code_id, c->kept < avail ? c->kept : avail, true);
+	return 0;
+}
+
+static __always_inline int batch_step(struct batch_ctx *x, __u32 cur)
+{
+	struct at_rec *rec;
+
+	if (!x->proc || !x->buf || cur >= AT_BATCH_CHUNK)
+		return -1;
+	rec = &x->buf->recs[cur];
+	/* No frames: stacks come with the replay (STACK records). */
+	apply_await(x->proc, x->buf->pid, rec->a, rec->b, rec->kind, true);
+	return 0;
+}
+
+static __always_inline int batch_stack(struct batch_ctx *x, __u32 cur, __u32 n)
+{
+	struct scratch *s = scratch_slot();
+	struct at_task *task;
+	struct at_rec *rec;
+	__u32 nf;
+
+	if (!x->proc || !x->buf || !s || cur >= AT_BATCH_CHUNK || n < 1 || n > AT_REC_MAX_SLOTS)
+		return -1;
+	rec = &x->buf->recs[cur];
+	task = apply_await(x->proc, x->buf->pid, rec->a, rec->b, rec->kind, true);
+	if (!task)
+		return 0;
+	nf = rec->len;
+	if (nf > AT_MAX_FRAMES || nf > (n - 1) * 2) {
+		task->flags |= AT_TASK_FRAMES_TRUNC;
+		nf = nf > AT_MAX_FRAMES ? AT_MAX_FRAMES : nf;
+		if (nf > (n - 1) * 2)
+			nf = (n - 1) * 2;
+	}
+	if (!nf || !rec->c)
+		return 0;
+	/* Frames beyond nf are whatever follows in the buffer; nframes says
+	 * how many are valid (and the runtime's id covers those). */
+	__builtin_memcpy(s->stack.frames, &x->buf->recs[cur + 1], sizeof(s->stack.frames));
+	s->stack.nframes = nf;
+	task_set_stack(x->proc, x->buf->pid, task, &s->stack, rec->c);
+	return 0;
+}
+
+static __always_inline int batch_other(struct batch_ctx *x, __u32 cur)
+{
+	struct at_rec *rec;
+
+	if (!x->proc || !x->buf || cur >= AT_BATCH_CHUNK)
+		return -1;
+	rec = &x->buf->recs[cur];
+	switch (rec->type) {
+	case AT_REC_COMPLETE:
+		apply_complete(x->proc, x->buf->pid, rec->a);
+		break;
+	case AT_REC_EDGE_ADD:
+		apply_edge_add(x->proc, x->buf->pid, rec->a, rec->b, rec->kind, true);
+		break;
+	case AT_REC_EDGE_REMOVE:
+		apply_edge_remove(x->proc, x->buf->pid, rec->a, rec->b);
+		break;
+	case AT_REC_RESUME:
+		apply_resume(x->proc, x->buf->pid, rec->a, true);
+		break;
+	default:
+		break; /* PAD, or a newer record type: skipped by its length */
+	}
 	return 0;
 }
 
 static long batch_record(__u64 index, struct batch_ctx *x)
 {
-	struct at_proc *proc = x->proc;
 	struct at_rec *rec;
 	__u32 cur, n;
+	int err;
 
-	if (x->pos >= x->nslots || !proc || !x->buf)
+	if (x->buf->pos >= x->buf->nslots || !x->proc || !x->buf)
 		return 1;
-	if (x->pos >= x->chunk_end && batch_fill(x))
+	if (x->buf->pos >= x->buf->chunk_end && batch_fill(x))
 		goto bad;
-	cur = x->pos - x->chunk_start;
+	cur = x->buf->pos - x->buf->chunk_start;
 	if (cur >= AT_BATCH_CHUNK)
 		goto bad;
 	rec = &x->buf->recs[cur];
 	n = rec->nslots;
-	if (n == 0 || n > AT_REC_MAX_SLOTS || x->pos + n > x->nslots)
+	if (n == 0 || n > AT_REC_MAX_SLOTS || x->buf->pos + n > x->buf->nslots)
 		goto bad;
-	if (x->pos + n > x->chunk_end) {
+	if (x->buf->pos + n > x->buf->chunk_end) {
 		/* Only part of the record was copied: copy again from its start. */
 		if (batch_fill(x))
 			goto bad;
@@ -490,67 +654,28 @@ static long batch_record(__u64 index, struct batch_ctx *x)
 		if (rec->nslots != n)
 			goto bad; /* changed under us: the runtime broke the protocol */
 	}
-
 	switch (rec->type) {
-	case AT_REC_PAD:
+	case AT_REC_CREATE:
+		err = batch_create(x, cur, n);
 		break;
-	case AT_REC_CREATE: {
-		struct at_rec_create *c;
-
-		if (n < 2)
-			goto bad;
-		c = (struct at_rec_create *)&x->buf->recs[cur + 1];
-		apply_create(proc, x->pid, rec->a, rec->b, rec->c, c->tid,
-			     (__u64)&x->buf->recs[cur + 2], rec->len, c->code_id,
-			     c->kept < (n - 2) * sizeof(struct at_rec) ? c->kept
-								 : (n - 2) * sizeof(struct at_rec),
-			     true);
+	case AT_REC_STEP:
+		err = batch_step(x, cur);
 		break;
-	}
-	case AT_REC_STEP: {
-		struct at_task *task = apply_await(proc, x->pid, rec->a, rec->b, rec->kind);
-
-		(void)task; /* no frames: stacks come with the replay (STACK) */
-		break;
-	}
-	case AT_REC_COMPLETE:
-		apply_complete(proc, x->pid, rec->a);
-		break;
-	case AT_REC_EDGE_ADD:
-		apply_edge_add(proc, x->pid, rec->a, rec->b, rec->kind);
-		break;
-	case AT_REC_EDGE_REMOVE:
-		apply_edge_remove(proc, x->pid, rec->a, rec->b);
-		break;
-	case AT_REC_STACK: {
-		struct at_task *task = apply_await(proc, x->pid, rec->a, rec->b, rec->kind);
-		__u32 nf = rec->len;
-
-		if (!task)
-			break;
-		if (nf > AT_MAX_FRAMES || nf > (n - 1) * 2) {
-			task->flags |= AT_TASK_FRAMES_TRUNC;
-			nf = nf > AT_MAX_FRAMES ? AT_MAX_FRAMES : nf;
-			if (nf > (n - 1) * 2)
-				nf = (n - 1) * 2;
-		}
-		/* Frames beyond nf are whatever follows in the buffer; nframes
-		 * says how many are valid. */
-		__builtin_memcpy(task->frames, &x->buf->recs[cur + 1], sizeof(task->frames));
-		task->nframes = nf;
-		break;
-	}
-	case AT_REC_RESUME:
-		apply_resume(proc, x->pid, rec->a);
+	case AT_REC_STACK:
+		err = batch_stack(x, cur, n);
 		break;
 	default:
-		break; /* newer record type: skipped by its length */
+		err = batch_other(x, cur);
+		break;
 	}
-	x->pos += n;
-	x->nrec++;
+	if (err)
+		goto bad;
+	x->buf->pos += n;
+	x->buf->nrec++;
 	return 0;
 bad:
-	__sync_fetch_and_add(&proc->bad_records, 1);
+	if (x->proc)
+		__sync_fetch_and_add(&x->proc->bad_records, 1);
 	return 1;
 }
 
@@ -558,23 +683,40 @@ SEC("usdt")
 int BPF_USDT(batch_flush, __u64 recs, __u64 nslots, __u64 dropped)
 {
 	struct batch_ctx x = {};
-	__u32 zero = 0;
+	struct batch_buf *b = NULL;
+	__u32 pid = current_tgid();
 
-	x.pid = current_tgid();
-	x.proc = proc_for_event(x.pid);
+	x.proc = proc_for_event(pid);
 	if (!x.proc)
 		return 0;
 	if (dropped > x.proc->drop_runtime)
 		x.proc->drop_runtime = dropped;
-	x.buf = bpf_map_lookup_elem(&batch_bufs, &zero);
-	if (!x.buf || !recs || !nslots)
+	for (__u32 i = 0; i < 2; i++) {
+		b = bpf_map_lookup_elem(&batch_bufs, &i);
+		if (b && !__sync_lock_test_and_set(&b->busy, 1))
+			break;
+		b = NULL;
+	}
+	if (!b) {
+		/* Two batches already run on this CPU (preempted): not ours. */
+		__sync_fetch_and_add(&x.proc->bad_records, 1);
 		return 0;
-	x.base = recs;
-	x.nslots = nslots > (1u << 20) ? (1u << 20) : (__u32)nslots;
-	bpf_loop(x.nslots, batch_record, &x, 0);
+	}
+	x.buf = b;
+	b->base = recs;
+	b->pid = pid;
+	b->pos = 0;
+	b->chunk_start = 0;
+	b->chunk_end = 0;
+	b->nrec = 0;
+	b->nslots = nslots > (1u << 20) ? (1u << 20) : (__u32)nslots;
+	if (recs && b->nslots)
+		bpf_loop(b->nslots, batch_record, &x, 0);
 	/* proc_for_event counted the probe hit; count the records instead. */
-	if (x.nrec)
-		__sync_fetch_and_add(&x.proc->events, x.nrec - 1);
+	if (b->nrec)
+		__sync_fetch_and_add(&x.proc->events, b->nrec - 1);
+	barrier();
+	b->busy = 0;
 	return 0;
 }
 
@@ -614,9 +756,12 @@ int BPF_USDT(code_register, __u64 code_id, __u64 qualname_ptr, __u64 qualname_le
 SEC("usdt")
 int BPF_USDT(replay_begin, __u64 gen)
 {
-	/* Nothing to reset: replayed events merge into what we have. The event
-	 * is still counted so user space sees the runtime answered. */
-	proc_for_event(current_tgid());
+	/* Nothing to reset: replayed events merge into what we have. Stacks
+	 * it interns are tagged with its generation (stack GC keeps them). */
+	struct at_proc *proc = proc_for_event(current_tgid());
+
+	if (proc)
+		proc->replay_active = gen;
 	return 0;
 }
 

@@ -39,6 +39,9 @@ void warn_partial(const ProcCounters& c) {
               << " await edge(s), " << c.drop_codes_full
               << " code name(s) (raise --max-tasks)\n";
   }
+  if (c.drop_stacks_full)
+    std::cerr << "asynctrace: warning: partial view: " << c.drop_stacks_full
+              << " stack(s) did not fit the kernel's stack map\n";
   if (c.drop_runtime || c.bad_records)
     std::cerr << "asynctrace: warning: partial view: " << c.drop_runtime
               << " event(s) lost in the runtime's buffer, " << c.bad_records
@@ -68,24 +71,6 @@ int output_status() {
                           : fail(Error{kExitInternal, "failed to write output: " + std::string(std::strerror(errno))});
 }
 
-// Privileges, target check, attach, and the runtime's replay: what every
-// command that traces a process does first.
-Result<std::unique_ptr<Tracer>> start_tracing(const Options& o) {
-  if (auto st = check_privileges(); !st.ok()) return st.error();
-  sweep_stale_pins();
-  const ProcInfo info = inspect_process(o.pid);
-  if (info.kind != ProcKind::Probed) return proc_error(info);
-  TraceOptions topts;
-  topts.pid = o.pid;
-  topts.replay_timeout = o.timeout;
-  topts.verbose = o.verbose;
-  topts.max_tasks = o.max_tasks;
-  auto tracer = attach_tracer(topts, info);
-  if (!tracer.ok()) return tracer.error();
-  if (auto st = tracer.value()->wait_replay(o.timeout); !st.ok()) return st.error();
-  return tracer;
-}
-
 // -v: how long each phase took, on stderr.
 class PhaseClock {
  public:
@@ -103,6 +88,26 @@ class PhaseClock {
   bool on_;
   std::chrono::steady_clock::time_point t_;
 };
+
+// Privileges, target check, attach, and the runtime's replay: what every
+// command that traces a process does first.
+Result<std::unique_ptr<Tracer>> start_tracing(const Options& o, PhaseClock* clock = nullptr) {
+  if (auto st = check_privileges(); !st.ok()) return st.error();
+  sweep_stale_pins();
+  const ProcInfo info = inspect_process(o.pid);
+  if (info.kind != ProcKind::Probed) return proc_error(info);
+  TraceOptions topts;
+  topts.pid = o.pid;
+  topts.replay_timeout = o.timeout;
+  topts.verbose = o.verbose;
+  topts.max_tasks = o.max_tasks;
+  auto tracer = attach_tracer(topts, info);
+  if (!tracer.ok()) return tracer.error();
+  if (clock) clock->mark("load and attach");
+  if (auto st = tracer.value()->wait_replay(o.timeout); !st.ok()) return st.error();
+  if (clock) clock->mark("replay");
+  return tracer;
+}
 
 // Closing uprobe links waits for a kernel grace period (60-120 ms here) that
 // the user need not wait for: a forked child holds the last references and
@@ -154,9 +159,8 @@ int run_view(const Options& o) {
     detach_in_background(held);
     return status;
   }
-  auto tracer = start_tracing(o);
+  auto tracer = start_tracing(o, &clock);
   if (!tracer.ok()) return fail(tracer.error());
-  clock.mark("attach and replay");
   auto snap = tracer.value()->snapshot();
   if (!snap.ok()) return fail(snap.error());
   clock.mark("read maps");
@@ -186,7 +190,12 @@ int run_attach(const Options& o) {
   sigaction(SIGHUP, &sa, nullptr);
   std::cout << "attached pid=" << o.pid << " maps=" << pin_dir(o.pid) << std::endl;
   const auto end = std::chrono::steady_clock::now() + o.duration;
+  auto next_gc = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (!g_stop) {
+    if (std::chrono::steady_clock::now() >= next_gc) {
+      (void)tracer.value()->gc();  // best effort: a failure only costs memory
+      next_gc += std::chrono::seconds(10);
+    }
     if (o.duration.count() > 0 && std::chrono::steady_clock::now() >= end) break;
     if (!process_alive(o.pid)) {
       std::cerr << "asynctrace: process " << o.pid << " exited; detaching\n";

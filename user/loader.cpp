@@ -196,14 +196,16 @@ Status for_each_entry(int fd, const char* map_name, Fn&& fn) {
   return ok_status();
 }
 
-TaskRecord decode_task(const at_task& t) {
+using StackTable = std::unordered_map<uint64_t, at_stack>;
+
+TaskRecord decode_task(uint64_t id, const at_task& t, const StackTable& stacks) {
   TaskRecord r;
-  r.id = t.task_id;
+  r.id = id;
   r.parent_id = t.parent_id;
   r.loop_id = t.loop_id;
   r.coro_code_id = t.coro_code_id;
   r.create_ns = t.create_ns;
-  r.seq = t.seq;
+  r.seq = t.create_ns;
   r.tid = t.tid;
   r.state = static_cast<TaskState>(t.state);
   r.name = bytes(t.name, AT_NAME_LEN, t.name_len);
@@ -215,13 +217,17 @@ TaskRecord decode_task(const at_task& t) {
     if (!t.awaited_by[i]) continue;
     r.awaited_by.push_back({t.awaited_by[i], static_cast<EdgeKind>(t.awaited_by_kind[i])});
   }
-  const uint32_t n = std::min<uint32_t>(t.nframes, AT_MAX_FRAMES);
-  r.frames.reserve(n);
   bool frame_says_truncated = false;
-  for (uint32_t i = 0; i < n; i++) {
-    r.frames.push_back({t.frames[i].code_id, t.frames[i].line});
-    // ASYNCTRACE_FRAME_TRUNCATED: the runtime itself cut the stack here.
-    frame_says_truncated |= (t.frames[i].flags & 1u) != 0;
+  const auto st = t.stack_id ? stacks.find(t.stack_id) : stacks.end();
+  if (st != stacks.end()) {
+    const at_stack& s = st->second;
+    const uint32_t n = std::min<uint32_t>(s.nframes, AT_MAX_FRAMES);
+    r.frames.reserve(n);
+    for (uint32_t i = 0; i < n; i++) {
+      r.frames.push_back({s.frames[i].code_id, s.frames[i].line});
+      // ASYNCTRACE_FRAME_TRUNCATED: the runtime itself cut the stack here.
+      frame_says_truncated |= (s.frames[i].flags & 1u) != 0;
+    }
   }
   r.frames_truncated = (t.flags & AT_TASK_FRAMES_TRUNC) != 0 || frame_says_truncated;
   r.awaiters_truncated = (t.flags & AT_TASK_AWAITERS_FULL) != 0;
@@ -230,21 +236,34 @@ TaskRecord decode_task(const at_task& t) {
 
 
 // Decodes the maps (of a live tracer or pinned by `attach`) for one pid.
-Result<Snapshot> read_maps(uint32_t pid, int tasks_fd, int codes_fd, int procs_fd) {
+// The four maps of one BPF object (live or pinned), by fd.
+struct MapFds {
+  int tasks = -1, codes = -1, procs = -1, stacks = -1;
+};
+
+Result<Snapshot> read_maps(uint32_t pid, const MapFds& m) {
   Snapshot snap;
   snap.pid = pid;
+  StackTable stacks;
+  Status st = for_each_entry<at_stack_key, at_stack>(
+      m.stacks, "stacks", [&](const at_stack_key& k, const at_stack& s) {
+        if (k.pid == pid) stacks.emplace(k.stack_id, s);
+      });
+  if (!st.ok()) return st.error();
   std::unordered_set<uint64_t> seen;
-  Status st = for_each_entry<at_task_key, at_task>(
-      tasks_fd, "tasks", [&](const at_task_key& k, const at_task& t) {
+  st = for_each_entry<at_task_key, at_task>(
+      m.tasks, "tasks", [&](const at_task_key& k, const at_task& t) {
         if (k.pid != snap.pid || !seen.insert(k.task_id).second) return;
-        snap.tasks.push_back(decode_task(t));
+        snap.tasks.push_back(decode_task(k.task_id, t, stacks));
       });
   if (!st.ok()) return st.error();
   std::sort(snap.tasks.begin(), snap.tasks.end(),
-            [](const TaskRecord& a, const TaskRecord& b) { return a.seq < b.seq; });
+            [](const TaskRecord& a, const TaskRecord& b) {
+              return a.seq != b.seq ? a.seq < b.seq : a.id < b.id;
+            });
 
   st = for_each_entry<at_code_key, at_code>(
-      codes_fd, "codes", [&](const at_code_key& k, const at_code& c) {
+      m.codes, "codes", [&](const at_code_key& k, const at_code& c) {
         if (k.pid != snap.pid) return;
         CodeInfo info;
         info.qualname = bytes(c.qualname, AT_QUALNAME_LEN, c.qualname_len);
@@ -257,7 +276,7 @@ Result<Snapshot> read_maps(uint32_t pid, int tasks_fd, int codes_fd, int procs_f
 
   at_proc proc{};
   const __u32 key = snap.pid;
-  if (bpf_map_lookup_elem(procs_fd, &key, &proc) == 0) {
+  if (bpf_map_lookup_elem(m.procs, &key, &proc) == 0) {
     snap.counters.replay_gen = proc.replay_gen;
     snap.counters.replay_tasks = proc.replay_tasks;
     snap.counters.events = proc.events;
@@ -267,14 +286,35 @@ Result<Snapshot> read_maps(uint32_t pid, int tasks_fd, int codes_fd, int procs_f
     snap.counters.unknown_task = proc.unknown_task;
     snap.counters.drop_runtime = proc.drop_runtime;
     snap.counters.bad_records = proc.bad_records;
+    snap.counters.drop_stacks_full = proc.drop_stacks_full;
   }
   return snap;
+}
+
+// Removes the interned stacks of `pid` that no task refers to, except those
+// tagged with the replay in progress (its tasks may not point at them yet).
+Status gc_stacks(uint32_t pid, const MapFds& m) {
+  at_proc proc{};
+  const __u32 pkey = pid;
+  if (bpf_map_lookup_elem(m.procs, &pkey, &proc) != 0) return ok_status();
+  std::unordered_set<uint64_t> used;
+  Status st = for_each_entry<at_task_key, at_task>(m.tasks, "tasks", [&](const at_task_key& k, const at_task& t) {
+    if (k.pid == pid && t.stack_id) used.insert(t.stack_id);
+  });
+  if (!st.ok()) return st;
+  std::vector<at_stack_key> dead;
+  st = for_each_entry<at_stack_key, at_stack>(m.stacks, "stacks", [&](const at_stack_key& k, const at_stack& s) {
+    if (k.pid == pid && !used.count(k.stack_id) && s.gen < proc.replay_active) dead.push_back(k);
+  });
+  if (!st.ok()) return st;
+  for (const at_stack_key& k : dead) bpf_map_delete_elem(m.stacks, &k);
+  return ok_status();
 }
 
 // Pinned maps of one process plus the lock that says their holder is alive.
 // The lock is a flock on /run/asynctrace/<pid>.lock: the kernel drops it when
 // the holder dies, however it dies, so readers can tell stale pins.
-constexpr const char* kPinnedMaps[] = {"tasks", "codes", "procs"};
+constexpr const char* kPinnedMaps[] = {"tasks", "codes", "procs", "stacks"};
 constexpr unsigned long kBpfFsMagic = 0xcafe4a11;
 
 std::string lock_path(pid_t pid) { return "/run/asynctrace/" + std::to_string(pid) + ".lock"; }
@@ -418,11 +458,16 @@ class BpfTracer final : public Tracer {
   }
 
   Result<Snapshot> snapshot() const override {
-    return read_maps(static_cast<uint32_t>(pid_), bpf_map__fd(skel_->maps.tasks),
-                     bpf_map__fd(skel_->maps.codes), bpf_map__fd(skel_->maps.procs));
+    return read_maps(static_cast<uint32_t>(pid_), fds());
   }
 
   Status pin() override;
+  Status gc() override { return gc_stacks(static_cast<uint32_t>(pid_), fds()); }
+
+  MapFds fds() const {
+    return MapFds{bpf_map__fd(skel_->maps.tasks), bpf_map__fd(skel_->maps.codes),
+                  bpf_map__fd(skel_->maps.procs), bpf_map__fd(skel_->maps.stacks)};
+  }
 
  private:
   Status attach_per_site(const std::string& binary);
@@ -541,7 +586,7 @@ Status BpfTracer::pin() {
   if (Status st = make_private_dir("/sys/fs/bpf/asynctrace"); !st.ok()) return st;
   if (Status st = make_private_dir(pin_dir(pid_)); !st.ok()) return st;
   pins_.pinned = true;
-  bpf_map* maps[] = {skel_->maps.tasks, skel_->maps.codes, skel_->maps.procs};
+  bpf_map* maps[] = {skel_->maps.tasks, skel_->maps.codes, skel_->maps.procs, skel_->maps.stacks};
   for (size_t i = 0; i < std::size(maps); ++i) {
     const std::string path = pin_dir(pid_) + "/" + kPinnedMaps[i];
     if (bpf_map__pin(maps[i], path.c_str()) != 0)
@@ -605,9 +650,9 @@ namespace {
 // replays the batch path keeps states and edges current but not stacks.
 class PinnedTracer final : public Tracer {
  public:
-  PinnedTracer(pid_t pid, std::array<int, 3> fds) : pid_(pid), fds_(fds) {}
+  PinnedTracer(pid_t pid, std::array<int, 4> fds) : pid_(pid), fds_(fds) {}
   ~PinnedTracer() override {
-    if (link_fd_ >= 0) close(link_fd_);  // one grace period: run_view forks for it
+    close_links_concurrently(link_fds_);  // a grace period each: run_view forks for it
     if (prog_fd_ >= 0) close(prog_fd_);
     for (int fd : fds_) close(fd);
   }
@@ -616,27 +661,30 @@ class PinnedTracer final : public Tracer {
   // view shows the maps as they are).
   std::string request_replay(const ProcInfo& proc) {
     if (std::string why; !usdt::uprobe_multi_supported(&why)) return why;
-    const std::string& binary = proc.probe_lib_host.empty() ? proc.probe_lib : proc.probe_lib_host;
-    auto sites = usdt::read_sites(binary, "asynctrace");
+    binary_ = proc.probe_lib_host.empty() ? proc.probe_lib : proc.probe_lib_host;
+    mapped_ = proc.probe_lib;
+    auto sites = usdt::read_sites(binary_, "asynctrace");
     if (!sites.ok()) return sites.error().message;
+    sites_ = std::move(sites.value());
     gen0_ = replay_gen();
     prog_fd_ = usdt::load_noop_program();
     if (prog_fd_ < 0) return std::string("no-op program: ") + std::strerror(errno);
-    link_fd_ = usdt::request_replay(pid_, binary, proc.probe_lib, sites.value(), prog_fd_);
-    if (link_fd_ < 0) {
-      const int err = -link_fd_;
-      link_fd_ = -1;
-      return err == ENOENT ? "the runtime has no replay request probes"
-             : err == EBUSY ? "every replay request probe is held by other tracers"
-                            : std::string("uprobe_multi link: ") + std::strerror(err);
-    }
-    return {};
+    return add_request();
   }
 
   Status wait_replay(std::chrono::milliseconds timeout) override {
-    if (link_fd_ < 0) return ok_status();
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    if (link_fds_.empty()) return ok_status();
+    const auto start = std::chrono::steady_clock::now();
+    const auto deadline = start + timeout;
+    auto retry = start + kRetry;
     while (replay_gen() == gen0_) {
+      // The runtime polls the semaphores every few ms: a request slot that
+      // another reader released and we raised again in between looks
+      // unchanged to it. Raise one more slot now and then.
+      if (std::chrono::steady_clock::now() >= retry) {
+        (void)add_request();
+        retry += kRetry;
+      }
       if (!process_alive(pid_))
         return Error{kExitProcessExited, "failed to wait for replay of process " +
                                              std::to_string(pid_) + ": the process exited"};
@@ -651,7 +699,7 @@ class PinnedTracer final : public Tracer {
   }
 
   Result<Snapshot> snapshot() const override {
-    return read_maps(static_cast<uint32_t>(pid_), fds_[0], fds_[1], fds_[2]);
+    return read_maps(static_cast<uint32_t>(pid_), MapFds{fds_[0], fds_[1], fds_[2], fds_[3]});
   }
 
   Status pin() override {
@@ -660,6 +708,19 @@ class PinnedTracer final : public Tracer {
   }
 
  private:
+  static constexpr std::chrono::milliseconds kRetry{25};
+
+  // Raises one more free request slot.
+  std::string add_request() {
+    const int fd = usdt::request_replay(pid_, binary_, mapped_, sites_, prog_fd_);
+    if (fd < 0)
+      return -fd == ENOENT ? "the runtime has no replay request probes"
+             : -fd == EBUSY ? "every replay request probe is held by other tracers"
+                            : std::string("uprobe_multi link: ") + std::strerror(-fd);
+    link_fds_.push_back(fd);
+    return {};
+  }
+
   uint64_t replay_gen() const {
     at_proc proc{};
     const __u32 key = static_cast<__u32>(pid_);
@@ -667,9 +728,11 @@ class PinnedTracer final : public Tracer {
   }
 
   pid_t pid_;
-  std::array<int, 3> fds_;
+  std::array<int, 4> fds_;
   int prog_fd_ = -1;
-  int link_fd_ = -1;
+  std::vector<int> link_fds_;
+  std::string binary_, mapped_;
+  std::vector<usdt::Site> sites_;
   uint64_t gen0_ = 0;
 };
 
@@ -680,8 +743,8 @@ Result<std::unique_ptr<Tracer>> open_pinned(pid_t pid, const ProcInfo* proc, boo
     remove_stale(pid);
     return std::unique_ptr<Tracer>{};
   }
-  std::array<int, 3> fds = {-1, -1, -1};
-  for (int i = 0; i < 3; ++i) {
+  std::array<int, 4> fds = {-1, -1, -1, -1};
+  for (int i = 0; i < 4; ++i) {
     const std::string path = pin_dir(pid) + "/" + kPinnedMaps[i];
     fds[i] = bpf_obj_get(path.c_str());
     if (fds[i] < 0) {
@@ -729,8 +792,12 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
       std::make_unique<BpfTracer>(static_cast<pid_t>(skel->rodata->target_tgid), skel, mode, path,
                                   proc.probe_lib);
   // Programs of the other path are not loaded (less verifier time).
-  for (const ProbeSlot& slot : kAttachOrder)
+  for (const ProbeSlot& slot : kAttachOrder) {
     if (!(slot.paths & path)) bpf_program__set_autoload(slot.prog(skel), false);
+    // -v with ASYNCTRACE_VERIFIER_STATS=1: the verifier's work per program.
+    if (opts.verbose && std::getenv("ASYNCTRACE_VERIFIER_STATS"))
+      bpf_program__set_log_level(slot.prog(skel), 4);
+  }
   if (mode == AttachMode::UprobeMulti) {
     // The kernel accepts a uprobe_multi link only for programs loaded with
     // this attach type (SEC("usdt") leaves it 0), and wires

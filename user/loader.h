@@ -36,6 +36,9 @@ class Tracer {
   // Pins the maps under pin_dir(pid) (0700) so that other asynctrace commands
   // read them without attaching; the pins go when the Tracer goes.
   virtual Status pin() = 0;
+  // Frees kernel memory nothing refers to any more (interned stacks of tasks
+  // that moved on). Holders call it now and then.
+  virtual Status gc() { return ok_status(); }
 };
 
 // Root, or CAP_BPF + CAP_PERFMON (CAP_SYS_ADMIN on old kernels), effective now.

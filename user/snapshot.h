@@ -61,6 +61,7 @@ struct ProcCounters {
   uint64_t unknown_task = 0;
   uint64_t drop_runtime = 0;  // records the runtime could not buffer (batch path)
   uint64_t bad_records = 0;   // malformed batch records (rest of that batch skipped)
+  uint64_t drop_stacks_full = 0;  // stacks the kernel's stack map had no room for
 };
 
 struct Snapshot {

@@ -183,7 +183,8 @@ nlohmann::json tree_json(const TaskGraph& g, const TreeNode& n) {
 }
 
 bool complete(const ProcCounters& c) {
-  return c.drop_tasks_full == 0 && c.drop_edges_full == 0 && c.drop_runtime == 0 && c.bad_records == 0;
+  return c.drop_tasks_full == 0 && c.drop_edges_full == 0 && c.drop_runtime == 0 && c.bad_records == 0 &&
+         c.drop_stacks_full == 0;
 }
 
 nlohmann::json counters_json(const ProcCounters& c) {
@@ -194,7 +195,8 @@ nlohmann::json counters_json(const ProcCounters& c) {
           {"dropped_edges_full", c.drop_edges_full},
           {"events_for_unknown_tasks", c.unknown_task},
           {"dropped_in_runtime", c.drop_runtime},
-          {"bad_records", c.bad_records}};
+          {"bad_records", c.bad_records},
+          {"dropped_stacks_map_full", c.drop_stacks_full}};
 }
 
 }  // namespace
@@ -222,6 +224,7 @@ std::string render_stats(const TaskGraph& g) {
   row("events for unknown tasks", c.unknown_task);
   row("dropped: runtime buffer", c.drop_runtime);
   row("malformed batch records", c.bad_records);
+  row("dropped: stack map full", c.drop_stacks_full);
   out += ljust("view", 28) + (complete(c) ? "complete" : "partial") + "\n";
   return out;
 }

@@ -71,7 +71,7 @@ struct asynctrace_rec {
 	uint32_t len;    /* CREATE: name length as sent; STACK: nframes */
 	uint64_t a;      /* task id (child id for edges) */
 	uint64_t b;      /* CREATE: parent id; STEP/STACK: awaited id; edges: awaiter id */
-	uint64_t c;      /* CREATE: loop id; others 0 */
+	uint64_t c;      /* CREATE: loop id; STACK: stack id (a hash of the frames, 0 if none); others 0 */
 };
 
 /* Slot 1 of a CREATE record; the name's bytes follow from slot 2 on
@@ -90,7 +90,9 @@ enum asynctrace_rec_type {
 	ASYNCTRACE_REC_COMPLETE = 3, /* = task__complete (kind = outcome) */
 	ASYNCTRACE_REC_EDGE_ADD = 4, /* = edge__add (kind = edge kind) */
 	ASYNCTRACE_REC_EDGE_REMOVE = 5, /* = edge__remove */
-	ASYNCTRACE_REC_STACK = 6,    /* = task__await with frames: len frames follow, two per slot */
+	ASYNCTRACE_REC_STACK = 6,    /* = task__await with frames: len frames follow, two per slot;
+				      * c identifies the frames: equal frames, equal id (FNV-1a 64 over
+				      * code_id, then flags << 32 | line, per frame: docs/probes.md) */
 	ASYNCTRACE_REC_RESUME = 7,   /* = task__resume */
 };
 

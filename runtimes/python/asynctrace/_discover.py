@@ -108,10 +108,14 @@ def layout_samples():
     def cb(fut):
         pass
 
+    def cb2(fut):
+        pass
+
     fcb.add_done_callback(cb)
+    fcb.add_done_callback(cb2)
     shield_code, inner = _shield_closure()
     samples = (task, wfut, coro, task.get_name(), fdone, fcanc, fexc, exc, fcb, cb,
-               shield_code, inner)
+               shield_code, inner, cb2)
 
     def finish():
         fexc.exception()  # retrieved: no "exception was never retrieved" log

@@ -98,10 +98,48 @@ def _taskgroup_parent(task):
     return None
 
 
+def _on_task_done():
+    """TaskGroup._on_task_done (the function), or None before 3.11."""
+    tg_mod = sys.modules.get("asyncio.taskgroups")
+    tg = getattr(tg_mod, "TaskGroup", None) if tg_mod else None
+    return getattr(tg, "_on_task_done", None) if tg else None
+
+
+def _replay_fast(tasks):
+    """The per-task work in C (C.replay_tasks); Python only maps threads and
+    sends the frames of the few tasks running right now."""
+    natives = _thread_natives()
+    main_native = _main_native(natives)
+    loop_tids = {}
+    for loop in C.unknown_loops(tasks):
+        ident = getattr(loop, "_thread_id", None)
+        tid = natives.get(ident, 0) if ident is not None else 0
+        if tid:
+            loop_tids[loop] = tid
+    running = {}
+    for loop, t in list(_asyncio._current_tasks.items()):
+        running[id(t)] = t
+    thread_frames = sys._current_frames() if running else {}
+    run_frames = {}
+    for tid_, t in running.items():
+        ident, frames, truncated = _running_frames(t, thread_frames)
+        run_frames[tid_] = (t, ident, frames, truncated)
+        if ident is not None and not C.loop_tid(t._loop):
+            loop_tids.setdefault(t._loop, natives.get(ident, 0) or main_native)
+    n = C.replay_tasks(tasks, loop_tids, main_native, set(running), _on_task_done())
+    for t, ident, frames, truncated in run_frames.values():
+        if not t.done():
+            C.emit_running(t, frames, truncated)
+    return n
+
+
 def replay():
     gen = C.replay_begin()
     n = 0
     try:
+        if C.layout() is not None:
+            n = _replay_fast(_pending_tasks())
+            return
         tasks = _pending_tasks()
         natives = _thread_natives()
         main_native = _main_native(natives)

@@ -122,6 +122,7 @@ static struct {
  */
 static struct {
 	int ok;
+	int callbacks_ok;                        /* fut_callbacks is word cb0 + 2 */
 	Py_ssize_t coro, waiter, name, exc, cb0; /* word indices */
 	Py_ssize_t state_off;                    /* byte offset of the fut_state int */
 	int st_pending, st_cancelled, st_finished;
@@ -200,7 +201,7 @@ static uint32_t lookup_loop_tid(uintptr_t key)
  * the published, unflushed range, and then advances `tail`; the tracer's BPF
  * program reads the records during the probe. Nothing is computed or kept
  * while no tracer attached batch__flush. */
-#define RING_SLOTS 16384u /* 512 KiB, allocated when a tracer first attaches */
+#define RING_SLOTS 65536u /* 2 MiB, allocated when a tracer first attaches */
 #define RING_MASK (RING_SLOTS - 1)
 #define RING_KICK (RING_SLOTS / 4) /* wake the watcher at this fill */
 
@@ -215,6 +216,16 @@ static struct {
 } R = { .lock = ATOMIC_FLAG_INIT };
 
 static void kick_watcher(void);
+
+/* Counters of the batch path (GIL), for ring_stats(): what was written and
+ * what never had to be. */
+static struct {
+	uint64_t records[8];   /* by type */
+	uint64_t erased;       /* tasks created and completed between two flushes */
+	uint64_t same_state;   /* steps that repeated the task's last state */
+	uint64_t flushes;      /* batch__flush probes fired */
+	uint64_t self_flushes; /* by a producer finding the ring full */
+} RS;
 
 static void ring_lock(void)
 {
@@ -242,6 +253,7 @@ static void ring_flush_locked(void)
 			uint64_t dropped = atomic_load_explicit(&R.dropped, memory_order_relaxed);
 			__asm__ volatile("" : "+r"(recs), "+r"(n), "+r"(dropped));
 			ASYNCTRACE_BATCH_FLUSH(recs, n, dropped);
+			RS.flushes++; /* racy without the GIL: approximate */
 			t += n;
 		}
 	}
@@ -276,6 +288,7 @@ static struct asynctrace_rec *ring_reserve(uint32_t n)
 	uint32_t off = (uint32_t)(h & RING_MASK);
 	uint32_t pad = off + n > RING_SLOTS ? RING_SLOTS - off : 0;
 	if (h + pad + n - atomic_load_explicit(&R.tail, memory_order_acquire) > RING_SLOTS) {
+		RS.self_flushes++;
 		ring_flush();
 		if (h + pad + n - atomic_load_explicit(&R.tail, memory_order_acquire) > RING_SLOTS) {
 			atomic_fetch_add_explicit(&R.dropped, 1, memory_order_relaxed);
@@ -291,11 +304,115 @@ static struct asynctrace_rec *ring_reserve(uint32_t n)
 
 static void ring_commit(uint32_t n)
 {
+	RS.records[R.slots[R.head & RING_MASK].type & 7]++;
 	R.head += n;
 	atomic_store_explicit(&R.pub, R.head, memory_order_release);
 	if (R.head - atomic_load_explicit(&R.tail, memory_order_relaxed) >= RING_KICK &&
 	    !atomic_exchange_explicit(&R.kicked, 1, memory_order_relaxed))
 		kick_watcher();
+}
+
+/*
+ * Tasks whose first CREATE record has not been flushed yet, by address
+ * (direct-mapped: a collision just forgets the older task). When such a task
+ * completes before the flush, its CREATE becomes a PAD record and no COMPLETE
+ * is written: the tracer never sees the task, as if it had lived between two
+ * looks. Records about it in between (STEP, EDGE_ADD) name a task the tracer
+ * does not know, and the batch path ignores those (probes.h). Short-lived
+ * tasks are most tasks of a busy service; this keeps them out of the
+ * kernel's hash map (an insert and a delete each).
+ */
+#define FRESH_SLOTS 16384u
+static struct {
+	uintptr_t task;
+	uint64_t pos; /* ring position of the CREATE record */
+} fresh[FRESH_SLOTS];
+
+static size_t fresh_slot(PyObject *task)
+{
+	uintptr_t h = (uintptr_t)task >> 4;
+	h *= 0x9E3779B97F4A7C15ull;
+	return (size_t)(h >> 40) & (FRESH_SLOTS - 1);
+}
+
+/* A CREATE record for `task` at `pos`: remember it if it is the task's first. */
+static void forget_step(PyObject *task);
+
+static void fresh_note(PyObject *task, uint64_t pos, int first)
+{
+	size_t i = fresh_slot(task);
+	forget_step(task); /* a new task at an old address, or a replayed one */
+	if (first) {
+		fresh[i].task = (uintptr_t)task;
+		fresh[i].pos = pos;
+	} else if (fresh[i].task == (uintptr_t)task) {
+		fresh[i].task = 0; /* renamed or replayed: two CREATEs, erase neither */
+	}
+}
+
+/* 1 if the task's CREATE was still unflushed and is now a PAD (the caller
+ * then writes no COMPLETE). Under the ring lock, so no flush reads it now. */
+static int fresh_erase(PyObject *task)
+{
+	size_t i = fresh_slot(task);
+	if (fresh[i].task != (uintptr_t)task || !R.slots)
+		return 0;
+	fresh[i].task = 0;
+	if (atomic_flag_test_and_set_explicit(&R.lock, memory_order_acquire))
+		return 0; /* a flush is running: let it be */
+	int done = 0;
+	uint64_t pos = fresh[i].pos;
+	if (pos >= atomic_load_explicit(&R.tail, memory_order_relaxed)) {
+		struct asynctrace_rec *r = &R.slots[pos & RING_MASK];
+		if (r->type == ASYNCTRACE_REC_CREATE && r->a == (uint64_t)(uintptr_t)task) {
+			r->type = ASYNCTRACE_REC_PAD;
+			RS.erased++;
+			done = 1;
+		}
+	}
+	ring_unlock();
+	return done;
+}
+
+/*
+ * What the last STEP record of each task said, as a 64-bit hash of (task,
+ * awaited, kind), direct-mapped by task: a step that leaves a task in the
+ * state tracers already have (a loop of sleep(0), a worker waiting again on
+ * the same queue future) writes nothing. A collision between two tasks only
+ * costs a record; equal hashes of different states are as unlikely as any
+ * 64-bit hash collision. Eight bytes a slot keep the table cache-resident.
+ */
+static uint64_t last_state[FRESH_SLOTS];
+
+static uint64_t state_hash(PyObject *task, PyObject *awaited, int kind)
+{
+	uint64_t h = ((uint64_t)(uintptr_t)task ^ 0x9E3779B97F4A7C15ull) * 0xff51afd7ed558ccdull;
+	h ^= (uint64_t)(uintptr_t)awaited + (uint64_t)kind * 0xc4ceb9fe1a85ec53ull;
+	h *= 0xc4ceb9fe1a85ec53ull;
+	h ^= h >> 33;
+	return h ? h : 1;
+}
+
+static void forget_step(PyObject *task) { last_state[fresh_slot(task)] = 0; }
+
+/* Forget what tracers were told (a replay re-tells everything). */
+static void last_step_clear(void) { memset(last_state, 0, sizeof last_state); }
+
+static void rec_step(PyObject *task, PyObject *awaited, int kind)
+{
+	size_t i = fresh_slot(task);
+	uint64_t h = state_hash(task, awaited, kind);
+	if (last_state[i] == h) {
+		RS.same_state++;
+		return; /* same state as the last record: nothing new to tell */
+	}
+	struct asynctrace_rec *r = ring_reserve(1);
+	if (!r)
+		return;
+	*r = (struct asynctrace_rec){ .type = ASYNCTRACE_REC_STEP, .kind = (uint8_t)kind, .nslots = 1,
+				      .a = (uint64_t)(uintptr_t)task, .b = (uint64_t)(uintptr_t)awaited };
+	last_state[i] = h;
+	ring_commit(1);
 }
 
 /* One-slot record. */
@@ -644,8 +761,10 @@ static const char *task_name(PyObject *task, Py_ssize_t *len, struct name_buf *n
 	return utf8(nb->owned, len);
 }
 
+static void fresh_note(PyObject *task, uint64_t pos, int first);
+
 static void rec_create(PyObject *task, uint64_t parent, PyObject *loop, uint32_t tid,
-		       const char *name, Py_ssize_t nlen, uint64_t code_id)
+		       const char *name, Py_ssize_t nlen, uint64_t code_id, int first)
 {
 	uint32_t kept = nlen > ASYNCTRACE_REC_NAME_MAX ? ASYNCTRACE_REC_NAME_MAX : (uint32_t)nlen;
 	uint32_t n = 2 + (kept + 31) / 32;
@@ -664,6 +783,7 @@ static void rec_create(PyObject *task, uint64_t parent, PyObject *loop, uint32_t
 		memcpy(dst, name, kept);
 		memset(dst + kept, 0, (size_t)(n - 2) * 32 - kept);
 	}
+	fresh_note(task, R.head, first);
 	ring_commit(n);
 }
 
@@ -672,7 +792,7 @@ static void rec_create(PyObject *task, uint64_t parent, PyObject *loop, uint32_t
  * called on a finished eager task: 3.12.0/3.12.1 return a NULL task_coro
  * without a check (crash), so only pending tasks are asked.
  */
-static void emit_create_raw(PyObject *task, uint64_t parent, uint64_t tid, PyObject *coro)
+static void emit_create_raw(PyObject *task, uint64_t parent, uint64_t tid, PyObject *coro, int first)
 {
 	int pe = ASYNCTRACE_TASK_CREATE_ENABLED(), be = BATCH_ON();
 	if (!pe && !be)
@@ -691,7 +811,7 @@ static void emit_create_raw(PyObject *task, uint64_t parent, uint64_t tid, PyObj
 	if (loop == Py_None)
 		Py_CLEAR(loop);
 	if (be)
-		rec_create(task, parent, loop, (uint32_t)tid, n, nlen, code_id);
+		rec_create(task, parent, loop, (uint32_t)tid, n, nlen, code_id, first);
 	if (pe)
 		ASYNCTRACE_TASK_CREATE(task, parent, loop, tid, n, nlen, code_id);
 	Py_XDECREF(code);
@@ -714,7 +834,7 @@ static void flush_pending(void)
 		if (tls_pending[i].flushed)
 			continue;
 		tls_pending[i].flushed = 1;
-		emit_create_raw(tls_pending[i].task, tls_pending[i].parent, 0, tls_pending[i].coro);
+		emit_create_raw(tls_pending[i].task, tls_pending[i].parent, 0, tls_pending[i].coro, 1);
 		emit_resume(tls_pending[i].task);
 	}
 }
@@ -806,15 +926,28 @@ out:
 	PyErr_Clear();
 }
 
+/* FNV-1a over frames: the stack id of a STACK record (probes.h). */
+static uint64_t stack_id(size_t nframes)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+	for (size_t i = 0; i < nframes; i++) {
+		h = (h ^ tls_frames[i].code_id) * 0x100000001b3ULL;
+		h = (h ^ (((uint64_t)tls_frames[i].flags << 32) | tls_frames[i].line)) * 0x100000001b3ULL;
+	}
+	return h ? h : 1;
+}
+
 static void rec_stack(PyObject *task, PyObject *awaited, int kind, size_t nframes)
 {
+	uint64_t id = nframes ? stack_id(nframes) : 0;
 	uint32_t n = 1 + (uint32_t)(nframes + 1) / 2;
 	struct asynctrace_rec *r = ring_reserve(n);
 	if (!r)
 		return;
 	r[0] = (struct asynctrace_rec){ .type = ASYNCTRACE_REC_STACK, .kind = (uint8_t)kind,
 					.nslots = (uint16_t)n, .len = (uint32_t)nframes,
-					.a = (uint64_t)(uintptr_t)task, .b = (uint64_t)(uintptr_t)awaited };
+					.a = (uint64_t)(uintptr_t)task, .b = (uint64_t)(uintptr_t)awaited,
+					.c = id };
 	memset(&r[1], 0, (size_t)(n - 1) * sizeof(*r));
 	memcpy(&r[1], tls_frames, nframes * sizeof(struct asynctrace_frame));
 	ring_commit(n);
@@ -851,14 +984,15 @@ static void emit_await_state(PyObject *task)
 			ASYNCTRACE_TASK_AWAIT(task, w, kind, tls_frames, n);
 	}
 	if (be && !S.in_replay)
-		rec1(ASYNCTRACE_REC_STEP, (uint8_t)kind, (uint64_t)(uintptr_t)task, (uint64_t)(uintptr_t)w);
+		rec_step(task, w, kind);
 	Py_XDECREF(w);
 	PyErr_Clear();
 }
 
 static void emit_complete(PyObject *task, int outcome)
 {
-	if (BATCH_ON())
+	forget_step(task);
+	if (BATCH_ON() && !fresh_erase(task))
 		rec1(ASYNCTRACE_REC_COMPLETE, (uint8_t)outcome, (uint64_t)(uintptr_t)task, 0);
 	if (ASYNCTRACE_TASK_COMPLETE_ENABLED())
 		ASYNCTRACE_TASK_COMPLETE(task, outcome);
@@ -947,7 +1081,7 @@ static PyObject *hook_set_name(PyObject *task, PyObject *name)
 	if (r && (ASYNCTRACE_TASK_CREATE_ENABLED() | BATCH_ON()) && !task_is_done(task)) {
 		exc_state_t ex;
 		EXC_SAVE(ex);
-		emit_create_raw(task, 0, 0, NULL);
+		emit_create_raw(task, 0, 0, NULL, 0);
 		EXC_RESTORE(ex);
 	}
 	return r;
@@ -999,10 +1133,10 @@ static int traced_init(PyObject *self, PyObject *args, PyObject *kw)
 		return rc; /* not a task: nothing to report */
 	flush_pending(); /* outer eager tasks, if this one ran inside their step */
 	if (!eager) {
-		emit_create_raw(self, parent, 0, NULL);
+		emit_create_raw(self, parent, 0, NULL, 1);
 	} else {
 		if (!flushed)
-			emit_create_raw(self, parent, 0, slot >= 0 ? tls_pending[slot].coro : NULL);
+			emit_create_raw(self, parent, 0, slot >= 0 ? tls_pending[slot].coro : NULL, 1);
 		int ran = flushed || first_step_ran(self);
 		if (ran) {
 			if (!flushed)
@@ -1090,13 +1224,13 @@ static int int_at(PyObject *o, Py_ssize_t off) { return *(int *)((char *)o + off
  */
 static void learn_layout(PyObject *samples)
 {
-	PyObject *task, *wfut, *coro, *name, *fdone, *fcanc, *fexc, *exc, *fcb, *cb, *shield_code;
+	PyObject *task, *wfut, *coro, *name, *fdone, *fcanc, *fexc, *exc, *fcb, *cb, *shield_code, *cb2 = NULL;
 	Py_ssize_t inner;
 	memset(&L, 0, sizeof L);
 	S.shield_inner = -1;
 	if (!samples || samples == Py_None ||
-	    !PyArg_ParseTuple(samples, "OOOOOOOOOOOn", &task, &wfut, &coro, &name, &fdone, &fcanc, &fexc,
-			      &exc, &fcb, &cb, &shield_code, &inner)) {
+	    !PyArg_ParseTuple(samples, "OOOOOOOOOOOn|O", &task, &wfut, &coro, &name, &fdone, &fcanc, &fexc,
+			      &exc, &fcb, &cb, &shield_code, &inner, &cb2)) {
 		PyErr_Clear();
 		return;
 	}
@@ -1136,6 +1270,12 @@ static void learn_layout(PyObject *samples)
 	L.st_finished = int_at(fdone, soff);
 	L.st_cancelled = int_at(fcanc, soff);
 	L.ok = 1;
+	/* fut_callbacks (after loop, callback0, context0): a list of
+	 * (callback, context) once a future has a second callback. */
+	PyObject *lst = (bi + 2) * (Py_ssize_t)sizeof(PyObject *) < fsize ? field(fcb, bi + 2) : NULL;
+	L.callbacks_ok = cb2 && lst && PyList_Check(lst) && PyList_GET_SIZE(lst) == 1 &&
+			 PyTuple_Check(PyList_GET_ITEM(lst, 0)) && PyTuple_GET_SIZE(PyList_GET_ITEM(lst, 0)) >= 1 &&
+			 PyTuple_GET_ITEM(PyList_GET_ITEM(lst, 0), 0) == cb2;
 	if (PyCode_Check(shield_code) && inner >= 0) {
 		S.shield_code = Py_NewRef(shield_code);
 		S.shield_inner = inner;
@@ -1238,6 +1378,7 @@ static PyObject *m_replay_begin(PyObject *mod, PyObject *arg)
 	(void)arg;
 	uint64_t gen = ++S.replay_gen;
 	ring_flush(); /* what happened before the replay reaches tracers first */
+	last_step_clear();
 	S.in_replay = 1;
 	codes_clear(); /* new tracer: re-register every code it will see */
 	S.session_sem = ASYNCTRACE_REPLAY_SEMAPHORE();
@@ -1267,7 +1408,7 @@ static PyObject *m_emit_create(PyObject *mod, PyObject *args)
 	unsigned long long tid;
 	if (!PyArg_ParseTuple(args, "OOK", &task, &parent, &tid))
 		return NULL;
-	emit_create_raw(task, parent == Py_None ? 0 : (uint64_t)(uintptr_t)parent, tid, NULL);
+	emit_create_raw(task, parent == Py_None ? 0 : (uint64_t)(uintptr_t)parent, tid, NULL, 0);
 	Py_RETURN_NONE;
 }
 
@@ -1322,6 +1463,113 @@ static PyObject *m_emit_running(PyObject *mod, PyObject *args)
 	if (pe)
 		ASYNCTRACE_TASK_AWAIT(task, NULL, ASYNCTRACE_AWAIT_RUNNING, tls_frames, n);
 	Py_RETURN_NONE;
+}
+
+/* The parent task of the TaskGroup owning `task` (new ref), or NULL: the
+ * group's _on_task_done is a done callback of each of its tasks. */
+static PyObject *taskgroup_parent(PyObject *task, PyObject *on_done)
+{
+	if (!on_done || !L.ok)
+		return NULL;
+	PyObject *cb = field(task, L.cb0);
+	PyObject *lst = L.callbacks_ok ? field(task, L.cb0 + 2) : NULL;
+	Py_ssize_t n = lst && PyList_Check(lst) ? PyList_GET_SIZE(lst) : 0;
+	for (Py_ssize_t i = -1; i < n; i++) {
+		if (i >= 0) {
+			PyObject *ent = PyList_GET_ITEM(lst, i);
+			cb = PyTuple_Check(ent) && PyTuple_GET_SIZE(ent) ? PyTuple_GET_ITEM(ent, 0) : NULL;
+		}
+		if (cb && PyMethod_Check(cb) && PyMethod_GET_FUNCTION(cb) == on_done) {
+			PyObject *p = PyObject_GetAttrString(PyMethod_GET_SELF(cb), "_parent_task");
+			if (!p || p == Py_None) {
+				PyErr_Clear();
+				Py_XDECREF(p);
+				return NULL;
+			}
+			return p;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * replay_tasks(tasks, loop_tids, default_tid, running, on_task_done) -> n
+ * The per-task part of asynctrace._replay.replay(), in C: for every pending
+ * task of `tasks` task__create (tid: learned from its steps, else
+ * loop_tids[loop], else default_tid) with its TaskGroup parent, then the
+ * TaskGroup edges, then its await state with frames, except for the tasks in
+ * `running` (a set of ids), whose frames the caller sends.
+ */
+static PyObject *m_replay_tasks(PyObject *mod, PyObject *args)
+{
+	(void)mod;
+	PyObject *tasks, *loop_tids, *running, *on_done;
+	unsigned long long default_tid;
+	if (!PyArg_ParseTuple(args, "O!O!KO!O", &PyList_Type, &tasks, &PyDict_Type, &loop_tids, &default_tid,
+			      &PySet_Type, &running, &on_done))
+		return NULL;
+	if (on_done == Py_None)
+		on_done = NULL;
+	Py_ssize_t n = PyList_GET_SIZE(tasks), emitted = 0;
+	PyObject **parents = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PyObject *));
+	if (!parents)
+		return PyErr_NoMemory();
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *t = PyList_GET_ITEM(tasks, i);
+		if (!is_task(t) || task_is_done(t))
+			continue;
+		PyObject *loop = S.loop_field_ok ? field(t, 2) : NULL;
+		uint64_t tid = loop ? lookup_loop_tid((uintptr_t)loop) : 0;
+		if (!tid && loop) {
+			PyObject *v = PyDict_GetItemWithError(loop_tids, loop);
+			if (v)
+				tid = PyLong_AsUnsignedLongLong(v);
+			PyErr_Clear();
+		}
+		if (!tid)
+			tid = default_tid;
+		parents[i] = taskgroup_parent(t, on_done);
+		emit_create_raw(t, parents[i] ? (uint64_t)(uintptr_t)parents[i] : 0, tid, NULL, 0);
+		emitted++;
+	}
+	for (Py_ssize_t i = 0; i < n; i++)
+		if (parents[i])
+			emit_edge(PyList_GET_ITEM(tasks, i), parents[i], ASYNCTRACE_EDGE_TASKGROUP);
+	for (Py_ssize_t i = 0; i < n; i++) {
+		PyObject *t = PyList_GET_ITEM(tasks, i);
+		Py_XDECREF(parents[i]);
+		if (!is_task(t) || task_is_done(t))
+			continue;
+		PyObject *id = PyLong_FromVoidPtr(t);
+		int run = id ? PySet_Contains(running, id) : -1;
+		Py_XDECREF(id);
+		PyErr_Clear();
+		if (run == 0)
+			emit_post_step(t);
+	}
+	PyMem_Free(parents);
+	PyErr_Clear();
+	return PyLong_FromSsize_t(emitted);
+}
+
+/* Loops of `tasks` whose thread no step has told us yet (a set). */
+static PyObject *m_unknown_loops(PyObject *mod, PyObject *tasks)
+{
+	(void)mod;
+	if (!PyList_Check(tasks)) {
+		PyErr_SetString(PyExc_TypeError, "a list");
+		return NULL;
+	}
+	PyObject *out = PySet_New(NULL);
+	for (Py_ssize_t i = 0; out && i < PyList_GET_SIZE(tasks); i++) {
+		PyObject *t = PyList_GET_ITEM(tasks, i);
+		if (!is_task(t) || !S.loop_field_ok)
+			continue;
+		PyObject *loop = field(t, 2);
+		if (loop && loop != Py_None && !lookup_loop_tid((uintptr_t)loop) && PySet_Add(out, loop) < 0)
+			Py_CLEAR(out);
+	}
+	return out;
 }
 
 /* taskgroup_edge(task, parent_task): TaskGroup.create_task wrapper (3.11+). */
@@ -1385,6 +1633,23 @@ static PyObject *m_layout(PyObject *mod, PyObject *arg)
 			     L.st_finished, "shield", S.shield_code ? Py_True : Py_False);
 }
 
+static PyObject *m_ring_stats(PyObject *mod, PyObject *arg)
+{
+	(void)mod;
+	(void)arg;
+	return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "create",
+			     (unsigned long long)RS.records[ASYNCTRACE_REC_CREATE], "step",
+			     (unsigned long long)RS.records[ASYNCTRACE_REC_STEP], "complete",
+			     (unsigned long long)RS.records[ASYNCTRACE_REC_COMPLETE], "edge_add",
+			     (unsigned long long)RS.records[ASYNCTRACE_REC_EDGE_ADD], "stack",
+			     (unsigned long long)RS.records[ASYNCTRACE_REC_STACK], "erased",
+			     (unsigned long long)RS.erased, "same_state", (unsigned long long)RS.same_state,
+			     "flushes", (unsigned long long)RS.flushes, "self_flushes",
+			     (unsigned long long)RS.self_flushes, "dropped",
+			     (unsigned long long)atomic_load(&R.dropped), "unflushed",
+			     (unsigned long long)(atomic_load(&R.pub) - atomic_load(&R.tail)));
+}
+
 static PyObject *m_is_installed(PyObject *mod, PyObject *arg)
 {
 	(void)mod;
@@ -1402,6 +1667,8 @@ static struct {
 	unsigned last;
 	unsigned last_req; /* replay request semaphores seen non-zero */
 	long poll_ns;
+	long long flush_ns;     /* ring flush period */
+	long long last_flush_ns;
 	pthread_mutex_t mu; /* with cv: stop and kicks wake the watcher at once */
 	pthread_cond_t cv;
 	int kick;           /* under mu */
@@ -1473,11 +1740,21 @@ static void *watcher_main(void *arg)
 	atomic_store(&W.tid, (int)gettid());
 	while (!atomic_load(&W.stop)) {
 		watcher_sleep();
-		/* Nothing sits in the ring longer than one poll period, whether the
-		 * loop is busy, idle or blocked; no GIL needed. */
-		if (atomic_load_explicit(&R.pub, memory_order_acquire) !=
-		    atomic_load_explicit(&R.tail, memory_order_relaxed))
+		/* Nothing sits in the ring longer than the flush period, whether
+		 * the loop is busy, idle or blocked; no GIL needed. Views ask for a
+		 * replay, which flushes first, so the period bounds only how stale
+		 * held maps get between views; the longer it is, the more
+		 * short-lived tasks never reach the kernel (fresh_erase). */
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		long long now_ns = now.tv_sec * 1000000000LL + now.tv_nsec;
+		uint64_t fill = atomic_load_explicit(&R.pub, memory_order_acquire) -
+				atomic_load_explicit(&R.tail, memory_order_relaxed);
+		if (fill >= RING_KICK || (fill && now_ns - W.last_flush_ns >= W.flush_ns) ||
+		    (fill && !BATCH_ON())) {
 			ring_flush();
+			W.last_flush_ns = now_ns;
+		}
 		unsigned v = ASYNCTRACE_REPLAY_SEMAPHORE();
 		unsigned req = ASYNCTRACE_REPLAY_REQUEST_MASK();
 		if (v > W.last || (req & ~W.last_req)) {
@@ -1519,6 +1796,11 @@ static void start_watcher(void)
 	if (ms <= 0)
 		ms = 5;
 	W.poll_ns = ms * 1000000L;
+	e = getenv("ASYNCTRACE_FLUSH_MS");
+	ms = e ? strtol(e, NULL, 10) : 50;
+	if (ms <= 0)
+		ms = 50;
+	W.flush_ns = ms * 1000000LL;
 	pthread_once(&cv_once, init_cv);
 	atomic_store(&W.stop, 0);
 	atomic_store(&W.tid, 0);
@@ -1622,6 +1904,7 @@ static PyObject *m_after_fork_child(PyObject *mod, PyObject *arg)
 static PyMethodDef methods[] = {
 	{ "_install", m_install, METH_VARARGS, "Hook _asyncio (called by asynctrace.enable())." },
 	{ "is_installed", m_is_installed, METH_NOARGS, NULL },
+	{ "ring_stats", m_ring_stats, METH_NOARGS, "Counters of the batch path (records written and saved)." },
 	{ "layout", m_layout, METH_NOARGS, "Field positions the hooks read directly (None: getters)." },
 	{ "semaphores", m_semaphores, METH_NOARGS, "Current USDT semaphore values." },
 	{ "replay_begin", m_replay_begin, METH_NOARGS, NULL },
@@ -1631,6 +1914,8 @@ static PyMethodDef methods[] = {
 	{ "emit_state", m_emit_state, METH_O, NULL },
 	{ "emit_running", m_emit_running, METH_VARARGS, NULL },
 	{ "taskgroup_edge", m_taskgroup_edge, METH_VARARGS, NULL },
+	{ "replay_tasks", m_replay_tasks, METH_VARARGS, NULL },
+	{ "unknown_loops", m_unknown_loops, METH_O, NULL },
 	{ "edge_enabled", m_edge_enabled, METH_NOARGS, NULL },
 	{ "loop_tid", m_loop_tid, METH_O, NULL },
 	{ "_stop_watcher", m_stop_watcher, METH_NOARGS, NULL },
