@@ -287,15 +287,18 @@ static __always_inline void task_set_stack(struct at_proc *proc, __u32 pid, stru
 	struct at_stack *old;
 	long err;
 
-	st->gen = proc->replay_active;
-	err = bpf_map_update_elem(&stacks, &key, st, BPF_NOEXIST);
-	if (err == -EEXIST) {
-		old = bpf_map_lookup_elem(&stacks, &key);
-		if (old)
-			old->gen = st->gen; /* in use again: not garbage */
-	} else if (err) {
-		__sync_fetch_and_add(&proc->drop_stacks_full, 1);
-		return;
+	/* Most stacks exist already (many tasks wait at the same place, and
+	 * every replay repeats them): look up first. */
+	old = bpf_map_lookup_elem(&stacks, &key);
+	if (old) {
+		old->gen = proc->replay_active; /* in use again: not garbage */
+	} else {
+		st->gen = proc->replay_active;
+		err = bpf_map_update_elem(&stacks, &key, st, BPF_NOEXIST);
+		if (err && err != -EEXIST) {
+			__sync_fetch_and_add(&proc->drop_stacks_full, 1);
+			return;
+		}
 	}
 	task->stack_id = stack_id;
 	task->nframes = (__u8)st->nframes;

@@ -161,9 +161,9 @@ std::string bytes(const char* p, size_t cap, uint64_t len) {
 
 // Calls fn(key, value) for every entry of a hash map. Batch lookups read a
 // consistent bucket at a time; kernels without them get the key walk, which
-// may repeat keys under churn (callers dedupe).
+// may repeat keys under churn (then *may_repeat is set: callers dedupe).
 template <class K, class V, class Fn>
-Status for_each_entry(int fd, const char* map_name, Fn&& fn) {
+Status for_each_entry(int fd, const char* map_name, Fn&& fn, bool* may_repeat = nullptr) {
   constexpr uint32_t kChunk = 1024;
   std::vector<K> keys(kChunk);
   std::vector<V> values(kChunk);
@@ -184,6 +184,7 @@ Status for_each_entry(int fd, const char* map_name, Fn&& fn) {
     if (err < 0) return ok_status();  // ENOENT: all buckets read
     first = false;
   }
+  if (may_repeat) *may_repeat = true;
   K key{}, next{};
   V value{};
   const K* cur = nullptr;
@@ -250,17 +251,21 @@ Result<Snapshot> read_maps(uint32_t pid, const MapFds& m) {
         if (k.pid == pid) stacks.emplace(k.stack_id, s);
       });
   if (!st.ok()) return st.error();
-  std::unordered_set<uint64_t> seen;
+  bool may_repeat = false;
   st = for_each_entry<at_task_key, at_task>(
-      m.tasks, "tasks", [&](const at_task_key& k, const at_task& t) {
-        if (k.pid != snap.pid || !seen.insert(k.task_id).second) return;
-        snap.tasks.push_back(decode_task(k.task_id, t, stacks));
-      });
+      m.tasks, "tasks",
+      [&](const at_task_key& k, const at_task& t) {
+        if (k.pid == snap.pid) snap.tasks.push_back(decode_task(k.task_id, t, stacks));
+      },
+      &may_repeat);
   if (!st.ok()) return st.error();
-  std::sort(snap.tasks.begin(), snap.tasks.end(),
-            [](const TaskRecord& a, const TaskRecord& b) {
-              return a.seq != b.seq ? a.seq < b.seq : a.id < b.id;
-            });
+  std::sort(snap.tasks.begin(), snap.tasks.end(), [](const TaskRecord& a, const TaskRecord& b) {
+    return a.seq != b.seq ? a.seq < b.seq : a.id < b.id;
+  });
+  if (may_repeat)  // key walk under churn: keep one record per task
+    snap.tasks.erase(std::unique(snap.tasks.begin(), snap.tasks.end(),
+                                 [](const TaskRecord& a, const TaskRecord& b) { return a.id == b.id; }),
+                     snap.tasks.end());
 
   st = for_each_entry<at_code_key, at_code>(
       m.codes, "codes", [&](const at_code_key& k, const at_code& c) {
@@ -563,7 +568,7 @@ Status BpfTracer::attach_multi(const std::string& binary) {
   });
   if (has_requests) noop_fd_ = usdt::load_noop_program();
   if (noop_fd_ >= 0) {
-    const int fd = usdt::request_replay(pid_, binary, mapped_path_, sites.value(), noop_fd_);
+    const int fd = usdt::request_replay(pid_, binary, mapped_path_, sites.value(), noop_fd_, true);
     if (fd >= 0) link_fds_.push_back(fd);
   }
   return ok_status();
@@ -712,7 +717,8 @@ class PinnedTracer final : public Tracer {
 
   // Raises one more free request slot.
   std::string add_request() {
-    const int fd = usdt::request_replay(pid_, binary_, mapped_, sites_, prog_fd_);
+    // A refresh: the holder followed every event since its own full replay.
+    const int fd = usdt::request_replay(pid_, binary_, mapped_, sites_, prog_fd_, false);
     if (fd < 0)
       return -fd == ENOENT ? "the runtime has no replay request probes"
              : -fd == EBUSY ? "every replay request probe is held by other tracers"

@@ -386,9 +386,9 @@ Result<uint16_t> read_semaphore(pid_t pid, const std::string& mapped_path, uint6
 }
 
 int request_replay(pid_t pid, const std::string& path, const std::string& mapped_path,
-                   const std::vector<Site>& sites, int prog_fd) {
+                   const std::vector<Site>& sites, int prog_fd, bool full) {
   const Site* fallback = nullptr;
-  for (int i = 0; i < 8; ++i) {
+  for (int i = full ? 0 : 4; i < (full ? 4 : 8); ++i) {
     const std::string name = "replay__req" + std::to_string(i);
     for (const Site& s : sites) {
       if (s.name != name || !s.sema_offset) continue;
@@ -404,7 +404,7 @@ int request_replay(pid_t pid, const std::string& path, const std::string& mapped
   if (fallback)
     return create_uprobe_multi_link(prog_fd, path, pid, {fallback->offset}, {fallback->sema_offset}, {0});
   for (const Site& s : sites)
-    if (s.name.rfind("replay__req", 0) == 0) return -EBUSY;
+    if (s.name == (full ? "replay__req0" : "replay__req4")) return -EBUSY;
   return -ENOENT;
 }
 

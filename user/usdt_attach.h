@@ -79,11 +79,12 @@ Result<uint16_t> read_semaphore(pid_t pid, const std::string& mapped_path, uint6
 
 // Asks the runtime of `pid` for a replay of its live state (probes.h,
 // replay__req0..7): attaches `prog_fd` (a no-op program) to the first request
-// probe whose semaphore is 0, raising it. Returns the link fd (close it to
-// withdraw the request), or -errno; -ENOENT if the runtime has no request
+// probe whose semaphore is 0, raising it: a full replay (req0..3) or a
+// refresh of await states and stacks (req4..7). Returns the link fd (close it
+// to withdraw the request), or -errno; -ENOENT if the runtime has no request
 // probes, -EBUSY if every one is held.
 int request_replay(pid_t pid, const std::string& path, const std::string& mapped_path,
-                   const std::vector<Site>& sites, int prog_fd);
+                   const std::vector<Site>& sites, int prog_fd, bool full);
 
 // The value of enum bpf_attach_type BPF_TRACE_UPROBE_MULTI (uapi >= 6.6;
 // the bookworm headers predate it).

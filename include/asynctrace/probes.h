@@ -217,10 +217,16 @@ ASYNCTRACE__SEMAPHORES(ASYNCTRACE__SEM)
  * one tracer holds replay__end it stays 1 when a second one attaches. A tracer
  * that needs a replay then attaches any program to a request probe whose
  * semaphore is 0; the runtime replays whenever a request semaphore rises
- * (and, as before, when replay__end's rises).
+ * (and, as before, when replay__end's rises). req0..req3 ask for a full
+ * replay; req4..req7 for a refresh: the await state and frames of every
+ * pending task (task__await / STACK records, and the gather/shield edges
+ * they imply), for a tracer that has followed the events since its own
+ * full replay and wants current stacks.
  * ASYNCTRACE_DEFINE_REPLAY_REQUEST_SITES() defines the sites (once, in the
  * translation unit that defines the semaphores). */
 #define ASYNCTRACE_REPLAY_REQUESTS 8
+#define ASYNCTRACE_REPLAY_FULL_MASK 0x0fu    /* req0..req3 */
+#define ASYNCTRACE_REPLAY_REFRESH_MASK 0xf0u /* req4..req7 */
 #define ASYNCTRACE_REPLAY_REQUEST_MASK()                                              \
 	((asynctrace_replay__req0_semaphore ? 1u : 0u) | (asynctrace_replay__req1_semaphore ? 2u : 0u) | \
 	 (asynctrace_replay__req2_semaphore ? 4u : 0u) | (asynctrace_replay__req3_semaphore ? 8u : 0u) | \

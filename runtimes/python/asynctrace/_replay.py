@@ -105,7 +105,21 @@ def _on_task_done():
     return getattr(tg, "_on_task_done", None) if tg else None
 
 
-def _replay_fast(tasks):
+def _task_refs():
+    """Every task of every loop as a list of tasks or weak references to them
+    (C.replay_tasks skips dead references, done tasks and duplicates), read
+    from the WeakSets' underlying sets at C speed."""
+    for _ in range(10):
+        try:
+            if hasattr(_asyncio, "_scheduled_tasks"):  # 3.12, 3.13
+                return list(_asyncio._scheduled_tasks.data) + list(_asyncio._eager_tasks)
+            return list(_asyncio._all_tasks.data)  # 3.10, 3.11
+        except (RuntimeError, AttributeError):  # changed size (GC, another thread)
+            continue
+    return _pending_tasks()
+
+
+def _replay_fast(tasks, full=True):
     """The per-task work in C (C.replay_tasks); Python only maps threads and
     sends the frames of the few tasks running right now."""
     natives = _thread_natives()
@@ -126,19 +140,21 @@ def _replay_fast(tasks):
         run_frames[tid_] = (t, ident, frames, truncated)
         if ident is not None and not C.loop_tid(t._loop):
             loop_tids.setdefault(t._loop, natives.get(ident, 0) or main_native)
-    n = C.replay_tasks(tasks, loop_tids, main_native, set(running), _on_task_done())
+    n = C.replay_tasks(tasks, loop_tids, main_native, set(running), _on_task_done(), full)
     for t, ident, frames, truncated in run_frames.values():
         if not t.done():
             C.emit_running(t, frames, truncated)
     return n
 
 
-def replay():
+def replay(full=True):
+    """full: everything a new tracer needs; else only current await states
+    and stacks (a refresh for a tracer that followed the events)."""
     gen = C.replay_begin()
     n = 0
     try:
         if C.layout() is not None:
-            n = _replay_fast(_pending_tasks())
+            n = _replay_fast(_task_refs(), full)
             return
         tasks = _pending_tasks()
         natives = _thread_natives()

@@ -1465,6 +1465,24 @@ static PyObject *m_emit_running(PyObject *mod, PyObject *args)
 	Py_RETURN_NONE;
 }
 
+/* `o` itself (new ref), or the referent of a weak reference (NULL if dead). */
+static PyObject *weak_target(PyObject *o)
+{
+	if (!PyWeakref_Check(o))
+		return Py_NewRef(o);
+#if PY_VERSION_HEX >= 0x030D0000
+	PyObject *t = NULL;
+	if (PyWeakref_GetRef(o, &t) < 0) {
+		PyErr_Clear();
+		return NULL;
+	}
+	return t;
+#else
+	PyObject *t = PyWeakref_GetObject(o);
+	return t && t != Py_None ? Py_NewRef(t) : NULL;
+#endif
+}
+
 /* The parent task of the TaskGroup owning `task` (new ref), or NULL: the
  * group's _on_task_done is a done callback of each of its tasks. */
 static PyObject *taskgroup_parent(PyObject *task, PyObject *on_done)
@@ -1493,28 +1511,58 @@ static PyObject *taskgroup_parent(PyObject *task, PyObject *on_done)
 }
 
 /*
- * replay_tasks(tasks, loop_tids, default_tid, running, on_task_done) -> n
+ * replay_tasks(tasks, loop_tids, default_tid, running, on_task_done, full=True) -> n
  * The per-task part of asynctrace._replay.replay(), in C: for every pending
  * task of `tasks` task__create (tid: learned from its steps, else
  * loop_tids[loop], else default_tid) with its TaskGroup parent, then the
  * TaskGroup edges, then its await state with frames, except for the tasks in
- * `running` (a set of ids), whose frames the caller sends.
+ * `running` (a set of ids), whose frames the caller sends. Not full: only
+ * the await states (a refresh for a tracer that follows the events).
  */
 static PyObject *m_replay_tasks(PyObject *mod, PyObject *args)
 {
 	(void)mod;
 	PyObject *tasks, *loop_tids, *running, *on_done;
 	unsigned long long default_tid;
-	if (!PyArg_ParseTuple(args, "O!O!KO!O", &PyList_Type, &tasks, &PyDict_Type, &loop_tids, &default_tid,
-			      &PySet_Type, &running, &on_done))
+	int full = 1;
+	if (!PyArg_ParseTuple(args, "O!O!KO!O|p", &PyList_Type, &tasks, &PyDict_Type, &loop_tids, &default_tid,
+			      &PySet_Type, &running, &on_done, &full))
 		return NULL;
 	if (on_done == Py_None)
 		on_done = NULL;
+	/* Weak references become their tasks (dead ones and duplicates go). */
+	PyObject *seen = PySet_New(NULL);
+	PyObject *live = PyList_New(0);
+	if (!seen || !live) {
+		Py_XDECREF(seen);
+		Py_XDECREF(live);
+		return NULL;
+	}
+	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tasks); i++) {
+		PyObject *t = weak_target(PyList_GET_ITEM(tasks, i));
+		if (!t || !is_task(t) || task_is_done(t)) {
+			Py_XDECREF(t);
+			continue;
+		}
+		int added = PySet_Contains(seen, t);
+		if (added == 0 && (PySet_Add(seen, t) < 0 || PyList_Append(live, t) < 0))
+			added = -1;
+		Py_DECREF(t);
+		if (added < 0) {
+			Py_DECREF(seen);
+			Py_DECREF(live);
+			return NULL;
+		}
+	}
+	Py_DECREF(seen);
+	tasks = live; /* owned: released at the end */
 	Py_ssize_t n = PyList_GET_SIZE(tasks), emitted = 0;
 	PyObject **parents = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PyObject *));
-	if (!parents)
+	if (!parents) {
+		Py_DECREF(live);
 		return PyErr_NoMemory();
-	for (Py_ssize_t i = 0; i < n; i++) {
+	}
+	for (Py_ssize_t i = 0; full && i < n; i++) {
 		PyObject *t = PyList_GET_ITEM(tasks, i);
 		if (!is_task(t) || task_is_done(t))
 			continue;
@@ -1544,10 +1592,13 @@ static PyObject *m_replay_tasks(PyObject *mod, PyObject *args)
 		int run = id ? PySet_Contains(running, id) : -1;
 		Py_XDECREF(id);
 		PyErr_Clear();
-		if (run == 0)
+		if (run == 0) {
 			emit_post_step(t);
+			emitted += !full;
+		}
 	}
 	PyMem_Free(parents);
+	Py_DECREF(live);
 	PyErr_Clear();
 	return PyLong_FromSsize_t(emitted);
 }
@@ -1562,12 +1613,13 @@ static PyObject *m_unknown_loops(PyObject *mod, PyObject *tasks)
 	}
 	PyObject *out = PySet_New(NULL);
 	for (Py_ssize_t i = 0; out && i < PyList_GET_SIZE(tasks); i++) {
-		PyObject *t = PyList_GET_ITEM(tasks, i);
-		if (!is_task(t) || !S.loop_field_ok)
-			continue;
-		PyObject *loop = field(t, 2);
-		if (loop && loop != Py_None && !lookup_loop_tid((uintptr_t)loop) && PySet_Add(out, loop) < 0)
-			Py_CLEAR(out);
+		PyObject *t = weak_target(PyList_GET_ITEM(tasks, i));
+		if (t && is_task(t) && S.loop_field_ok) {
+			PyObject *loop = field(t, 2);
+			if (loop && loop != Py_None && !lookup_loop_tid((uintptr_t)loop) && PySet_Add(out, loop) < 0)
+				Py_CLEAR(out);
+		}
+		Py_XDECREF(t);
 	}
 	return out;
 }
@@ -1711,10 +1763,10 @@ static void kick_watcher(void)
 	pthread_mutex_unlock(&W.mu);
 }
 
-static void run_replay(void)
+static void run_replay(int full)
 {
 	PyObject *m = PyImport_ImportModule("asynctrace._replay");
-	PyObject *r = m ? PyObject_CallMethod(m, "replay", NULL) : NULL;
+	PyObject *r = m ? PyObject_CallMethod(m, "replay", "O", full ? Py_True : Py_False) : NULL;
 	if (!r) {
 		if (getenv("ASYNCTRACE_DEBUG"))
 			PyErr_Print();
@@ -1772,13 +1824,16 @@ static void *watcher_main(void *arg)
 				prev = cur;
 				watcher_sleep();
 			}
+			/* A new tracer (replay__end, or a full request) needs
+			 * everything; a refresh request only current stacks. */
+			int full = v > W.last || (req & ~W.last_req & ASYNCTRACE_REPLAY_FULL_MASK);
 			v = ASYNCTRACE_REPLAY_SEMAPHORE();
 			req = ASYNCTRACE_REPLAY_REQUEST_MASK();
 			if (atomic_load(&W.stop) || IS_FINALIZING())
 				break;
 			PyGILState_STATE g = PyGILState_Ensure();
 			if (!atomic_load(&W.stop))
-				run_replay();
+				run_replay(full);
 			PyGILState_Release(g);
 		}
 		W.last = v;
