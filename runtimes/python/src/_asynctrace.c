@@ -346,7 +346,30 @@ static void fresh_note(PyObject *task, uint64_t pos, int first)
 		fresh[i].task = (uintptr_t)task;
 		fresh[i].pos = pos;
 	} else if (fresh[i].task == (uintptr_t)task) {
-		fresh[i].task = 0; /* renamed or replayed: two CREATEs, erase neither */
+		/* Renamed while its first CREATE is unflushed (create_task(name=)
+		 * on 3.10-3.12 names the task just after creating it): that record
+		 * becomes padding, and this one, the not yet published record at
+		 * pos, takes over its creator and coroutine and becomes the first. */
+		int moved = 0;
+		if (!atomic_flag_test_and_set_explicit(&R.lock, memory_order_acquire)) {
+			uint64_t old = fresh[i].pos;
+			struct asynctrace_rec *o = &R.slots[old & RING_MASK], *nr = &R.slots[pos & RING_MASK];
+			if (old >= atomic_load_explicit(&R.tail, memory_order_relaxed) &&
+			    o->type == ASYNCTRACE_REC_CREATE && o->a == (uint64_t)(uintptr_t)task) {
+				struct asynctrace_rec_create *oc = (struct asynctrace_rec_create *)&R.slots[(old + 1) & RING_MASK];
+				struct asynctrace_rec_create *nc = (struct asynctrace_rec_create *)&R.slots[(pos + 1) & RING_MASK];
+				if (!nr->b)
+					nr->b = o->b;
+				if (!nc->code_id)
+					nc->code_id = oc->code_id;
+				o->type = ASYNCTRACE_REC_PAD;
+				fresh[i].pos = pos;
+				moved = 1;
+			}
+			ring_unlock();
+		}
+		if (!moved)
+			fresh[i].task = 0; /* two CREATEs reach tracers: erase neither */
 	}
 }
 
