@@ -206,6 +206,30 @@ class Runner:
             return t
         return None
 
+    def breakdown(self, py, wl_args):
+        """One attached run with kernel BPF statistics on: where the cost goes."""
+        w = Proc(self.argv(py, "attached", wl_args + ["--wait"]), env=self.env("attached"), stdin=True)
+        tracer = None
+        try:
+            m = w.expect(r"^ready pid=(\d+)", 60)
+            pid = int(m.group(1))
+            tracer = self.start_tracer("attached", pid)
+            before = bpf_prog_stats(pid)
+            w.send("go\n")
+            m = w.expect(r"^result seconds=([\d.,]+) cpu=([\d.,]+)", 900)
+            ring = json.loads(w.expect(r"^ring (.*)$", 60).group(1))
+            after = bpf_prog_stats(pid)
+            progs = {}
+            for name, (cnt, ns) in after.items():
+                c0, n0 = before.get(name, (0, 0))
+                progs[name] = {"runs": cnt - c0, "ns": ns - n0}
+            return {"wall_s": float(m.group(1).split(",")[0]), "cpu_s": float(m.group(2).split(",")[0]),
+                    "ring": ring, "progs": progs}
+        finally:
+            if tracer is not None:
+                tracer.stop(signal.SIGINT)
+            w.stop()
+
     def timed(self, py, mode, wl_args):
         """Runs a CPU workload; returns the median of its rounds' seconds."""
         w = Proc(self.argv(py, mode, wl_args + ["--wait"]), env=self.env(mode), stdin=True)
@@ -259,6 +283,74 @@ class Runner:
             if tracer is not None:
                 tracer.stop(signal.SIGINT)
             w.stop()
+
+
+def bpf_prog_stats(traced_pid):
+    """name -> (run_cnt, run_time_ns) of the BPF programs of the `attach`
+    holding traced_pid: those using its pinned tasks map
+    (kernel.bpf_stats_enabled must be 1)."""
+    m = subprocess.run(["bpftool", "-j", "map", "show", "pinned", f"/sys/fs/bpf/asynctrace/{traced_pid}/tasks"],
+                       capture_output=True, text=True, check=True).stdout
+    map_id = json.loads(m)["id"]
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    stats = {}
+    for p in json.loads(out):
+        if map_id not in p.get("map_ids", []):
+            continue
+        c, n = stats.get(p.get("name", "?"), (0, 0))
+        stats[p.get("name", "?")] = (c + p.get("run_cnt", 0), n + p.get("run_time_ns", 0))
+    return stats
+
+
+def cost_breakdown(args, runner, py):
+    """Per-event costs on the batch path: records written per step, BPF time
+    per record (kernel bpf_stats), and the whole process's extra CPU per step."""
+    path = "/proc/sys/kernel/bpf_stats_enabled"
+    old = open(path).read().strip()
+    rows = []
+    try:
+        with open(path, "w") as f:
+            f.write("1")
+        cases = [("ping-pong", ["pingpong", "--tasks", str(args.pingpong_tasks), "--steps", str(args.pingpong_steps)],
+                  args.pingpong_tasks * args.pingpong_steps),
+                 ("churn", ["churn", "--tasks", str(args.churn_tasks)], args.churn_tasks)]
+        for wl, wl_args, steps in cases:
+            base = [runner.timed(py, "baseline", wl_args) for _ in range(3)]
+            br = runner.breakdown(py, wl_args)
+            ring = br["ring"]
+            written = sum(ring.get(k, 0) for k in ("create", "step", "complete", "edge_add", "stack"))
+            bf = br["progs"].get("batch_flush", {"runs": 0, "ns": 0})
+            base_cpu = statistics.median(c for _, c in base)
+            rows.append({
+                "workload": wl, "python": py, "steps": steps, "ring": ring, "records": written,
+                "bpf_runs": bf["runs"], "bpf_ns": bf["ns"],
+                "bpf_ns_per_record": bf["ns"] / written if written else None,
+                "cpu_s": br["cpu_s"], "baseline_cpu_s": base_cpu,
+                "extra_cpu_ns_per_step": (br["cpu_s"] - base_cpu) * 1e9 / steps,
+                "baseline_ns_per_step": base_cpu * 1e9 / steps,
+            })
+    finally:
+        with open(path, "w") as f:
+            f.write(old)
+    return rows
+
+
+def breakdown_table(rows):
+    lines = ["", "Cost breakdown, attached, batch path (one run each, %s; kernel bpf_stats on):" %
+             (LABELS.get(rows[0]["python"], rows[0]["python"]) if rows else "")]
+    hdr = (f"{'workload':10} {'steps/tasks':>11} {'records':>8} {'erased':>7} {'same st.':>8} {'flushes':>7} "
+           f"{'BPF ns/rec':>10} {'BPF ms':>7} {'base ns/step':>12} {'+CPU ns/step':>12}")
+    lines.append(hdr)
+    lines.append("-" * len(hdr))
+    for r in rows:
+        ring = r["ring"]
+        per = f"{r['bpf_ns_per_record']:.0f}" if r["bpf_ns_per_record"] else "-"
+        lines.append(f"{r['workload']:10} {r['steps']:>11} {r['records']:>8} {ring.get('erased', 0):>7} "
+                     f"{ring.get('same_state', 0):>8} {ring.get('flushes', 0):>7} {per:>10} "
+                     f"{r['bpf_ns'] / 1e6:>7.1f} {r['baseline_ns_per_step']:>12.0f} {r['extra_cpu_ns_per_step']:>12.0f}")
+    lines.append("+CPU ns/step: extra CPU of the whole traced process (all threads, user + system) per step")
+    lines.append("(ping-pong) or per task (churn) against the median of 3 baseline runs; it includes the BPF time.")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- overhead
@@ -567,6 +659,8 @@ def main():
                    help="do not pin the server to CPU 1 and wrk to CPU 0")
     p.add_argument("--no-server", action="store_true")
     p.add_argument("--no-debug", action="store_true")
+    p.add_argument("--no-breakdown", action="store_true",
+                   help="skip the per-event cost breakdown (kernel bpf_stats, runtime ring counters)")
     p.add_argument("--no-per-event", action="store_true",
                    help="skip the reference row with asynctrace on its per-event probes "
                         "(ASYNCTRACE_EVENTS=per-event: one trap per event, the pre-batch design)")
@@ -601,7 +695,7 @@ def main():
         LABELS[py] = py_label(py)
     runner = Runner(a)
     started = time.monotonic()
-    rows, pst = [], []
+    rows, pst, brk = [], [], []
     try:
         if not a.no_overhead:
             log(f"bench: overhead on {', '.join(LABELS[p] for p in pythons)}; {a.reps} reps, "
@@ -610,6 +704,9 @@ def main():
         if not a.no_pstree:
             log("bench: pstree latency")
             pst = pstree_bench(a, runner, pythons[0])
+        if not a.no_breakdown:
+            log("bench: cost breakdown")
+            brk = cost_breakdown(a, runner, pythons[0])
     except KeyboardInterrupt:
         log("bench: interrupted; stopping children")
         cleanup()
@@ -622,6 +719,8 @@ def main():
         cleanup()
     elapsed = time.monotonic() - started
     text = table(rows, pst, a)
+    if brk:
+        text += "\n" + breakdown_table(brk)
     print(text)
     print(f"\n(measured in {elapsed:.0f} s on {os.cpu_count()} CPUs, kernel {platform.release()}, "
           f"asynctrace {COMMIT or 'unknown commit'})")
@@ -635,6 +734,7 @@ def main():
             "elapsed_s": elapsed,
             "overhead": rows,
             "pstree": pst,
+            "breakdown": brk,
             "table": text,
         }
         with open(a.json, "w") as f:

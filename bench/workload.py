@@ -69,6 +69,12 @@ def _timed(coro_fn, *args):
 def _report(runs):
     print("result seconds=" + ",".join(f"{w:.6f}" for w, _ in runs)
           + " cpu=" + ",".join(f"{c:.6f}" for _, c in runs), flush=True)
+    C = sys.modules.get("asynctrace._asynctrace")
+    if C is not None and hasattr(C, "ring_stats"):
+        import json
+
+        # What the batch path wrote and left out (for the cost breakdown).
+        print("ring " + json.dumps(C.ring_stats()), flush=True)
 
 
 async def _serve(port):

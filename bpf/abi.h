@@ -142,7 +142,9 @@ struct at_rec_create {
 	__u64 code_id;
 	__u32 tid;
 	__u32 kept;
-	__u64 reserved[2];
+	__u64 edge_awaiter;
+	__u32 edge_kind;       /* 0: no edge; else edge kind + 1 */
+	__u32 reserved;
 };
 
 #endif /* ASYNCTRACE_BPF_ABI_H */

@@ -560,6 +560,8 @@ static __always_inline int batch_create(struct batch_ctx *x, __u32 cur, __u32 n)
 	avail = (n - 2) * sizeof(struct at_rec);
 	apply_create(x->proc, x->buf->pid, rec->a, rec->b, rec->c, c->tid, (__u64)&x->buf->recs[cur + 2],
 		     rec->len, c->code_id, c->kept < avail ? c->kept : avail, true);
+	if (c->edge_kind)  /* an EDGE_ADD the runtime folded into the create */
+		apply_edge_add(x->proc, x->buf->pid, rec->a, c->edge_awaiter, c->edge_kind - 1, true);
 	return 0;
 }
 

@@ -22,6 +22,7 @@ static_assert(offsetof(struct at_rec, len) == offsetof(struct asynctrace_rec, le
 static_assert(offsetof(struct at_rec, a) == offsetof(struct asynctrace_rec, a));
 static_assert(sizeof(struct at_rec_create) == sizeof(struct asynctrace_rec_create));
 static_assert(offsetof(struct at_rec_create, kept) == offsetof(struct asynctrace_rec_create, kept));
+static_assert(offsetof(struct at_rec_create, edge_kind) == offsetof(struct asynctrace_rec_create, edge_kind));
 static_assert(AT_REC_NAME_MAX == ASYNCTRACE_REC_NAME_MAX && AT_REC_MAX_SLOTS == ASYNCTRACE_REC_MAX_SLOTS);
 static_assert(AT_REC_CREATE == ASYNCTRACE_REC_CREATE && AT_REC_STEP == ASYNCTRACE_REC_STEP &&
               AT_REC_COMPLETE == ASYNCTRACE_REC_COMPLETE && AT_REC_EDGE_ADD == ASYNCTRACE_REC_EDGE_ADD &&

@@ -77,10 +77,12 @@ struct asynctrace_rec {
 /* Slot 1 of a CREATE record; the name's bytes follow from slot 2 on
  * (min(len, ASYNCTRACE_REC_NAME_MAX) bytes, zero padded). */
 struct asynctrace_rec_create {
-	uint64_t code_id; /* coroutine code id, 0 if none (or: keep) */
-	uint32_t tid;     /* OS thread id of the task's loop; never 0 in a record */
-	uint32_t kept;    /* name bytes present in this record */
-	uint64_t reserved[2];
+	uint64_t code_id;      /* coroutine code id, 0 if none (or: keep) */
+	uint32_t tid;          /* OS thread id of the task's loop; never 0 in a record */
+	uint32_t kept;         /* name bytes present in this record */
+	uint64_t edge_awaiter; /* an EDGE_ADD(task, edge_awaiter, edge_kind - 1) folded in, */
+	uint32_t edge_kind;    /* applied after the create; edge_kind 0 = none */
+	uint32_t reserved;
 };
 
 enum asynctrace_rec_type {

@@ -225,6 +225,7 @@ static struct {
 	uint64_t same_state;   /* steps that repeated the task's last state */
 	uint64_t flushes;      /* batch__flush probes fired */
 	uint64_t self_flushes; /* by a producer finding the ring full */
+	uint64_t edges_in_create; /* edges carried by their child's CREATE */
 } RS;
 
 static void ring_lock(void)
@@ -362,6 +363,10 @@ static void fresh_note(PyObject *task, uint64_t pos, int first)
 					nr->b = o->b;
 				if (!nc->code_id)
 					nc->code_id = oc->code_id;
+				if (!nc->edge_kind) {
+					nc->edge_awaiter = oc->edge_awaiter;
+					nc->edge_kind = oc->edge_kind;
+				}
 				o->type = ASYNCTRACE_REC_PAD;
 				fresh[i].pos = pos;
 				moved = 1;
@@ -405,27 +410,47 @@ static int fresh_erase(PyObject *task)
  * costs a record; equal hashes of different states are as unlikely as any
  * 64-bit hash collision. Eight bytes a slot keep the table cache-resident.
  */
-static uint64_t last_state[FRESH_SLOTS];
+/* Two-way sets of (task, state hash), 32 bytes: half a cache line per step.
+ * 32768 sets (1 MiB) leave tasks without a way of their own rarely, even with
+ * tens of thousands of tasks stepping in turn. */
+#define STATE_SETS 32768u
+static struct state_way {
+	uintptr_t task;
+	uint64_t state;
+} last_state[STATE_SETS][2] __attribute__((aligned(32)));
 
-static uint64_t state_hash(PyObject *task, PyObject *awaited, int kind)
+static struct state_way *state_set(PyObject *task)
 {
-	uint64_t h = ((uint64_t)(uintptr_t)task ^ 0x9E3779B97F4A7C15ull) * 0xff51afd7ed558ccdull;
-	h ^= (uint64_t)(uintptr_t)awaited + (uint64_t)kind * 0xc4ceb9fe1a85ec53ull;
-	h *= 0xc4ceb9fe1a85ec53ull;
+	uintptr_t h = (uintptr_t)task >> 4;
+	h *= 0x9E3779B97F4A7C15ull;
+	return last_state[(h >> 40) & (STATE_SETS - 1)];
+}
+
+static uint64_t state_hash(PyObject *awaited, int kind)
+{
+	uint64_t h = ((uint64_t)(uintptr_t)awaited ^ 0x9E3779B97F4A7C15ull) * 0xff51afd7ed558ccdull;
+	h ^= (uint64_t)kind * 0xc4ceb9fe1a85ec53ull;
 	h ^= h >> 33;
 	return h ? h : 1;
 }
 
-static void forget_step(PyObject *task) { last_state[fresh_slot(task)] = 0; }
+static void forget_step(PyObject *task)
+{
+	struct state_way *set = state_set(task);
+	for (int w = 0; w < 2; w++)
+		if (set[w].task == (uintptr_t)task)
+			set[w].task = 0;
+}
 
 /* Forget what tracers were told (a replay re-tells everything). */
 static void last_step_clear(void) { memset(last_state, 0, sizeof last_state); }
 
 static void rec_step(PyObject *task, PyObject *awaited, int kind)
 {
-	size_t i = fresh_slot(task);
-	uint64_t h = state_hash(task, awaited, kind);
-	if (last_state[i] == h) {
+	struct state_way *set = state_set(task);
+	uint64_t h = state_hash(awaited, kind);
+	int w = set[0].task == (uintptr_t)task ? 0 : set[1].task == (uintptr_t)task ? 1 : -1;
+	if (w >= 0 && set[w].state == h) {
 		RS.same_state++;
 		return; /* same state as the last record: nothing new to tell */
 	}
@@ -434,7 +459,12 @@ static void rec_step(PyObject *task, PyObject *awaited, int kind)
 		return;
 	*r = (struct asynctrace_rec){ .type = ASYNCTRACE_REC_STEP, .kind = (uint8_t)kind, .nslots = 1,
 				      .a = (uint64_t)(uintptr_t)task, .b = (uint64_t)(uintptr_t)awaited };
-	last_state[i] = h;
+	if (w < 0) {
+		/* No way of its own: take an empty one, else the one not used last. */
+		w = !set[0].task ? 0 : !set[1].task ? 1 : (int)(h & 1);
+		set[w].task = (uintptr_t)task;
+	}
+	set[w].state = h;
 	ring_commit(1);
 }
 
@@ -864,9 +894,33 @@ static void flush_pending(void)
 
 static int edges_on(void) { return ASYNCTRACE_EDGE_ADD_ENABLED() | BATCH_ON(); }
 
+/* An edge to a child whose CREATE is still unflushed rides in that record
+ * (slot 1's edge fields), so it goes wherever the CREATE goes: erased with it
+ * if the child completes before the flush. 1 if it did. */
+static int edge_into_create(PyObject *child, PyObject *awaiter, int kind)
+{
+	size_t i = fresh_slot(child);
+	if (fresh[i].task != (uintptr_t)child || !R.slots ||
+	    atomic_flag_test_and_set_explicit(&R.lock, memory_order_acquire))
+		return 0;
+	int done = 0;
+	uint64_t pos = fresh[i].pos;
+	struct asynctrace_rec *r = &R.slots[pos & RING_MASK];
+	struct asynctrace_rec_create *c = (struct asynctrace_rec_create *)&R.slots[(pos + 1) & RING_MASK];
+	if (pos >= atomic_load_explicit(&R.tail, memory_order_relaxed) && r->type == ASYNCTRACE_REC_CREATE &&
+	    r->a == (uint64_t)(uintptr_t)child && !c->edge_awaiter) {
+		c->edge_awaiter = (uint64_t)(uintptr_t)awaiter;
+		c->edge_kind = (uint32_t)kind + 1;
+		RS.edges_in_create++;
+		done = 1;
+	}
+	ring_unlock();
+	return done;
+}
+
 static void emit_edge(PyObject *child, PyObject *awaiter, int kind)
 {
-	if (BATCH_ON())
+	if (BATCH_ON() && !edge_into_create(child, awaiter, kind))
 		rec1(ASYNCTRACE_REC_EDGE_ADD, (uint8_t)kind, (uint64_t)(uintptr_t)child,
 		     (uint64_t)(uintptr_t)awaiter);
 	if (ASYNCTRACE_EDGE_ADD_ENABLED())
@@ -1712,7 +1766,7 @@ static PyObject *m_ring_stats(PyObject *mod, PyObject *arg)
 {
 	(void)mod;
 	(void)arg;
-	return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "create",
+	return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "create",
 			     (unsigned long long)RS.records[ASYNCTRACE_REC_CREATE], "step",
 			     (unsigned long long)RS.records[ASYNCTRACE_REC_STEP], "complete",
 			     (unsigned long long)RS.records[ASYNCTRACE_REC_COMPLETE], "edge_add",
@@ -1720,7 +1774,8 @@ static PyObject *m_ring_stats(PyObject *mod, PyObject *arg)
 			     (unsigned long long)RS.records[ASYNCTRACE_REC_STACK], "erased",
 			     (unsigned long long)RS.erased, "same_state", (unsigned long long)RS.same_state,
 			     "flushes", (unsigned long long)RS.flushes, "self_flushes",
-			     (unsigned long long)RS.self_flushes, "dropped",
+			     (unsigned long long)RS.self_flushes, "edges_in_create",
+			     (unsigned long long)RS.edges_in_create, "dropped",
 			     (unsigned long long)atomic_load(&R.dropped), "unflushed",
 			     (unsigned long long)(atomic_load(&R.pub) - atomic_load(&R.tail)));
 }
