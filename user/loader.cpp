@@ -671,7 +671,9 @@ class PinnedTracer final : public Tracer {
     auto sites = usdt::read_sites(binary_, "asynctrace");
     if (!sites.ok()) return sites.error().message;
     sites_ = std::move(sites.value());
-    gen0_ = replay_gen();
+    // A replay that began before our request may show older stacks: wait
+    // for one that begins after it (generation > the active one now).
+    active0_ = proc_counters().replay_active;
     prog_fd_ = usdt::load_noop_program();
     if (prog_fd_ < 0) return std::string("no-op program: ") + std::strerror(errno);
     return add_request();
@@ -682,13 +684,15 @@ class PinnedTracer final : public Tracer {
     const auto start = std::chrono::steady_clock::now();
     const auto deadline = start + timeout;
     auto retry = start + kRetry;
-    while (replay_gen() == gen0_) {
+    for (;;) {
+      const at_proc p = proc_counters();
+      if (p.replay_gen > active0_) break;
       // The runtime polls the semaphores every few ms: a request slot that
       // another reader released and we raised again in between looks
-      // unchanged to it. Raise one more slot now and then.
-      if (std::chrono::steady_clock::now() >= retry) {
+      // unchanged to it. Unless a replay has begun since, raise one more.
+      if (p.replay_active <= active0_ && std::chrono::steady_clock::now() >= retry) {
         (void)add_request();
-        retry += kRetry;
+        retry = std::chrono::steady_clock::now() + kRetry;
       }
       if (!process_alive(pid_))
         return Error{kExitProcessExited, "failed to wait for replay of process " +
@@ -727,10 +731,11 @@ class PinnedTracer final : public Tracer {
     return {};
   }
 
-  uint64_t replay_gen() const {
+  at_proc proc_counters() const {
     at_proc proc{};
     const __u32 key = static_cast<__u32>(pid_);
-    return bpf_map_lookup_elem(fds_[2], &key, &proc) == 0 ? proc.replay_gen : 0;
+    if (bpf_map_lookup_elem(fds_[2], &key, &proc) != 0) proc = at_proc{};
+    return proc;
   }
 
   pid_t pid_;
@@ -739,7 +744,7 @@ class PinnedTracer final : public Tracer {
   std::vector<int> link_fds_;
   std::string binary_, mapped_;
   std::vector<usdt::Site> sites_;
-  uint64_t gen0_ = 0;
+  uint64_t active0_ = 0;
 };
 
 }  // namespace

@@ -1843,8 +1843,15 @@ static void kick_watcher(void)
 
 static void run_replay(int full)
 {
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	PyObject *m = PyImport_ImportModule("asynctrace._replay");
 	PyObject *r = m ? PyObject_CallMethod(m, "replay", "O", full ? Py_True : Py_False) : NULL;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	if (getenv("ASYNCTRACE_DEBUG"))
+		fprintf(stderr, "asynctrace: %s replay: %.1f ms (%s)\n", full ? "full" : "refresh",
+			(double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6,
+			r ? "ok" : "failed");
 	if (!r) {
 		if (getenv("ASYNCTRACE_DEBUG"))
 			PyErr_Print();
