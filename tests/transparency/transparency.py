@@ -156,18 +156,17 @@ def _on_signal(signum, frame):
 # ---- which children carry the runtime ------------------------------------------------
 
 class ChildAudit:
-    """Samples the test process's descendants: which Python children had the runtime
-    mapped. Runs the same way in every mode (plain must show none)."""
+    """Samples the test process's Python descendants every 0.25 s: was the runtime
+    mapped, was it on their PYTHONPATH? Runs the same way in every mode (plain must
+    show none). Sampling misses or catches mid-startup many short-lived children."""
 
-    def __init__(self, exe):
+    def __init__(self, exe, runtime_dir):
         self.exe = os.path.realpath(exe)
-        self.seen = {}  # (pid, start) -> dict(argv, runtime, age)
-        self.hz = os.sysconf("SC_CLK_TCK")
+        self.runtime_dir = runtime_dir.encode()
+        self.seen = {}  # (pid, starttime) -> {"argv", "runtime", "on_path"}
 
     def sample(self, root_pid):
         table = _proc_table()
-        with open("/proc/uptime") as f:
-            now = float(f.read().split()[0])
         for pid in descendants(root_pid, table):
             key = (pid, table[pid][1])
             ent = self.seen.get(key)
@@ -177,9 +176,12 @@ class ChildAudit:
                         continue
                     with open(f"/proc/{pid}/cmdline", "rb") as f:
                         argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+                    with open(f"/proc/{pid}/environ", "rb") as f:
+                        env = f.read().split(b"\0")
                 except OSError:
                     continue
-                ent = self.seen[key] = {"argv": argv, "runtime": False, "age": 0.0}
+                path = next((e for e in env if e.startswith(b"PYTHONPATH=")), b"")
+                ent = self.seen[key] = {"argv": argv, "runtime": False, "on_path": self.runtime_dir in path}
             if ent["runtime"]:
                 continue
             try:
@@ -187,19 +189,19 @@ class ChildAudit:
                     ent["runtime"] = b"/asynctrace/_asynctrace" in f.read()
             except OSError:
                 continue
-            ent["age"] = now - table[pid][1] / self.hz
 
     def summary(self):
-        with_rt = [e for e in self.seen.values() if e["runtime"]]
-        without = [e for e in self.seen.values() if not e["runtime"]]
-        ignores_env = [e for e in without if {"-E", "-I", "-S"} & set(e["argv"][1:6])]
-        young = [e for e in without if e not in ignores_env and e["age"] < 0.2]
-        other = [e for e in without if e not in ignores_env and e not in young]
-        return {"python_children": len(self.seen), "with_runtime": len(with_rt),
-                "without_runtime_ignore_env": len(ignores_env),
-                "without_runtime_too_young": len(young),
-                "without_runtime": len(other),
-                "without_runtime_argv": [e["argv"][:4] for e in other][:10]}
+        rest = [e for e in self.seen.values() if not e["runtime"]]
+        no_env = [e for e in rest if {"-E", "-I", "-S"} & set(e["argv"][1:6])]
+        rest = [e for e in rest if e not in no_env]
+        on_path = [e for e in rest if e["on_path"]]
+        other = [e for e in rest if not e["on_path"]]
+        return {"python_children": len(self.seen),
+                "runtime_loaded": sum(1 for e in self.seen.values() if e["runtime"]),
+                "on_path_not_seen_loaded": len(on_path),
+                "started_E_I_S": len(no_env),
+                "env_without_runtime": len(other),
+                "env_without_runtime_argv": [e["argv"][:4] for e in other][:5]}
 
 
 # ---- one run -------------------------------------------------------------------------
@@ -216,7 +218,7 @@ class Run:
         self.rc = None
         self.wall = None
         self.stats = None
-        self.audit = ChildAudit(py)
+        self.audit = ChildAudit(py, os.path.join(os.path.dirname(os.path.realpath(tool)), "python"))
         self.attach_log = None
         self.regrtest_total = ("?", "?")  # libregrtest's own "Total tests: run=N skipped=M"
 
@@ -558,19 +560,19 @@ def one_python(py, tool, out_root, quick, tests, timeout):
              ("tracer drops", lambda r: str(sum(v for k, v in r.stats["counters"].items()
                                                 if k.startswith("dropped"))) if r.stats else "-"),
              ("python children sampled", lambda r: str(r.audit.summary()["python_children"])),
-             ("  with the runtime", lambda r: str(r.audit.summary()["with_runtime"])),
-             ("  without, started -E/-I/-S", lambda r: str(r.audit.summary()["without_runtime_ignore_env"])),
-             ("  without, seen < 0.2 s old", lambda r: str(r.audit.summary()["without_runtime_too_young"])),
-             ("  without, other", lambda r: str(r.audit.summary()["without_runtime"]))]
+             ("  runtime loaded", lambda r: str(r.audit.summary()["runtime_loaded"])),
+             ("  on PYTHONPATH, not seen yet", lambda r: str(r.audit.summary()["on_path_not_seen_loaded"])),
+             ("  started with -E/-I/-S", lambda r: str(r.audit.summary()["started_E_I_S"])),
+             ("  env without the runtime", lambda r: str(r.audit.summary()["env_without_runtime"]))]
     print(f"\n== CPython {version}: python -m test {' '.join(base + names)}")
     print(case_counts_table(runs, extra))
     for mode, r in runs.items():
         s = r.audit.summary()
-        if mode != "plain" and s["without_runtime"]:
-            print(f"  note: {mode}: {s['without_runtime']} python child(ren) sampled without the runtime "
-                  f"and without -E/-I: {s['without_runtime_argv']}")
-        if mode == "plain" and s["with_runtime"]:
-            confirmed[("audit", "plain children with runtime")] = ({"plain": s["with_runtime"]}, None)
+        if mode != "plain" and s["env_without_runtime"]:
+            print(f"  note: {mode}: {s['env_without_runtime']} python child(ren) started with an environment"
+                  f" of the test's own, without the runtime: {s['env_without_runtime_argv']}")
+        if mode == "plain" and (s["runtime_loaded"] or s["on_path_not_seen_loaded"]):
+            raise HarnessError("plain: a child Python had the asynctrace runtime")
     not_passed = sorted({k for r in runs.values() for k, s in r.files.items() if s != "PASSED"})
     if not_passed:
         print("  test files not PASSED: " + ", ".join(
