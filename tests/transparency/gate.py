@@ -132,6 +132,8 @@ def main():
     _install_recorder(record)
     import runpy
 
+    if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
+        sys.path[0] = os.getcwd()  # as `python -m test` has it, not this script's directory
     sys.argv = [os.path.join(os.path.dirname(__import__("test").__file__), "__main__.py")] + args
     rc = 0
     try:

@@ -242,8 +242,8 @@ class Run:
         os.close(s_w)
         os.close(g_r)
         attach = None
+        status = os.fdopen(s_r, "rb", buffering=0)
         try:
-            status = os.fdopen(s_r, "rb", buffering=0)
             line = self._status_line(status, proc, 60)
             if not line.startswith("ready"):
                 raise HarnessError(f"{self.mode}: test process did not start ({line!r}); see {self.log}")
@@ -280,9 +280,11 @@ class Run:
                     raise HarnessError(f"attached: the tracer exited with {arc}; see {self.attach_log}")
         finally:
             os.close(g_w)
+            status.close()
             stop_tree(proc)
             if attach is not None:
                 stop_tree(attach, signal.SIGTERM, 10.0)
+                attach.stdout.close()
             reap_orphans()
             shutil.rmtree(workdir, ignore_errors=True)
         self._load()
@@ -306,6 +308,8 @@ class Run:
                 if c == b"\n":
                     return buf.decode().strip()
                 continue
+            if proc.poll() is not None:  # (a forked child may still hold the status pipe)
+                return f"<test process exited, rc={proc.returncode}>"
             if audit:
                 self.audit.sample(proc.pid)
             if attach is not None and attach.poll() is not None:
