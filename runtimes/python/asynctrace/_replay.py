@@ -150,7 +150,7 @@ def _replay_fast(tasks, full=True):
 def replay(full=True):
     """full: everything a new tracer needs; else only current await states
     and stacks (a refresh for a tracer that followed the events)."""
-    gen = C.replay_begin()
+    gen = C.replay_begin(full)
     n = 0
     try:
         if C.layout() is not None:

@@ -426,12 +426,31 @@ static struct state_way *state_set(PyObject *task)
 	return last_state[(h >> 40) & (STATE_SETS - 1)];
 }
 
+/* The low bit of a way's state says "tracers have this task's current stack"
+ * (a STACK record was sent and the task has not run since): a refresh replay
+ * skips those tasks, frames walk included. */
+#define STATE_STACK_SENT 1ull
+
 static uint64_t state_hash(PyObject *awaited, int kind)
 {
 	uint64_t h = ((uint64_t)(uintptr_t)awaited ^ 0x9E3779B97F4A7C15ull) * 0xff51afd7ed558ccdull;
 	h ^= (uint64_t)kind * 0xc4ceb9fe1a85ec53ull;
 	h ^= h >> 33;
-	return h ? h : 1;
+	h &= ~STATE_STACK_SENT;
+	return h ? h : 2;
+}
+
+/* The task's way in its set, -1 if it has none. */
+static int state_way_of(struct state_way *set, PyObject *task)
+{
+	return set[0].task == (uintptr_t)task ? 0 : set[1].task == (uintptr_t)task ? 1 : -1;
+}
+
+static int state_take_way(struct state_way *set, PyObject *task, uint64_t h)
+{
+	int w = !set[0].task ? 0 : !set[1].task ? 1 : (int)((h >> 1) & 1);
+	set[w].task = (uintptr_t)task;
+	return w;
 }
 
 static void forget_step(PyObject *task)
@@ -449,9 +468,10 @@ static void rec_step(PyObject *task, PyObject *awaited, int kind)
 {
 	struct state_way *set = state_set(task);
 	uint64_t h = state_hash(awaited, kind);
-	int w = set[0].task == (uintptr_t)task ? 0 : set[1].task == (uintptr_t)task ? 1 : -1;
-	if (w >= 0 && set[w].state == h) {
+	int w = state_way_of(set, task);
+	if (w >= 0 && (set[w].state & ~STATE_STACK_SENT) == h) {
 		RS.same_state++;
+		set[w].state = h; /* it ran: the stack tracers have is stale */
 		return; /* same state as the last record: nothing new to tell */
 	}
 	struct asynctrace_rec *r = ring_reserve(1);
@@ -459,11 +479,8 @@ static void rec_step(PyObject *task, PyObject *awaited, int kind)
 		return;
 	*r = (struct asynctrace_rec){ .type = ASYNCTRACE_REC_STEP, .kind = (uint8_t)kind, .nslots = 1,
 				      .a = (uint64_t)(uintptr_t)task, .b = (uint64_t)(uintptr_t)awaited };
-	if (w < 0) {
-		/* No way of its own: take an empty one, else the one not used last. */
-		w = !set[0].task ? 0 : !set[1].task ? 1 : (int)(h & 1);
-		set[w].task = (uintptr_t)task;
-	}
+	if (w < 0)
+		w = state_take_way(set, task, h); /* an empty way, else either */
 	set[w].state = h;
 	ring_commit(1);
 }
@@ -1027,6 +1044,14 @@ static void rec_stack(PyObject *task, PyObject *awaited, int kind, size_t nframe
 					.c = id };
 	memset(&r[1], 0, (size_t)(n - 1) * sizeof(*r));
 	memcpy(&r[1], tls_frames, nframes * sizeof(struct asynctrace_frame));
+	if (kind != ASYNCTRACE_AWAIT_RUNNING) {
+		struct state_way *set = state_set(task);
+		uint64_t h = state_hash(awaited, kind);
+		int w = state_way_of(set, task);
+		if (w < 0)
+			w = state_take_way(set, task, h);
+		set[w].state = h | STATE_STACK_SENT;
+	}
 	ring_commit(n);
 }
 
@@ -1449,15 +1474,21 @@ static PyObject *m_install(PyObject *mod, PyObject *args)
 
 /* ---- emitters used by the replay (asynctrace/_replay.py) ----------------------- */
 
-static PyObject *m_replay_begin(PyObject *mod, PyObject *arg)
+/* replay_begin(full=True) -> generation */
+static PyObject *m_replay_begin(PyObject *mod, PyObject *args)
 {
 	(void)mod;
-	(void)arg;
+	int full = 1;
+	if (!PyArg_ParseTuple(args, "|p", &full))
+		return NULL;
 	uint64_t gen = ++S.replay_gen;
 	ring_flush(); /* what happened before the replay reaches tracers first */
-	last_step_clear();
 	S.in_replay = 1;
-	codes_clear(); /* new tracer: re-register every code it will see */
+	if (full) {
+		/* A new tracer: it knows nothing of what earlier records said. */
+		last_step_clear();
+		codes_clear(); /* re-register every code it will see */
+	}
 	S.session_sem = ASYNCTRACE_REPLAY_SEMAPHORE();
 	if (ASYNCTRACE_REPLAY_BEGIN_ENABLED())
 		ASYNCTRACE_REPLAY_BEGIN(gen);
@@ -1560,6 +1591,25 @@ static PyObject *weak_target(PyObject *o)
 #endif
 }
 
+/* Tracers have this pending task's current stack and await state. */
+static int stack_known(PyObject *task)
+{
+	struct state_way *set = state_set(task);
+	int w = state_way_of(set, task);
+	if (w < 0 || !(set[w].state & STATE_STACK_SENT) || !L.ok)
+		return 0;
+	PyObject *wt = field(task, L.waiter);
+	if (wt == Py_None)
+		wt = NULL;
+	int kind = ASYNCTRACE_AWAIT_NONE;
+	if (wt)
+		kind = is_task(wt) ? ASYNCTRACE_AWAIT_TASK
+		       : S.gathering_future_type && PyObject_TypeCheck(wt, (PyTypeObject *)S.gathering_future_type)
+			       ? ASYNCTRACE_AWAIT_GATHER
+			       : ASYNCTRACE_AWAIT_FUTURE;
+	return (set[w].state & ~STATE_STACK_SENT) == state_hash(wt, kind);
+}
+
 /* The parent task of the TaskGroup owning `task` (new ref), or NULL: the
  * group's _on_task_done is a done callback of each of its tasks. */
 static PyObject *taskgroup_parent(PyObject *task, PyObject *on_done)
@@ -1607,31 +1657,25 @@ static PyObject *m_replay_tasks(PyObject *mod, PyObject *args)
 		return NULL;
 	if (on_done == Py_None)
 		on_done = NULL;
-	/* Weak references become their tasks (dead ones and duplicates go). */
-	PyObject *seen = PySet_New(NULL);
+	/* Weak references become their tasks (dead and done ones go). The sets
+	 * the caller read hold each task once: 3.12+'s scheduled and eager sets
+	 * are disjoint. */
 	PyObject *live = PyList_New(0);
-	if (!seen || !live) {
-		Py_XDECREF(seen);
-		Py_XDECREF(live);
+	if (!live)
 		return NULL;
-	}
 	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tasks); i++) {
 		PyObject *t = weak_target(PyList_GET_ITEM(tasks, i));
 		if (!t || !is_task(t) || task_is_done(t)) {
 			Py_XDECREF(t);
 			continue;
 		}
-		int added = PySet_Contains(seen, t);
-		if (added == 0 && (PySet_Add(seen, t) < 0 || PyList_Append(live, t) < 0))
-			added = -1;
+		int err = PyList_Append(live, t);
 		Py_DECREF(t);
-		if (added < 0) {
-			Py_DECREF(seen);
+		if (err < 0) {
 			Py_DECREF(live);
 			return NULL;
 		}
 	}
-	Py_DECREF(seen);
 	tasks = live; /* owned: released at the end */
 	Py_ssize_t n = PyList_GET_SIZE(tasks), emitted = 0;
 	PyObject **parents = PyMem_Calloc((size_t)(n ? n : 1), sizeof(PyObject *));
@@ -1670,6 +1714,8 @@ static PyObject *m_replay_tasks(PyObject *mod, PyObject *args)
 		Py_XDECREF(id);
 		PyErr_Clear();
 		if (run == 0) {
+			if (!full && stack_known(t))
+				continue; /* suspended since tracers got its stack */
 			emit_post_step(t);
 			emitted += !full;
 		}
@@ -2047,7 +2093,7 @@ static PyMethodDef methods[] = {
 	{ "ring_stats", m_ring_stats, METH_NOARGS, "Counters of the batch path (records written and saved)." },
 	{ "layout", m_layout, METH_NOARGS, "Field positions the hooks read directly (None: getters)." },
 	{ "semaphores", m_semaphores, METH_NOARGS, "Current USDT semaphore values." },
-	{ "replay_begin", m_replay_begin, METH_NOARGS, NULL },
+	{ "replay_begin", m_replay_begin, METH_VARARGS, NULL },
 	{ "replay_end", m_replay_end, METH_VARARGS, NULL },
 	{ "emit_create", m_emit_create, METH_VARARGS, NULL },
 	{ "emit_edge", m_emit_edge, METH_VARARGS, NULL },
