@@ -73,11 +73,12 @@ int output_status() {
 // Privileges, target check, attach, and the runtime's replay: what every
 // command that traces a process does first.
 //
-// The runtime notices a new tracer by its replay__end semaphore growing
-// between two polls (5 ms apart). If another tracer detaches within the same
-// poll, the count does not change and no replay comes. So the first attach
-// waits three quarters of the budget; without an answer it detaches (the
-// runtime sees the count fall) and attaches once more for the rest.
+// The runtime replays when its replay__end semaphore rises. The kernel counts
+// probes installed in the process (0 or 1 per site), not tracers: while
+// another tracer holds the probes (a one-shot view in flight, bpftrace) our
+// attach raises nothing and no replay comes. So the first attach waits three
+// quarters of the budget; without an answer it detaches and attaches once
+// more for the rest (a one-shot neighbour is gone by then: the rise is seen).
 Result<std::unique_ptr<Tracer>> start_tracing(const Options& o) {
   if (auto st = check_privileges(); !st.ok()) return st.error();
   sweep_stale_pins();
