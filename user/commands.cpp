@@ -185,8 +185,12 @@ int run_view(const Options& o) {
   return status;
 }
 
-volatile sig_atomic_t g_stop = 0;
-void on_stop(int) { g_stop = 1; }
+volatile sig_atomic_t g_stop = 0;       // the signal that asked `attach` to stop
+volatile sig_atomic_t g_stop_sender = 0;  // and the pid that sent it (0: the kernel, a terminal)
+void on_stop(int sig, siginfo_t* info, void*) {
+  g_stop_sender = info && info->si_code == SI_USER ? info->si_pid : 0;
+  g_stop = sig;
+}
 
 // Notices the traced program going away while its pid stays: an fd on
 // /proc/PID/maps refers to the address space of the program it was opened
@@ -284,7 +288,8 @@ int run_attach(const Options& o) {
   if (auto st = tracer.value()->pin(); !st.ok()) return fail(st.error());
   if (auto st = make_pins_private(o.pid); !st.ok()) return fail(st.error());
   struct sigaction sa {};
-  sa.sa_handler = on_stop;
+  sa.sa_sigaction = on_stop;
+  sa.sa_flags = SA_SIGINFO;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGHUP, &sa, nullptr);
@@ -306,6 +311,11 @@ int run_attach(const Options& o) {
       break;
     }
     usleep(100 * 1000);
+  }
+  if (g_stop && o.verbose) {
+    std::cerr << "asynctrace: detaching on " << strsignal(g_stop);
+    if (g_stop_sender) std::cerr << " from pid " << g_stop_sender;
+    std::cerr << "\n";
   }
   tracer.value().reset();
   return code;
