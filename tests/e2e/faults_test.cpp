@@ -229,6 +229,10 @@ TEST(BadInput, DISABLED_BtfPathFromEnvironmentIsNamedInTheError) {
 // after it escaped, never a raw control byte; JSON keeps it exact.
 TEST(BadInput, ModuleFileNameWithControlCharactersIsEscaped) {
   const std::string truth_path = tmp_path("evil-module.json");
+  struct Unlink {
+    std::string path;
+    ~Unlink() { unlink(path.c_str()); }
+  } cleanup{truth_path};
   e2e::Program prog({tool(), "run", "--", kPy, program("evil_module.py"), truth_path}, e2e::source_dir() + "/tests/programs");
   ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
   const json truth = json::parse(e2e::read_file(truth_path));
@@ -268,7 +272,6 @@ TEST(BadInput, ModuleFileNameWithControlCharactersIsEscaped) {
   EXPECT_TRUE(ends_cleanly(prog, &out)) << prog.stderr_text();
   EXPECT_TRUE(has(out, "file: True 14")) << out;
   expect_released(prog.pid());
-  unlink(truth_path.c_str());
 }
 
 // ---- faults -----------------------------------------------------------------

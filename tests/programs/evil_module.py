@@ -4,6 +4,7 @@
 # co_filename is that path. One task is named after the path too, so that ps
 # (which shows names, not files) carries it as well. argv[1]: truth JSON.
 import asyncio
+import atexit
 import importlib.util
 import os
 import shutil
@@ -13,6 +14,7 @@ import tempfile
 import _truth
 
 top = tempfile.mkdtemp(prefix="asynctrace-evil-module-")
+atexit.register(shutil.rmtree, top, True)
 moddir = os.path.join(top, "dir\nwith\x1b[31mred")
 os.mkdir(moddir)
 path = os.path.join(moddir, "mod\x1b]0;title\x07\n.py")
@@ -26,7 +28,6 @@ spec.loader.exec_module(mod)
 async def body(stop):
     tasks = [asyncio.create_task(mod.evil_coro(stop), name=n) for n in ("evil-file-task", path)]
     res = await asyncio.gather(*tasks)
-    shutil.rmtree(top)
     _truth.log("file:", mod.evil_coro.__code__.co_filename == path, sum(res))
     return len(res)
 
