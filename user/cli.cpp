@@ -11,10 +11,11 @@ namespace asynctrace {
 namespace {
 
 constexpr const char* kFooter = R"(EXIT CODES:
-  0 ok, 1 internal error, 2 usage error, 3 no such process, 4 not a Python
-  process, 5 Python process without asynctrace probes, 6 insufficient
-  privilege (needs root or CAP_BPF+CAP_PERFMON), 7 BPF/tracing unavailable,
-  8 runtime did not answer the attach in time, 9 process exited while traced.
+  0 ok, 1 internal error, 2 usage error, 3 no such process (or a zombie),
+  4 not a Python process, 5 Python process without asynctrace probes,
+  6 insufficient privilege (needs root or CAP_BPF+CAP_PERFMON), 7 BPF/tracing
+  unavailable, 8 runtime did not answer the attach in time, 9 process exited
+  (or exec'd another program) while traced.
 
 EXAMPLES:
   asynctrace run -- python3 app.py          # start app.py with dormant probes
@@ -85,8 +86,9 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   stats->footer("EXAMPLES:\n  sudo asynctrace stats -p 1234\n  sudo asynctrace stats -p 1234 --format json\n");
   auto* attach = app.add_subcommand("attach", "Stay attached, maps pinned, so pstree/ps answer at once from them");
   add_target_options(attach, o, fmt, timeout);
-  std::string duration = "0";
-  attach->add_option("-d,--duration", duration, "Detach after this long (e.g. 30s, 5m; default: until Ctrl-C or exit)");
+  std::string duration;  // empty: until a signal or the end of the process
+  attach->add_option("-d,--duration", duration,
+                     "Detach after this long (e.g. 30s, 5m; default: until Ctrl-C or the process exits)");
   attach->footer("EXAMPLES:\n  sudo asynctrace attach -p 1234 &       # hold the tracer\n  sudo asynctrace pstree -p 1234         # answered from the pinned maps\n  sudo asynctrace attach -p 1234 -d 10m\n");
   auto* run = app.add_subcommand("run", "Run a Python program with asynctrace probes loaded (dormant until traced)");
   run->add_option("--python-dir", o.python_dir, "Directory holding the built runtimes (default: <asynctrace dir>/python)");
@@ -127,20 +129,20 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
     return r;
   }
   o.format = fmt == "json" ? Format::Json : Format::Text;
-  auto d = parse_duration(timeout);
-  if (!d || d->count() == 0) {
+  // A zero timeout or duration would mean "give up at once": refused like
+  // garbage, with the flag named (leave --duration out to stay attached).
+  auto bad_duration = [&r](const char* flag, const std::string& text, const char* examples) {
     r.exit_code = kExitUsage;
-    r.err = "asynctrace: error: --timeout: invalid duration '" + timeout + "' (examples: 500ms, 2s)";
+    r.err = std::string("asynctrace: error: ") + flag + ": invalid duration '" + text +
+            "' (a positive time such as " + examples + ")";
     return r;
-  }
+  };
+  auto d = parse_duration(timeout);
+  if (!d || d->count() == 0) return bad_duration("--timeout", timeout, "500ms or 2s");
   o.timeout = *d;
-  if (o.command == Command::Attach) {
+  if (o.command == Command::Attach && !duration.empty()) {
     auto dd = parse_duration(duration);
-    if (!dd) {
-      r.exit_code = kExitUsage;
-      r.err = "asynctrace: error: --duration: invalid duration '" + duration + "' (examples: 30s, 5m)";
-      return r;
-    }
+    if (!dd || dd->count() == 0) return bad_duration("--duration", duration, "30s or 5m");
     o.duration = *dd;
   }
   r.options = o;

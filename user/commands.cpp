@@ -4,17 +4,23 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
+#include <utility>
 
+#include "escape.h"
 #include "loader.h"
 #include "model.h"
 #include "procinfo.h"
@@ -91,6 +97,13 @@ class PhaseClock {
 
 // Privileges, target check, attach, and the runtime's replay: what every
 // command that traces a process does first.
+//
+// The runtime replays when its replay__end semaphore or a request semaphore
+// rises. The kernel counts probes installed in the process (0 or 1 per site),
+// not tracers, so attach_tracer also raises a free request semaphore
+// (replay__req0..3) for the case where another tracer holds replay__end. If
+// every request slot is taken too, the first attach waits three quarters of
+// the budget; without an answer it detaches and attaches once more.
 Result<std::unique_ptr<Tracer>> start_tracing(const Options& o, PhaseClock* clock = nullptr) {
   if (auto st = check_privileges(); !st.ok()) return st.error();
   sweep_stale_pins();
@@ -101,13 +114,33 @@ Result<std::unique_ptr<Tracer>> start_tracing(const Options& o, PhaseClock* cloc
   topts.replay_timeout = o.timeout;
   topts.verbose = o.verbose;
   topts.max_tasks = o.max_tasks;
-  auto tracer = attach_tracer(topts, info);
-  if (!tracer.ok()) return tracer.error();
-  if (clock) clock->mark("load and attach");
-  if (auto st = tracer.value()->wait_replay(o.timeout); !st.ok()) return st.error();
-  if (clock) clock->mark("replay");
-  return tracer;
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + o.timeout;
+  for (int attempt = 1;; ++attempt) {
+    auto tracer = attach_tracer(topts, info);
+    if (!tracer.ok()) return tracer.error();
+    if (clock) clock->mark("load and attach");
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    const auto wait = std::max(std::chrono::milliseconds(1), attempt == 1 ? left * 3 / 4 : left);
+    auto st = tracer.value()->wait_replay(wait);
+    if (st.ok()) {
+      if (clock) clock->mark("replay");
+      return tracer;
+    }
+    if (st.error().code != kExitReplayTimeout) return st.error();
+    if (attempt == 2 || Clock::now() >= deadline) {
+      return Error{kExitReplayTimeout,
+                   "failed to wait for replay of process " + std::to_string(o.pid) + ": no answer in " +
+                       std::to_string(o.timeout.count()) +
+                       " ms; its event loop thread may be blocked or hold the GIL in C code, or another "
+                       "tracer (bpftrace, another asynctrace) may hold its probes (retry, or raise --timeout)"};
+    }
+    if (o.verbose) std::cerr << "asynctrace: no replay after " << wait.count() << " ms; attaching again\n";
+    tracer.value().reset();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let the runtime's watcher see the fall
+  }
 }
+
 
 // Closing uprobe links waits for a kernel grace period (60-120 ms here) that
 // the user need not wait for: a forked child holds the last references and
@@ -174,23 +207,118 @@ int run_view(const Options& o) {
   return status;
 }
 
-volatile sig_atomic_t g_stop = 0;
-void on_stop(int) { g_stop = 1; }
+volatile sig_atomic_t g_stop = 0;       // the signal that asked `attach` to stop
+volatile sig_atomic_t g_stop_sender = 0;  // and the pid that sent it (0: the kernel, a terminal)
+void on_stop(int sig, siginfo_t* info, void*) {
+  g_stop_sender = info && info->si_code == SI_USER ? info->si_pid : 0;
+  g_stop = sig;
+}
+
+// Notices the traced program going away while its pid stays: an fd on
+// /proc/PID/maps refers to the address space of the program it was opened
+// on, and reads nothing once exec() replaced (or exit() dropped) it.
+class ImageWatch {
+ public:
+  explicit ImageWatch(pid_t pid)
+      : pid_(pid), fd_(open(("/proc/" + std::to_string(pid) + "/maps").c_str(), O_RDONLY | O_CLOEXEC)) {}
+  ~ImageWatch() {
+    if (fd_ >= 0) close(fd_);
+  }
+  ImageWatch(const ImageWatch&) = delete;
+  ImageWatch& operator=(const ImageWatch&) = delete;
+
+  // True once the program we attached to is gone though the pid lives on.
+  bool replaced() const {
+    char c;
+    if (fd_ < 0 || pread(fd_, &c, 1, 0) != 0) return false;
+    // An exiting process also has no address space: only a live one with a
+    // new address space has exec'd.
+    const int fresh = open(("/proc/" + std::to_string(pid_) + "/maps").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fresh < 0) return false;
+    const bool mapped = pread(fresh, &c, 1, 0) == 1;
+    close(fresh);
+    return mapped;
+  }
+
+ private:
+  pid_t pid_;
+  int fd_;
+};
+
+std::string proc_exe(pid_t pid) {
+  char buf[4096];
+  const ssize_t n = readlink(("/proc/" + std::to_string(pid) + "/exe").c_str(), buf, sizeof buf);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string("?");
+}
+
+// What `attach` leaves on disk is private: directories 0700 and files 0600,
+// owned by root or by whoever runs us, whatever the umask or an older
+// version left there. Anything else in their place is refused.
+Status make_private(const std::string& path, bool dir) {
+  struct stat st {};
+  if (lstat(path.c_str(), &st) != 0) return ok_status();  // not created (nothing to protect)
+  if ((dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode)) || (st.st_uid != 0 && st.st_uid != geteuid())) {
+    return Error{kExitTracing, "failed to pin maps: '" + path + "' is not a " + (dir ? "directory" : "file") +
+                                   " owned by root" + (geteuid() ? " or uid " + std::to_string(geteuid()) : "") +
+                                   "; remove it"};
+  }
+  const mode_t want = dir ? 0700 : 0600;
+  if ((st.st_mode & 07777) != want && chmod(path.c_str(), want) != 0) {
+    return Error{kExitTracing, "failed to restrict '" + path + "' to mode " + (dir ? "0700" : "0600") + ": " +
+                                   std::strerror(errno)};
+  }
+  return ok_status();
+}
+
+// The flock an `asynctrace attach` holds while it pins the maps of `pid`
+// (loader.cpp lock_path(): the loader owns the protocol, we only look).
+std::string lock_path(pid_t pid) { return "/run/asynctrace/" + std::to_string(pid) + ".lock"; }
+
+bool held_by_another_attach(pid_t pid) {
+  const int fd = open(lock_path(pid).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool held = flock(fd, LOCK_SH | LOCK_NB) != 0;
+  close(fd);
+  return held;
+}
+
+Status make_pins_private(pid_t pid) {
+  const std::string pins = pin_dir(pid);
+  const std::string lock = lock_path(pid);
+  for (const auto& [path, dir] : {std::pair{std::string("/run/asynctrace"), true}, {lock, false},
+                                  {std::string("/sys/fs/bpf/asynctrace"), true}, {pins, true},
+                                  {pins + "/tasks", false}, {pins + "/codes", false}, {pins + "/procs", false}}) {
+    if (auto st = make_private(path, dir); !st.ok()) return st;
+  }
+  return ok_status();
+}
 
 // Holds the tracer attached with its maps pinned until a signal, the duration
-// or the end of the process. Prints one "attached" line on stdout when live.
+// or the end of the traced program. Prints one "attached" line on stdout when
+// live. A program that exits or exec()s while held ends the command with
+// kExitProcessExited, after one line on stderr; the pins go with the tracer.
 int run_attach(const Options& o) {
+  const ImageWatch image(o.pid);
+  // A second holder could not pin, and would wait in vain for a replay: the
+  // runtime counts probes attached, not tracers, so it never sees a second.
+  if (check_privileges().ok() && held_by_another_attach(o.pid)) {
+    return fail(Error{kExitTracing, "failed to attach to process " + std::to_string(o.pid) +
+                                        ": another 'asynctrace attach' holds it (pstree/ps read its maps)"});
+  }
   auto tracer = start_tracing(o);
   if (!tracer.ok()) return fail(tracer.error());
   if (auto st = tracer.value()->pin(); !st.ok()) return fail(st.error());
+  if (auto st = make_pins_private(o.pid); !st.ok()) return fail(st.error());
   struct sigaction sa {};
-  sa.sa_handler = on_stop;
+  sa.sa_sigaction = on_stop;
+  sa.sa_flags = SA_SIGINFO;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGHUP, &sa, nullptr);
   std::cout << "attached pid=" << o.pid << " maps=" << pin_dir(o.pid) << std::endl;
   const auto end = std::chrono::steady_clock::now() + o.duration;
   auto next_gc = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  int code = kExitOk;
   while (!g_stop) {
     if (std::chrono::steady_clock::now() >= next_gc) {
       (void)tracer.value()->gc();  // best effort: a failure only costs memory
@@ -198,13 +326,26 @@ int run_attach(const Options& o) {
     }
     if (o.duration.count() > 0 && std::chrono::steady_clock::now() >= end) break;
     if (!process_alive(o.pid)) {
-      std::cerr << "asynctrace: process " << o.pid << " exited; detaching\n";
+      std::cerr << "asynctrace: process " << o.pid << " exited while attached; detached\n";
+      code = kExitProcessExited;
+      break;
+    }
+    if (image.replaced()) {
+      std::cerr << "asynctrace: process " << o.pid << " replaced its program (exec of '"
+                << escape_untrusted(proc_exe(o.pid))
+                << "') while attached; detached (attach again to trace the new program)\n";
+      code = kExitProcessExited;
       break;
     }
     usleep(100 * 1000);
   }
+  if (g_stop && o.verbose) {
+    std::cerr << "asynctrace: detaching on " << strsignal(g_stop);
+    if (g_stop_sender) std::cerr << " from pid " << g_stop_sender;
+    std::cerr << "\n";
+  }
   tracer.value().reset();
-  return kExitOk;
+  return code;
 }
 
 std::string self_dir() {

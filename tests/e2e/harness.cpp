@@ -10,8 +10,12 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 extern char** environ;
 
@@ -129,6 +133,21 @@ bool Program::wait_line(const std::string& line, std::chrono::milliseconds timeo
   return false;
 }
 
+std::optional<std::string> Program::wait_prefix(const std::string& prefix, std::chrono::milliseconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < end) {
+    size_t pos;
+    while ((pos = out_.find('\n', scanned_)) != std::string::npos) {
+      std::string l = out_.substr(scanned_, pos - scanned_);
+      scanned_ = pos + 1;
+      if (l.rfind(prefix, 0) == 0) return l;
+    }
+    if (out_fd_ < 0) return std::nullopt;
+    pump(50);
+  }
+  return std::nullopt;
+}
+
 void Program::signal(int sig) { kill(pid_, sig); }
 
 int Program::wait_exit(std::chrono::seconds timeout, std::string* all_out) {
@@ -200,6 +219,115 @@ std::vector<std::string> sorted_lines(const std::string& text, size_t skip_heade
   }
   std::sort(lines.begin(), lines.end());
   return lines;
+}
+
+bool poll_until(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (done()) return true;
+    if (std::chrono::steady_clock::now() >= end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+char proc_state(pid_t pid) {
+  const std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  const auto paren = stat.rfind(')');
+  return paren == std::string::npos || paren + 2 >= stat.size() ? 0 : stat[paren + 2];
+}
+
+namespace {
+
+using nlohmann::json;
+
+json bpftool_json(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {"bpftool", "-j"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  const Output o = run(argv, std::chrono::seconds(60));
+  if (o.exit_code != 0) return json::array();  // e.g. the object went away meanwhile
+  try {
+    return json::parse(o.out);
+  } catch (const json::exception&) {
+    return json::array();
+  }
+}
+
+// The programs of bpf/asynctrace.bpf.c, as the kernel names them (15 chars).
+const std::set<std::string> kOurPrograms = {"task_create",  "task_resume",   "task_await",
+                                            "task_complete", "edge_add",     "edge_remove",
+                                            "code_register", "replay_begin", "replay_end"};
+
+// target_tgid of a loaded asynctrace object, from its .rodata map (-1 if unknown).
+long long rodata_tgid(int map_id) {
+  const json dump = bpftool_json({"map", "dump", "id", std::to_string(map_id)});
+  if (!dump.is_array() || dump.empty()) return -1;
+  const json& e = dump[0];
+  if (e.contains("formatted")) {
+    const json& ro = e["formatted"]["value"][".rodata"];
+    for (const auto& var : ro) {
+      if (var.contains("target_tgid")) return var["target_tgid"].get<long long>();
+    }
+  }
+  if (e.contains("value") && e["value"].size() >= 4) {  // no BTF: the first u32, little-endian
+    long long v = 0;
+    for (int i = 3; i >= 0; --i) v = (v << 8) | std::stoll(e["value"][i].get<std::string>(), nullptr, 16);
+    return v;
+  }
+  return -1;
+}
+
+}  // namespace
+
+KernelHold kernel_hold(pid_t pid) {
+  KernelHold h;
+  std::map<int, std::string> rodata;  // map id -> name, of our objects' .rodata maps
+  for (const auto& m : bpftool_json({"map", "show"})) {
+    const std::string name = m.value("name", "");
+    if (name.rfind("asynctra", 0) == 0 && name.size() > 7 && name.substr(name.size() - 7) == ".rodata")
+      rodata[m["id"].get<int>()] = name;
+  }
+  std::map<int, long long> tgid_of;  // rodata map id -> target_tgid
+  std::set<int> prog_ids;
+  for (const auto& p : bpftool_json({"prog", "show"})) {
+    if (!kOurPrograms.count(p.value("name", ""))) continue;
+    for (const auto& mid : p.value("map_ids", json::array())) {
+      const int id = mid.get<int>();
+      if (!rodata.count(id)) continue;
+      if (!tgid_of.count(id)) tgid_of[id] = rodata_tgid(id);
+      if (tgid_of[id] == pid) {
+        prog_ids.insert(p["id"].get<int>());
+        h.detail += "prog " + std::to_string(p["id"].get<int>()) + " " + p["name"].get<std::string>() + "; ";
+      }
+    }
+  }
+  h.progs = static_cast<int>(prog_ids.size());
+  h.prog_ids.assign(prog_ids.begin(), prog_ids.end());
+  for (const auto& l : bpftool_json({"link", "show"})) {
+    if (l.contains("prog_id") && prog_ids.count(l["prog_id"].get<int>())) {
+      ++h.links;
+      h.detail += "link " + std::to_string(l["id"].get<int>()) + "; ";
+    }
+  }
+  const std::string dir = "/sys/fs/bpf/asynctrace/" + std::to_string(pid);
+  for (const std::string& path : {dir, dir + "/tasks", dir + "/codes", dir + "/procs",
+                                  "/run/asynctrace/" + std::to_string(pid) + ".lock"}) {
+    if (access(path.c_str(), F_OK) == 0) {
+      ++h.pins;
+      h.detail += path + "; ";
+    }
+  }
+  return h;
+}
+
+KernelHold wait_kernel_released(pid_t pid, std::chrono::seconds timeout) {
+  KernelHold h;
+  poll_until(
+      [&] {
+        h = kernel_hold(pid);
+        return h.empty();
+      },
+      timeout);
+  return h;
 }
 
 }  // namespace e2e

@@ -43,6 +43,9 @@ TEST(Cli, StatsAndAttach) {
   EXPECT_EQ(a.options->duration, 600000ms);
   EXPECT_EQ(a.options->max_tasks, 5000u);
   EXPECT_FALSE(parse({"attach", "-p", "9", "--duration", "-3s"}).options);
+  auto forever = parse({"attach", "-p", "9"});
+  ASSERT_TRUE(forever.options);
+  EXPECT_EQ(forever.options->duration, 0ms);  // until a signal or the process ends
   EXPECT_FALSE(parse({"ps", "-p", "9", "--max-tasks", "0"}).options);
 }
 
@@ -62,6 +65,11 @@ TEST(Cli, BadInputIsAUsageErrorWithOneLine) {
            {"ps", "-p", "1", "--format", "xml"},         // unknown format
            {"ps", "-p", "1", "--timeout", "-1s"},        // negative duration
            {"ps", "-p", "1", "--timeout", "soon"},       // garbage duration
+           {"ps", "-p", "1", "--timeout", "0"},          // zero timeout
+           {"attach", "-p", "1", "--duration", "0"},     // zero duration (omit it instead)
+           {"attach", "-p", "1", "--duration", "abc"},   // garbage duration
+           {"pstree", "-p", "99999999999"},              // beyond pid_max
+           {"stats", "-p", "1", "--max-tasks", "0"},     // empty map
            {"frobnicate"},                               // unknown command
            {},                                           // no command
        }) {
