@@ -33,6 +33,7 @@
 
 #include "../bpf/abi.h"
 #include "asynctrace.skel.h"
+#include "decode.h"
 #include "usdt_attach.h"
 
 namespace asynctrace {
@@ -135,10 +136,6 @@ constexpr std::array<ProbeSlot, 9> kAttachOrder{{
     {"replay__end", [](asynctrace_bpf* s) { return s->progs.replay_end; }, true},
 }};
 
-std::string bytes(const char* p, size_t cap, uint64_t len) {
-  return std::string(p, std::min<uint64_t>(cap, len));
-}
-
 // Calls fn(key, value) for every entry of a hash map. Batch lookups read a
 // consistent bucket at a time; kernels without them get the key walk, which
 // may repeat keys under churn (callers dedupe).
@@ -176,77 +173,19 @@ Status for_each_entry(int fd, const char* map_name, Fn&& fn) {
   return ok_status();
 }
 
-TaskRecord decode_task(const at_task& t) {
-  TaskRecord r;
-  r.id = t.task_id;
-  r.parent_id = t.parent_id;
-  r.loop_id = t.loop_id;
-  r.coro_code_id = t.coro_code_id;
-  r.create_ns = t.create_ns;
-  r.seq = t.seq;
-  r.tid = t.tid;
-  r.state = static_cast<TaskState>(t.state);
-  r.name = bytes(t.name, AT_NAME_LEN, t.name_len);
-  r.name_truncated = t.name_len > AT_NAME_LEN;
-  r.nameless = (t.flags & AT_TASK_NAMELESS) != 0;
-  r.awaiting_id = t.awaiting_id;
-  r.awaiting_kind = static_cast<AwaitKind>(t.awaiting_kind);
-  for (int i = 0; i < AT_MAX_AWAITERS; i++) {
-    if (!t.awaited_by[i]) continue;
-    r.awaited_by.push_back({t.awaited_by[i], static_cast<EdgeKind>(t.awaited_by_kind[i])});
-  }
-  const uint32_t n = std::min<uint32_t>(t.nframes, AT_MAX_FRAMES);
-  r.frames.reserve(n);
-  bool frame_says_truncated = false;
-  for (uint32_t i = 0; i < n; i++) {
-    r.frames.push_back({t.frames[i].code_id, t.frames[i].line});
-    // ASYNCTRACE_FRAME_TRUNCATED: the runtime itself cut the stack here.
-    frame_says_truncated |= (t.frames[i].flags & 1u) != 0;
-  }
-  r.frames_truncated = (t.flags & AT_TASK_FRAMES_TRUNC) != 0 || frame_says_truncated;
-  r.awaiters_truncated = (t.flags & AT_TASK_AWAITERS_FULL) != 0;
-  return r;
-}
-
-
 // Decodes the maps (of a live tracer or pinned by `attach`) for one pid.
 Result<Snapshot> read_maps(uint32_t pid, int tasks_fd, int codes_fd, int procs_fd) {
-  Snapshot snap;
-  snap.pid = pid;
-  std::unordered_set<uint64_t> seen;
+  SnapshotDecoder dec(pid);  // decode.cpp: the pure part, fuzzed in tests/fuzz/
   Status st = for_each_entry<at_task_key, at_task>(
-      tasks_fd, "tasks", [&](const at_task_key& k, const at_task& t) {
-        if (k.pid != snap.pid || !seen.insert(k.task_id).second) return;
-        snap.tasks.push_back(decode_task(t));
-      });
+      tasks_fd, "tasks", [&](const at_task_key& k, const at_task& t) { dec.add_task(k, t); });
   if (!st.ok()) return st.error();
-  std::sort(snap.tasks.begin(), snap.tasks.end(),
-            [](const TaskRecord& a, const TaskRecord& b) { return a.seq < b.seq; });
-
   st = for_each_entry<at_code_key, at_code>(
-      codes_fd, "codes", [&](const at_code_key& k, const at_code& c) {
-        if (k.pid != snap.pid) return;
-        CodeInfo info;
-        info.qualname = bytes(c.qualname, AT_QUALNAME_LEN, c.qualname_len);
-        info.filename = bytes(c.filename, AT_FILENAME_LEN, c.filename_len);
-        info.firstlineno = c.firstlineno;
-        info.truncated = c.qualname_len > AT_QUALNAME_LEN || c.filename_len > AT_FILENAME_LEN;
-        snap.code.emplace(k.code_id, std::move(info));
-      });
+      codes_fd, "codes", [&](const at_code_key& k, const at_code& c) { dec.add_code(k, c); });
   if (!st.ok()) return st.error();
-
   at_proc proc{};
-  const __u32 key = snap.pid;
-  if (bpf_map_lookup_elem(procs_fd, &key, &proc) == 0) {
-    snap.counters.replay_gen = proc.replay_gen;
-    snap.counters.replay_tasks = proc.replay_tasks;
-    snap.counters.events = proc.events;
-    snap.counters.drop_tasks_full = proc.drop_tasks_full;
-    snap.counters.drop_codes_full = proc.drop_codes_full;
-    snap.counters.drop_edges_full = proc.drop_edges_full;
-    snap.counters.unknown_task = proc.unknown_task;
-  }
-  return snap;
+  const __u32 key = pid;
+  if (bpf_map_lookup_elem(procs_fd, &key, &proc) == 0) dec.set_proc(proc);
+  return std::move(dec).finish();
 }
 
 // Pinned maps of one process plus the lock that says their holder is alive.
