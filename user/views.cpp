@@ -70,10 +70,12 @@ struct Builder {
     std::vector<uint32_t> path;  // tasks from the root down
     size_t depth = 0;            // nodes from the root down, frames included
     size_t nodes = 0;            // nodes drawn so far
+    size_t cells = 0;            // sum of their depths
   };
 
   void expand(uint32_t node, Walk& w, TreeNode& out) const {
     ++w.nodes;
+    w.cells += w.depth;
     out.is_task = node < ntasks;
     if (out.is_task) {
       out.task_id = g.tasks[node].id;
@@ -85,7 +87,7 @@ struct Builder {
         out.depth_limit = true;  // not drawn: build_forest makes it a root if nothing else draws it
         return;
       }
-      if (w.drawn[node] && w.nodes > w.limits.max_nodes) {
+      if (w.drawn[node] && (w.nodes > w.limits.max_nodes || w.cells > w.limits.max_cells)) {
         out.drawn_above = true;
         return;
       }
@@ -267,7 +269,7 @@ std::vector<TreeNode> build_forest(const TaskGraph& g, const ForestLimits& limit
     if (!awaiting[i]) b.descend(i, g.tasks[i].stack);
   }
   std::vector<TreeNode> forest;
-  Builder::Walk w{limits, std::vector<bool>(b.ntasks, false), {}, 0, 0};
+  Builder::Walk w{limits, std::vector<bool>(b.ntasks, false), {}, 0, 0, 0};
   for (uint32_t i = 0; i < b.ntasks; ++i) {
     if (is_child[i]) continue;
     forest.emplace_back();

@@ -20,7 +20,7 @@ struct TreeNode {
   const FrameInfo* frame = nullptr;  // coroutine frames only; points into the TaskGraph
   bool cycle = false;         // task already on the path above: back edge, not expanded
   bool depth_limit = false;   // task at ForestLimits::max_depth: not expanded here, drawn elsewhere
-  bool drawn_above = false;   // task drawn above, forest past ForestLimits::max_nodes: not expanded again
+  bool drawn_above = false;   // task drawn above, forest past ForestLimits' size: not expanded again
   std::vector<TreeNode> children;
 };
 
@@ -30,8 +30,11 @@ struct TreeNode {
 // layers of shared tasks, e.g. memoised task DAGs); within these bounds the
 // forest is exactly Python's.
 struct ForestLimits {
-  size_t max_depth = 1000;      // nodes (tasks and frames) from a root down to a task
-  size_t max_nodes = 1000000;   // past this many nodes, a task drawn above is not expanded again
+  size_t max_depth = 1000;  // nodes (tasks and frames) from a root down to a task
+  // Past either, a task drawn above is not expanded again: nodes bound the
+  // JSON, cells (the sum of the nodes' depths: indentation) the text.
+  size_t max_nodes = 1000000;
+  size_t max_cells = 20000000;
 };
 
 // Python 3.14's asyncio.tools._build_tree: each task under the innermost frame
