@@ -132,7 +132,10 @@ void render_node(const TaskGraph& g, const TreeNode& n, const std::string& prefi
   }
 }
 
+// ps names a frame by its label up to the first space (Python 3.14's
+// build_task_table); the placeholder of an unregistered code stays whole.
 std::string first_word(const FrameInfo& f) {
+  if (f.unnamed) return f.funcname;
   const std::string s = frame_label(f);
   const auto sp = s.find(' ');
   return sp == std::string::npos ? s : s.substr(0, sp);

@@ -148,6 +148,21 @@ TEST(Pstree, UnnamedCodeIsShownById) {
   EXPECT_EQ(render_pstree(build_graph(s)), "└── (T) T\n    └──  <code 0xabc>\n");
 }
 
+TEST(Ps, UnnamedCodeKeepsItsWholePlaceholder) {
+  // Was "<code" (the label cut at its first space), seen in a fuzz_stacks seed.
+  Snapshot s;
+  code(s, kMain, "waiter", "/a.py");
+  auto a = task(10, "A", 1, {{kMain, 5}, {0xdef, 7}});
+  a.awaiting_kind = AwaitKind::Task;
+  a.awaiting_id = 20;
+  s.tasks = {a, task(20, "B", 2, {{0xabc, 9}})};
+  const auto rows = build_ps_rows(build_graph(s));
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].coroutine_stack, "waiter -> <code 0xdef>");
+  EXPECT_EQ(rows[1].coroutine_stack, "<code 0xabc>");
+  EXPECT_EQ(rows[1].awaiter_chain, "waiter -> <code 0xdef>");
+}
+
 TEST(Json, SchemaFields) {
   const auto j = graph_json(build_graph(taskgroup_snapshot()), true);
   EXPECT_EQ(j["schema"], "asynctrace/tasks/v1");
