@@ -4,7 +4,7 @@
 // (await cycles, self edges, tasks awaited by many, frames sharing code ids,
 // key/value id mismatches, foreign pids), arbitrary code ids, lines and
 // frame flags, huge lengths and counts, and bulk shapes (deep chains, wide
-// fans, diamond ladders) of up to 150 tasks, well past the (scaled down)
+// fans, diamond ladders) of up to 80 tasks, well past the (scaled down)
 // forest limits of fuzz_common.h. Then the same decoder
 // (user/decode.cpp) and pipeline as fuzz_snapshot.
 #include <algorithm>
@@ -134,9 +134,14 @@ void add_proc(asynctrace::SnapshotDecoder& dec, Reader& in) {
   dec.set_proc(p);
 }
 
-// Many tasks in one op: deep chains, wide fans, diamond ladders.
-void add_bulk(asynctrace::SnapshotDecoder& dec, Reader& in) {
-  const uint32_t n = in.ConsumeIntegralInRange<uint32_t>(1, 150);
+// Many tasks in one op: deep chains, wide fans, diamond ladders. At most
+// kBulkTasks per input in all: nine bytes must not buy thousands of tasks
+// (the fuzzer would spend its time rendering them, not exploring).
+constexpr uint32_t kBulkTasks = 160;
+
+void add_bulk(asynctrace::SnapshotDecoder& dec, Reader& in, uint32_t& budget) {
+  const uint32_t n = std::min(budget, in.ConsumeIntegralInRange<uint32_t>(1, 80));
+  budget -= n;
   const uint8_t shape = in.ConsumeIntegral<uint8_t>() % 4;
   const uint32_t nframes = in.ConsumeIntegral<uint8_t>() % (AT_MAX_FRAMES + 1);
   const uint64_t base = 1000 + (pick_id(in) << 16);
@@ -177,12 +182,13 @@ void add_bulk(asynctrace::SnapshotDecoder& dec, Reader& in) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Reader in(data, size);
   asynctrace::SnapshotDecoder dec(kPid);
+  uint32_t bulk_budget = kBulkTasks;
   while (in.remaining_bytes()) {
     switch (in.ConsumeIntegral<uint8_t>() % 8) {
       case 0: case 1: case 2: case 3: add_task(dec, in); break;
       case 4: case 5: add_code(dec, in); break;
       case 6: add_proc(dec, in); break;
-      case 7: add_bulk(dec, in); break;
+      case 7: add_bulk(dec, in, bulk_budget); break;
     }
   }
   fuzzcheck::check_pipeline(std::move(dec).finish());

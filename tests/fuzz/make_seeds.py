@@ -326,7 +326,7 @@ def synthetic():
     for shape, name in enumerate(["chain", "gather-chain", "fan", "ladder"]):
         s = Stacks()
         s.code_rec(1, b"step", b"/bulk.py")
-        s.bulk(150, shape, 32 if shape in (0, 3) else 2)
+        s.bulk(80, shape, 32 if shape in (0, 3) else 2)
         write("fuzz_stacks", f"bulk-{name}", bytes(s.b))
 
     for i, h in enumerate(HOSTILE):
