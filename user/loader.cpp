@@ -33,6 +33,7 @@
 
 #include "../bpf/abi.h"
 #include "asynctrace.skel.h"
+#include "decode.h"
 #include "usdt_attach.h"
 
 namespace asynctrace {
@@ -155,9 +156,6 @@ EventPath choose_event_path(const std::string& binary) {
   return kPerEvent;
 }
 
-std::string bytes(const char* p, size_t cap, uint64_t len) {
-  return std::string(p, std::min<uint64_t>(cap, len));
-}
 
 // Calls fn(key, value) for every entry of a hash map. Batch lookups read a
 // consistent bucket at a time; kernels without them get the key walk, which
@@ -197,45 +195,6 @@ Status for_each_entry(int fd, const char* map_name, Fn&& fn, bool* may_repeat = 
   return ok_status();
 }
 
-using StackTable = std::unordered_map<uint64_t, at_stack>;
-
-TaskRecord decode_task(uint64_t id, const at_task& t, const StackTable& stacks) {
-  TaskRecord r;
-  r.id = id;
-  r.parent_id = t.parent_id;
-  r.loop_id = t.loop_id;
-  r.coro_code_id = t.coro_code_id;
-  r.create_ns = t.create_ns;
-  r.seq = t.create_ns;
-  r.tid = t.tid;
-  r.state = static_cast<TaskState>(t.state);
-  r.name = bytes(t.name, AT_NAME_LEN, t.name_len);
-  r.name_truncated = t.name_len > AT_NAME_LEN;
-  r.nameless = (t.flags & AT_TASK_NAMELESS) != 0;
-  r.awaiting_id = t.awaiting_id;
-  r.awaiting_kind = static_cast<AwaitKind>(t.awaiting_kind);
-  for (int i = 0; i < AT_MAX_AWAITERS; i++) {
-    if (!t.awaited_by[i]) continue;
-    r.awaited_by.push_back({t.awaited_by[i], static_cast<EdgeKind>(t.awaited_by_kind[i])});
-  }
-  bool frame_says_truncated = false;
-  const auto st = t.stack_id ? stacks.find(t.stack_id) : stacks.end();
-  if (st != stacks.end()) {
-    const at_stack& s = st->second;
-    const uint32_t n = std::min<uint32_t>(s.nframes, AT_MAX_FRAMES);
-    r.frames.reserve(n);
-    for (uint32_t i = 0; i < n; i++) {
-      r.frames.push_back({s.frames[i].code_id, s.frames[i].line});
-      // ASYNCTRACE_FRAME_TRUNCATED: the runtime itself cut the stack here.
-      frame_says_truncated |= (s.frames[i].flags & 1u) != 0;
-    }
-  }
-  r.frames_truncated = (t.flags & AT_TASK_FRAMES_TRUNC) != 0 || frame_says_truncated;
-  r.awaiters_truncated = (t.flags & AT_TASK_AWAITERS_FULL) != 0;
-  return r;
-}
-
-
 // Decodes the maps (of a live tracer or pinned by `attach`) for one pid.
 // The four maps of one BPF object (live or pinned), by fd.
 struct MapFds {
@@ -243,57 +202,26 @@ struct MapFds {
 };
 
 Result<Snapshot> read_maps(uint32_t pid, const MapFds& m) {
-  Snapshot snap;
-  snap.pid = pid;
-  StackTable stacks;
+  SnapshotDecoder dec(pid);  // decode.cpp: the pure part, fuzzed in tests/fuzz/
   Status st = for_each_entry<at_stack_key, at_stack>(
-      m.stacks, "stacks", [&](const at_stack_key& k, const at_stack& s) {
-        if (k.pid == pid) stacks.emplace(k.stack_id, s);
-      });
+      m.stacks, "stacks", [&](const at_stack_key& k, const at_stack& s) { dec.add_stack(k, s); });
   if (!st.ok()) return st.error();
   bool may_repeat = false;
   st = for_each_entry<at_task_key, at_task>(
       m.tasks, "tasks",
       [&](const at_task_key& k, const at_task& t) {
-        if (k.pid == snap.pid) snap.tasks.push_back(decode_task(k.task_id, t, stacks));
+        if (may_repeat) dec.allow_repeats();
+        dec.add_task(k, t);
       },
       &may_repeat);
   if (!st.ok()) return st.error();
-  std::sort(snap.tasks.begin(), snap.tasks.end(), [](const TaskRecord& a, const TaskRecord& b) {
-    return a.seq != b.seq ? a.seq < b.seq : a.id < b.id;
-  });
-  if (may_repeat)  // key walk under churn: keep one record per task
-    snap.tasks.erase(std::unique(snap.tasks.begin(), snap.tasks.end(),
-                                 [](const TaskRecord& a, const TaskRecord& b) { return a.id == b.id; }),
-                     snap.tasks.end());
-
   st = for_each_entry<at_code_key, at_code>(
-      m.codes, "codes", [&](const at_code_key& k, const at_code& c) {
-        if (k.pid != snap.pid) return;
-        CodeInfo info;
-        info.qualname = bytes(c.qualname, AT_QUALNAME_LEN, c.qualname_len);
-        info.filename = bytes(c.filename, AT_FILENAME_LEN, c.filename_len);
-        info.firstlineno = c.firstlineno;
-        info.truncated = c.qualname_len > AT_QUALNAME_LEN || c.filename_len > AT_FILENAME_LEN;
-        snap.code.emplace(k.code_id, std::move(info));
-      });
+      m.codes, "codes", [&](const at_code_key& k, const at_code& c) { dec.add_code(k, c); });
   if (!st.ok()) return st.error();
-
   at_proc proc{};
-  const __u32 key = snap.pid;
-  if (bpf_map_lookup_elem(m.procs, &key, &proc) == 0) {
-    snap.counters.replay_gen = proc.replay_gen;
-    snap.counters.replay_tasks = proc.replay_tasks;
-    snap.counters.events = proc.events;
-    snap.counters.drop_tasks_full = proc.drop_tasks_full;
-    snap.counters.drop_codes_full = proc.drop_codes_full;
-    snap.counters.drop_edges_full = proc.drop_edges_full;
-    snap.counters.unknown_task = proc.unknown_task;
-    snap.counters.drop_runtime = proc.drop_runtime;
-    snap.counters.bad_records = proc.bad_records;
-    snap.counters.drop_stacks_full = proc.drop_stacks_full;
-  }
-  return snap;
+  const __u32 key = pid;
+  if (bpf_map_lookup_elem(m.procs, &key, &proc) == 0) dec.set_proc(proc);
+  return std::move(dec).finish();
 }
 
 // Removes the interned stacks of `pid` that no task refers to, except those

@@ -16,7 +16,7 @@ FrameInfo name_frame_uncached(const Snapshot& snap, const Frame& f, size_t* unna
     ++*unnamed;
     char buf[40];
     std::snprintf(buf, sizeof buf, "<code 0x%llx>", static_cast<unsigned long long>(f.code_id));
-    return FrameInfo{buf, "", f.line};
+    return FrameInfo{buf, "", f.line, 0, true};
   }
   return FrameInfo{it->second.qualname, it->second.filename, f.line};
 }

@@ -19,6 +19,7 @@ struct FrameInfo {
   std::string filename;  // raw bytes; "" if the code id was never named
   uint32_t line = 0;
   uint32_t label = 0;    // interned frame_label(): equal labels, equal ids (per graph)
+  bool unnamed = false;  // code id never registered: funcname is "<code 0x...>"
 };
 
 // "funcname file:line" (or "funcname" alone for an unnamed frame), raw bytes:

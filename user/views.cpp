@@ -63,16 +63,36 @@ struct Builder {
     return cur;
   }
 
-  void expand(uint32_t node, std::vector<uint32_t>& path, std::vector<bool>& drawn, TreeNode& out) const {
+  // What expand() carries down the forest.
+  struct Walk {
+    const ForestLimits& limits;
+    std::vector<bool> drawn;     // by task: expanded somewhere above (or on the path)
+    std::vector<uint32_t> path;  // tasks from the root down
+    size_t depth = 0;            // nodes from the root down, frames included
+    size_t nodes = 0;            // nodes drawn so far
+    size_t cells = 0;            // sum of their depths
+  };
+
+  void expand(uint32_t node, Walk& w, TreeNode& out) const {
+    ++w.nodes;
+    w.cells += w.depth;
     out.is_task = node < ntasks;
     if (out.is_task) {
       out.task_id = g.tasks[node].id;
-      drawn[node] = true;
-      if (std::find(path.begin(), path.end(), node) != path.end()) {
+      if (std::find(w.path.begin(), w.path.end(), node) != w.path.end()) {
         out.cycle = true;
         return;
       }
-      path.push_back(node);
+      if (w.depth >= w.limits.max_depth) {
+        out.depth_limit = true;  // not drawn: build_forest makes it a root if nothing else draws it
+        return;
+      }
+      if (w.drawn[node] && (w.nodes > w.limits.max_nodes || w.cells > w.limits.max_cells)) {
+        out.drawn_above = true;
+        return;
+      }
+      w.drawn[node] = true;
+      w.path.push_back(node);
     } else {
       out.frame = frame_of[node - ntasks];
     }
@@ -80,9 +100,11 @@ struct Builder {
     for (int32_t r = first[node]; r >= 0; r = refs[static_cast<size_t>(r)].next) ++n;
     out.children.resize(n);
     size_t i = 0;
+    ++w.depth;
     for (int32_t r = first[node]; r >= 0; r = refs[static_cast<size_t>(r)].next)
-      expand(refs[static_cast<size_t>(r)].node, path, drawn, out.children[i++]);
-    if (out.is_task) path.pop_back();
+      expand(refs[static_cast<size_t>(r)].node, w, out.children[i++]);
+    --w.depth;
+    if (out.is_task) w.path.pop_back();
   }
 };
 
@@ -98,6 +120,8 @@ void render_node(const TaskGraph& g, const TreeNode& n, const std::string& prefi
     const TaskNode* t = g.find(n.task_id);
     out << "(T) " << (t ? shown_name(*t) : hex_id(n.task_id));
     if (n.cycle) out << " [await cycle: back edge]";
+    if (n.depth_limit) out << " [tree depth limit: subtree drawn separately]";
+    if (n.drawn_above) out << " [subtree drawn above]";
   } else {
     out << " " << escape_untrusted(frame_label(*n.frame));
   }
@@ -108,7 +132,10 @@ void render_node(const TaskGraph& g, const TreeNode& n, const std::string& prefi
   }
 }
 
+// ps names a frame by its label up to the first space (Python 3.14's
+// build_task_table); the placeholder of an unregistered code stays whole.
 std::string first_word(const FrameInfo& f) {
+  if (f.unnamed) return f.funcname;
   const std::string s = frame_label(f);
   const auto sp = s.find(' ');
   return sp == std::string::npos ? s : s.substr(0, sp);
@@ -170,6 +197,8 @@ nlohmann::json tree_json(const TaskGraph& g, const TreeNode& n) {
     const TaskNode* t = g.find(n.task_id);
     j = {{"type", "task"}, {"id", hex_id(n.task_id)}, {"name", sanitize_utf8(t ? t->name : "")}};
     if (n.cycle) j["cycle"] = true;
+    if (n.depth_limit) j["depth_limit"] = true;
+    if (n.drawn_above) j["drawn_above"] = true;
   } else {
     j = {{"type", "frame"},
          {"function", sanitize_utf8(n.frame->funcname)},
@@ -235,7 +264,7 @@ std::string hex_id(uint64_t id) {
   return buf;
 }
 
-std::vector<TreeNode> build_forest(const TaskGraph& g) {
+std::vector<TreeNode> build_forest(const TaskGraph& g, const ForestLimits& limits) {
   Builder b(g);
   std::vector<bool> awaiting(b.ntasks, false), is_child(b.ntasks, false);
   std::unordered_map<uint32_t, uint32_t> innermost;  // awaiter -> its innermost frame node
@@ -252,29 +281,29 @@ std::vector<TreeNode> build_forest(const TaskGraph& g) {
     if (!awaiting[i]) b.descend(i, g.tasks[i].stack);
   }
   std::vector<TreeNode> forest;
-  std::vector<bool> drawn(b.ntasks, false);
-  std::vector<uint32_t> path;
+  Builder::Walk w{limits, std::vector<bool>(b.ntasks, false), {}, 0, 0, 0};
   for (uint32_t i = 0; i < b.ntasks; ++i) {
     if (is_child[i]) continue;
     forest.emplace_back();
-    b.expand(i, path, drawn, forest.back());
+    b.expand(i, w, forest.back());
   }
-  // Tasks only reachable through a cycle have no root: start from the first.
+  // Tasks only reachable through a cycle (or cut by the depth limit) have no
+  // root: start from the first.
   for (uint32_t i = 0; i < b.ntasks; ++i) {
-    if (drawn[i]) continue;
+    if (w.drawn[i]) continue;
     forest.emplace_back();
-    b.expand(i, path, drawn, forest.back());
+    b.expand(i, w, forest.back());
   }
   return forest;
 }
 
-void render_pstree(const TaskGraph& g, std::ostream& out) {
-  for (const auto& root : build_forest(g)) render_node(g, root, "", true, out);
+void render_pstree(const TaskGraph& g, std::ostream& out, const ForestLimits& limits) {
+  for (const auto& root : build_forest(g, limits)) render_node(g, root, "", true, out);
 }
 
-std::string render_pstree(const TaskGraph& g) {
+std::string render_pstree(const TaskGraph& g, const ForestLimits& limits) {
   std::ostringstream out;
-  render_pstree(g, out);
+  render_pstree(g, out, limits);
   return out.str();
 }
 
@@ -322,7 +351,7 @@ std::string render_ps(const TaskGraph& g) {
   return out.str();
 }
 
-nlohmann::json graph_json(const TaskGraph& g, bool with_tree) {
+nlohmann::json graph_json(const TaskGraph& g, bool with_tree, const ForestLimits& limits) {
   nlohmann::json tasks = nlohmann::json::array();
   for (const auto& t : g.tasks) {
     nlohmann::json awaited_by = nlohmann::json::array();
@@ -345,15 +374,21 @@ nlohmann::json graph_json(const TaskGraph& g, bool with_tree) {
   }
   nlohmann::json threads = nlohmann::json::array();
   {
-    std::vector<uint32_t> order;
+    // Tasks are grouped by thread: one run per tid. Counted in one pass (a
+    // count per thread over all tasks is quadratic when every task claims a
+    // thread of its own).
+    std::vector<std::pair<uint32_t, size_t>> order;
+    std::unordered_map<uint32_t, size_t> pos;
     for (const auto& t : g.tasks) {
-      if (order.empty() || order.back() != t.tid) order.push_back(t.tid);
+      if (order.empty() || order.back().first != t.tid) {
+        auto [it, fresh] = pos.try_emplace(t.tid, order.size());
+        if (fresh) order.emplace_back(t.tid, 0);
+        ++order[it->second].second;
+      } else {
+        ++order.back().second;
+      }
     }
-    for (uint32_t tid : order) {
-      size_t n = 0;
-      for (const auto& t : g.tasks) n += t.tid == tid;
-      threads.push_back({{"tid", tid}, {"tasks", n}});
-    }
+    for (const auto& [tid, n] : order) threads.push_back({{"tid", tid}, {"tasks", n}});
   }
   nlohmann::json j = {
       {"schema", "asynctrace/tasks/v1"},
@@ -365,7 +400,7 @@ nlohmann::json graph_json(const TaskGraph& g, bool with_tree) {
   };
   if (with_tree) {
     nlohmann::json forest = nlohmann::json::array();
-    for (const auto& root : build_forest(g)) forest.push_back(tree_json(g, root));
+    for (const auto& root : build_forest(g, limits)) forest.push_back(tree_json(g, root));
     j["tree"] = std::move(forest);
   }
   return j;

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "model.h"
 
@@ -147,6 +148,21 @@ TEST(Pstree, UnnamedCodeIsShownById) {
   EXPECT_EQ(render_pstree(build_graph(s)), "└── (T) T\n    └──  <code 0xabc>\n");
 }
 
+TEST(Ps, UnnamedCodeKeepsItsWholePlaceholder) {
+  // Was "<code" (the label cut at its first space), seen in a fuzz_stacks seed.
+  Snapshot s;
+  code(s, kMain, "waiter", "/a.py");
+  auto a = task(10, "A", 1, {{kMain, 5}, {0xdef, 7}});
+  a.awaiting_kind = AwaitKind::Task;
+  a.awaiting_id = 20;
+  s.tasks = {a, task(20, "B", 2, {{0xabc, 9}})};
+  const auto rows = build_ps_rows(build_graph(s));
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].coroutine_stack, "waiter -> <code 0xdef>");
+  EXPECT_EQ(rows[1].coroutine_stack, "<code 0xabc>");
+  EXPECT_EQ(rows[1].awaiter_chain, "waiter -> <code 0xdef>");
+}
+
 TEST(Json, SchemaFields) {
   const auto j = graph_json(build_graph(taskgroup_snapshot()), true);
   EXPECT_EQ(j["schema"], "asynctrace/tasks/v1");
@@ -199,4 +215,119 @@ TEST(Stats, CountersAndCompleteness) {
   const std::string text = render_stats(g);
   EXPECT_NE(text.find("dropped: task map full      3\n"), std::string::npos) << text;
   EXPECT_NE(text.find("view                        partial\n"), std::string::npos) << text;
+}
+
+// Regressions found by tests/fuzz/fuzz_stacks: graphs a traced process can
+// produce that used to crash or never finish.
+namespace {
+
+// n tasks, tasks[i] awaits tasks[i + 1], each suspended in `frames` frames.
+Snapshot await_chain(uint32_t n, uint32_t frames) {
+  Snapshot s;
+  code(s, kMain, "step", "/chain.py");
+  for (uint32_t i = 0; i < n; ++i) {
+    std::vector<Frame> stack;
+    for (uint32_t f = 0; f < frames; ++f) stack.push_back({kMain, f + 1});
+    auto t = task(1000 + i, ("t" + std::to_string(i)).c_str(), i, std::move(stack));
+    if (i + 1 < n) {
+      t.awaiting_kind = AwaitKind::Task;
+      t.awaiting_id = 1000 + i + 1;
+    }
+    s.tasks.push_back(std::move(t));
+  }
+  return s;
+}
+
+// Memoised-task DAG: tasks[i] awaited by tasks[i - 1] and tasks[i - 2] (async
+// fib over shared tasks). Drawn Python's way the tree has ~fib(n) nodes.
+Snapshot ladder(uint32_t n) {
+  Snapshot s;
+  code(s, kMain, "fib", "/fib.py");
+  for (uint32_t i = 0; i < n; ++i) {
+    auto t = task(1000 + i, ("fib" + std::to_string(i)).c_str(), i, {{kMain, 7}});
+    if (i >= 1) t.awaited_by.push_back({1000 + i - 1, EdgeKind::Gather});
+    if (i >= 2) t.awaited_by.push_back({1000 + i - 2, EdgeKind::Gather});
+    s.tasks.push_back(std::move(t));
+  }
+  return s;
+}
+
+size_t count(const std::string& hay, const std::string& needle) {
+  size_t n = 0;
+  for (size_t p = hay.find(needle); p != std::string::npos; p = hay.find(needle, p + 1)) ++n;
+  return n;
+}
+
+size_t tree_nodes(const TreeNode& n) {
+  size_t k = 1;
+  for (const auto& c : n.children) k += tree_nodes(c);
+  return k;
+}
+
+}  // namespace
+
+TEST(Pstree, DeepAwaitChainIsCutAtTheDepthLimitNotTheStack) {
+  // Was a stack overflow (SIGSEGV): expand/render/tree_json recurse per level.
+  const auto g = build_graph(await_chain(1500, 0));
+  const auto forest = build_forest(g);
+  ASSERT_EQ(forest.size(), 2u);  // cut at 1000 levels, the rest drawn as a root of its own
+  const std::string text = render_pstree(g);
+  EXPECT_EQ(count(text, " [tree depth limit: subtree drawn separately]\n"), 1u);
+  EXPECT_EQ(count(text, "\n"), 1500u + 1u);  // every task once, plus the cut stub
+  EXPECT_EQ(text.rfind("└── (T) t999\n"), text.find("└── (T) t999\n"));
+  EXPECT_NE(text.find("└── (T) t1000 [tree depth limit"), std::string::npos);
+  EXPECT_NE(text.find("\n└── (T) t1000\n    └── (T) t1001\n"), std::string::npos);  // a root
+  const auto j = graph_json(g, true);
+  EXPECT_NO_THROW((void)j.dump());
+
+  // 1000 tasks of 32 frames: 33,000 levels Python's way; JSON crashed here.
+  const auto deep = build_graph(await_chain(1000, 32));
+  EXPECT_NO_THROW((void)graph_json(deep, true).dump());
+  for (const auto& root : build_forest(deep)) EXPECT_TRUE(root.is_task);
+}
+
+TEST(Pstree, SharedSubtreesStopBeingRedrawnPastTheNodeLimit) {
+  // Was exponential (never finished): a shared task is redrawn under each awaiter.
+  const ForestLimits small{1000, 40, 1000};
+  const auto g = build_graph(ladder(30));
+  const auto forest = build_forest(g, small);
+  ASSERT_EQ(forest.size(), 1u);
+  EXPECT_LT(tree_nodes(forest[0]), 200u);
+  const std::string text = render_pstree(g, small);
+  EXPECT_GT(count(text, " [subtree drawn above]\n"), 0u);
+  for (int i = 0; i < 30; ++i) EXPECT_NE(text.find("(T) fib" + std::to_string(i) + "\n"), std::string::npos) << i;
+  const auto j = graph_json(g, true, small);
+  EXPECT_NE(j.dump().find("\"drawn_above\":true"), std::string::npos);
+  // Within the limit the forest is Python's: fib(i) redrawn under both awaiters.
+  const auto full = build_forest(build_graph(ladder(12)));
+  EXPECT_EQ(render_pstree(build_graph(ladder(12))).find("drawn above"), std::string::npos);
+  EXPECT_EQ(tree_nodes(full[0]), 752u);  // N(i) = 2 + N(i+1) + N(i+2): task, its frame, two subtrees
+
+  // Default limits: 60 layers (~10^12 nodes Python's way) in bounded size.
+  const auto big = build_forest(build_graph(ladder(60)));
+  ASSERT_EQ(big.size(), 1u);
+  EXPECT_LT(tree_nodes(big[0]), ForestLimits{}.max_nodes + 1000u);
+  // Deep and shared: the text is bounded by the cells (indentation), not just
+  // the nodes (a million nodes ~500 levels deep would be GBs of text).
+  Snapshot deep = ladder(60);
+  for (auto& t : deep.tasks) t.frames.assign(32, Frame{kMain, 7});
+  std::ostringstream deep_text;
+  render_pstree(build_graph(deep), deep_text, ForestLimits{1000, 1000000, 100000});
+  EXPECT_LT(deep_text.str().size(), 10u * 1000 * 1000);
+  EXPECT_NE(deep_text.str().find(" [subtree drawn above]\n"), std::string::npos);
+}
+
+TEST(Json, ThreadsCountedInOnePass) {
+  // Was quadratic in the number of threads (every task claiming its own tid).
+  Snapshot s;
+  for (uint32_t i = 0; i < 6000; ++i) {
+    auto t = task(1000 + i, "t", i, {});
+    t.tid = i / 2;
+    s.tasks.push_back(std::move(t));
+  }
+  const auto j = graph_json(build_graph(s), false);
+  ASSERT_EQ(j["threads"].size(), 3000u);
+  EXPECT_EQ(j["threads"][0]["tid"], 0);
+  EXPECT_EQ(j["threads"][0]["tasks"], 2);
+  EXPECT_EQ(j["threads"][2999]["tid"], 2999);
 }
