@@ -5,6 +5,7 @@
 #include "loader.h"
 
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <errno.h>
 #include <dirent.h>
@@ -323,7 +324,7 @@ Error attach_error(int err, const std::string& probe, const std::string& binary,
   int code = (err == EPERM || err == EACCES) ? kExitPrivilege : kExitTracing;
   std::string msg = "failed to attach USDT probe 'asynctrace:" + probe + "' of '" + binary +
                     "' to pid " + std::to_string(pid) + ": " + why;
-  if (code == kExitPrivilege) msg += "; tracing another user's process needs CAP_SYS_PTRACE";
+  if (code == kExitPrivilege) msg += "; a process in another mount namespace also needs CAP_SYS_PTRACE";
   return Error{code, msg};
 }
 
@@ -387,7 +388,7 @@ class BpfTracer final : public Tracer {
                  "failed to wait for replay of process " + std::to_string(pid_) + ": no answer in " +
                      std::to_string(timeout.count()) +
                      " ms; the event loop thread may be blocked or holding the GIL in C code "
-                     "(retry, or raise --replay-timeout)"};
+                     "(retry, or raise --timeout)"};
   }
 
   Result<Snapshot> snapshot() const override {
@@ -538,7 +539,7 @@ Status check_privileges() {
   if (has(kCapSysAdmin) || (has(kCapBpf) && has(kCapPerfmon))) return ok_status();
   return Error{kExitPrivilege,
                "failed to attach tracer: missing privileges; run as root or grant CAP_BPF and "
-               "CAP_PERFMON (plus CAP_SYS_PTRACE to trace another user's process)"};
+               "CAP_PERFMON (plus CAP_SYS_PTRACE for a process in another mount namespace, e.g. a container)"};
 }
 
 std::string pin_dir(pid_t pid) { return "/sys/fs/bpf/asynctrace/" + std::to_string(pid); }
@@ -716,7 +717,13 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
   if (mode == AttachMode::PerfPerSite)
     if (Status st = ensure_uprobe_interface(); !st.ok()) return st.error();
 
-  asynctrace_bpf* skel = asynctrace_bpf__open();
+  // ASYNCTRACE_BTF_PATH: kernel BTF from a file (libbpf's btf_custom_path),
+  // e.g. for a kernel without /sys/kernel/btf/vmlinux.
+  const char* btf_env = std::getenv("ASYNCTRACE_BTF_PATH");
+  const std::string btf_path = btf_env && *btf_env ? btf_env : "";
+  LIBBPF_OPTS(bpf_object_open_opts, open_opts);
+  open_opts.btf_custom_path = btf_path.empty() ? nullptr : btf_path.c_str();
+  asynctrace_bpf* skel = asynctrace_bpf__open_opts(&open_opts);
   if (!skel)
     return Error{kExitTracing, "failed to open BPF object 'asynctrace': " + reason(errno)};
   skel->rodata->target_tgid = static_cast<__u32>(opts.pid ? opts.pid : proc.pid);
@@ -751,6 +758,13 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
   }
 
   if (int err = asynctrace_bpf__load(skel); err) {
+    btf* kernel_btf = btf_path.empty() ? btf__load_vmlinux_btf() : btf__parse(btf_path.c_str(), nullptr);
+    const bool have_btf = kernel_btf != nullptr;
+    btf__free(kernel_btf);
+    if (!have_btf)
+      return Error{kExitTracing, "failed to load BPF object 'asynctrace': no kernel BTF at '" +
+                                     (btf_path.empty() ? std::string("/sys/kernel/btf/vmlinux") : btf_path) +
+                                     "'; the kernel needs CONFIG_DEBUG_INFO_BTF=y (or set ASYNCTRACE_BTF_PATH)"};
     int code = (err == -EPERM || err == -EACCES) ? kExitPrivilege : kExitTracing;
     std::string msg = "failed to load BPF object 'asynctrace': " + reason(err);
     if (!opts.verbose) msg += "; rerun with --verbose for the verifier log";

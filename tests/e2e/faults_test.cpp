@@ -206,9 +206,9 @@ TEST(BadInput, BtfMissingIsTracingUnavailable) {
   EXPECT_TRUE(ends_cleanly(prog, nullptr)) << prog.stderr_text();
 }
 
-// Needs the loader to honour ASYNCTRACE_BTF_PATH (libbpf's btf_custom_path)
-// and to name the BTF in its message: enable once user/loader.cpp has it.
-TEST(BadInput, DISABLED_BtfPathFromEnvironmentIsNamedInTheError) {
+// ASYNCTRACE_BTF_PATH (libbpf's btf_custom_path) pointing at nothing usable:
+// one line naming the BTF path, exit 7, nothing left in the kernel.
+TEST(BadInput, BtfPathFromEnvironmentIsNamedInTheError) {
   e2e::Program prog({tool(), "run", "--", kPy, program("ticker.py")});
   ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
   for (const char* path : {"/nonexistent/vmlinux", "/dev/null"}) {
