@@ -25,6 +25,12 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * filter keeps their events out of the traced pid's state. */
 const volatile __u32 target_tgid = 0;
 
+/* Set by the loader when the runtime has replay__begin sites: a replay counts
+ * as ours only if we saw it begin. A tracer attaching in the middle of a
+ * replay would otherwise take that replay's end, with half its records
+ * missed, for a complete one. */
+const volatile bool require_begin = false;
+
 /* Events lost because procs itself was full: there is no per-process counter
  * to put them in, so they are counted globally (read through the skeleton). */
 __u64 drop_procs_full = 0;
@@ -778,6 +784,8 @@ int BPF_USDT(replay_end, __u64 gen, __u64 ntasks)
 	proc = proc_for_event(current_tgid());
 	if (!proc)
 		return 0;
+	if (require_begin && proc->replay_active != gen)
+		return 0; /* began before we attached: wait for one we see whole */
 	proc->replay_tasks = ntasks;
 	/* Written last: user space polls replay_gen, then reads replay_tasks. */
 	proc->replay_gen = gen;

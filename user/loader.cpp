@@ -730,6 +730,9 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
   if (opts.max_tasks && bpf_map__set_max_entries(skel->maps.tasks, opts.max_tasks) != 0)
     return Error{kExitTracing, "failed to size BPF map 'tasks': " + reason(errno)};
   const std::string& binary = proc.probe_lib_host.empty() ? proc.probe_lib : proc.probe_lib_host;
+  if (auto sites = usdt::read_sites(binary, "asynctrace"); sites.ok())
+    skel->rodata->require_begin = std::any_of(sites.value().begin(), sites.value().end(),
+                                              [](const usdt::Site& s) { return s.name == "replay__begin"; });
   const EventPath path = choose_event_path(binary);
   if (opts.verbose)
     std::fprintf(stderr, "asynctrace: events by %s\n",

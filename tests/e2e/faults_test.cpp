@@ -328,12 +328,12 @@ TEST(Faults, SeveralTracersAtOnceThenAllDetach) {
 }
 
 // Tracers arriving while another one's replay is in flight (10,000 tasks,
-// staggered starts). Two races, in the runtime and the BPF programs: a tracer
-// that attaches during a replay counts that replay's end as its own and shows
-// a part of the tasks, with "complete": true; and a tracer whose attach and
-// another's detach fall into one watcher poll is never answered (the tool now
-// retries once). Enable once the runtime/BPF fix is in (see the report).
-TEST(Faults, DISABLED_StaggeredOneShotTracersEachSeeTheWholeReplay) {
+// staggered starts). Two races: a tracer that attaches during a replay must
+// not count that replay's end as its own (it would show a part of the tasks
+// with "complete": true; the BPF side now requires the replay's begin), and a
+// tracer arriving while another holds replay__end must still be answered
+// (replay request semaphores).
+TEST(Faults, StaggeredOneShotTracersEachSeeTheWholeReplay) {
   const std::string truth_path = tmp_path("staggered.json");
   e2e::Program prog({tool(), "run", "--", kPy, program("many_tasks.py"), truth_path},
                     e2e::source_dir() + "/tests/programs");
