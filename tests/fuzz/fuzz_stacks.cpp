@@ -135,7 +135,10 @@ void add_proc(asynctrace::SnapshotDecoder& dec, Reader& in) {
   p.drop_codes_full = in.ConsumeIntegral<uint64_t>();
   p.drop_edges_full = in.ConsumeIntegral<uint64_t>();
   p.unknown_task = in.ConsumeIntegral<uint64_t>();
-  p.seq = in.ConsumeIntegral<uint64_t>();
+  p.drop_runtime = in.ConsumeIntegral<uint64_t>();
+  p.bad_records = in.ConsumeIntegral<uint64_t>();
+  p.drop_stacks_full = in.ConsumeIntegral<uint64_t>();
+  p.replay_active = in.ConsumeIntegral<uint64_t>();
   dec.set_proc(p);
 }
 
