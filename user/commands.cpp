@@ -251,48 +251,6 @@ std::string proc_exe(pid_t pid) {
   return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string("?");
 }
 
-// What `attach` leaves on disk is private: directories 0700 and files 0600,
-// owned by root or by whoever runs us, whatever the umask or an older
-// version left there. Anything else in their place is refused.
-Status make_private(const std::string& path, bool dir) {
-  struct stat st {};
-  if (lstat(path.c_str(), &st) != 0) return ok_status();  // not created (nothing to protect)
-  if ((dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode)) || (st.st_uid != 0 && st.st_uid != geteuid())) {
-    return Error{kExitTracing, "failed to pin maps: '" + path + "' is not a " + (dir ? "directory" : "file") +
-                                   " owned by root" + (geteuid() ? " or uid " + std::to_string(geteuid()) : "") +
-                                   "; remove it"};
-  }
-  const mode_t want = dir ? 0700 : 0600;
-  if ((st.st_mode & 07777) != want && chmod(path.c_str(), want) != 0) {
-    return Error{kExitTracing, "failed to restrict '" + path + "' to mode " + (dir ? "0700" : "0600") + ": " +
-                                   std::strerror(errno)};
-  }
-  return ok_status();
-}
-
-// The flock an `asynctrace attach` holds while it pins the maps of `pid`
-// (loader.cpp lock_path(): the loader owns the protocol, we only look).
-std::string lock_path(pid_t pid) { return "/run/asynctrace/" + std::to_string(pid) + ".lock"; }
-
-bool held_by_another_attach(pid_t pid) {
-  const int fd = open(lock_path(pid).c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  const bool held = flock(fd, LOCK_SH | LOCK_NB) != 0;
-  close(fd);
-  return held;
-}
-
-Status make_pins_private(pid_t pid) {
-  const std::string pins = pin_dir(pid);
-  const std::string lock = lock_path(pid);
-  for (const auto& [path, dir] : {std::pair{std::string("/run/asynctrace"), true}, {lock, false},
-                                  {std::string("/sys/fs/bpf/asynctrace"), true}, {pins, true},
-                                  {pins + "/tasks", false}, {pins + "/codes", false}, {pins + "/procs", false}}) {
-    if (auto st = make_private(path, dir); !st.ok()) return st;
-  }
-  return ok_status();
-}
-
 // Holds the tracer attached with its maps pinned until a signal, the duration
 // or the end of the traced program. Prints one "attached" line on stdout when
 // live. A program that exits or exec()s while held ends the command with
@@ -301,14 +259,13 @@ int run_attach(const Options& o) {
   const ImageWatch image(o.pid);
   // A second holder could not pin, and would wait in vain for a replay: the
   // runtime counts probes attached, not tracers, so it never sees a second.
-  if (check_privileges().ok() && held_by_another_attach(o.pid)) {
+  if (check_privileges().ok() && pin_holder_alive(o.pid)) {
     return fail(Error{kExitTracing, "failed to attach to process " + std::to_string(o.pid) +
                                         ": another 'asynctrace attach' holds it (pstree/ps read its maps)"});
   }
   auto tracer = start_tracing(o);
   if (!tracer.ok()) return fail(tracer.error());
   if (auto st = tracer.value()->pin(); !st.ok()) return fail(st.error());
-  if (auto st = make_pins_private(o.pid); !st.ok()) return fail(st.error());
   struct sigaction sa {};
   sa.sa_sigaction = on_stop;
   sa.sa_flags = SA_SIGINFO;

@@ -145,16 +145,19 @@ constexpr std::array<ProbeSlot, 10> kAttachOrder{{
     {"replay__end", [](asynctrace_bpf* s) { return s->progs.replay_end; }, kBoth, true},
 }};
 
+using Sites = Result<std::vector<usdt::Site>>;
+
+bool has_probe(const Sites& sites, std::string_view name) {
+  return sites.ok() && std::any_of(sites.value().begin(), sites.value().end(),
+                                   [&](const usdt::Site& s) { return s.name == name; });
+}
+
 // The batch path when the runtime offers it, unless ASYNCTRACE_EVENTS=per-event
 // asks for one probe per event (for comparison; bpftrace-like cost).
-EventPath choose_event_path(const std::string& binary) {
+EventPath choose_event_path(const Sites& sites) {
   const char* env = std::getenv("ASYNCTRACE_EVENTS");
   if (env && std::string_view(env) == "per-event") return kPerEvent;
-  auto sites = usdt::read_sites(binary, "asynctrace");
-  if (!sites.ok()) return kPerEvent;
-  for (const usdt::Site& site : sites.value())
-    if (site.name == "batch__flush") return kBatch;
-  return kPerEvent;
+  return has_probe(sites, "batch__flush") ? kBatch : kPerEvent;
 }
 
 
@@ -272,10 +275,29 @@ struct Pins {
   }
 };
 
+// What `attach` leaves on disk is private: directories 0700 and files 0600,
+// owned by root or by whoever runs us, whatever the umask or an older
+// holder left there. Anything else in their place is refused.
+Status make_private(const std::string& path, bool dir) {
+  struct stat st {};
+  if (lstat(path.c_str(), &st) != 0) return ok_status();  // not created (nothing to protect)
+  if ((dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode)) || (st.st_uid != 0 && st.st_uid != geteuid())) {
+    return Error{kExitTracing, "failed to pin maps: '" + path + "' is not a " + (dir ? "directory" : "file") +
+                                   " owned by root" + (geteuid() ? " or uid " + std::to_string(geteuid()) : "") +
+                                   "; remove it"};
+  }
+  const mode_t want = dir ? 0700 : 0600;
+  if ((st.st_mode & 07777) != want && chmod(path.c_str(), want) != 0) {
+    return Error{kExitTracing, "failed to restrict '" + path + "' to mode " + (dir ? "0700" : "0600") + ": " +
+                                   std::strerror(errno)};
+  }
+  return ok_status();
+}
+
 Status make_private_dir(const std::string& path) {
   if (mkdir(path.c_str(), 0700) != 0 && errno != EEXIST)
     return Error{kExitTracing, "failed to create directory '" + path + "': " + std::strerror(errno)};
-  return ok_status();
+  return make_private(path, true);
 }
 
 Status ensure_bpffs() {
@@ -366,8 +388,8 @@ class BpfTracer final : public Tracer {
     asynctrace_bpf__destroy(skel_);
   }
 
-  Status attach(const std::string& binary) {
-    return mode_ == AttachMode::UprobeMulti ? attach_multi(binary) : attach_per_site(binary);
+  Status attach(const std::string& binary, const Sites& sites) {
+    return mode_ == AttachMode::UprobeMulti ? attach_multi(binary, sites) : attach_per_site(binary);
   }
 
   Status wait_replay(std::chrono::milliseconds timeout) override {
@@ -405,7 +427,7 @@ class BpfTracer final : public Tracer {
 
  private:
   Status attach_per_site(const std::string& binary);
-  Status attach_multi(const std::string& binary);
+  Status attach_multi(const std::string& binary, const Sites& sites);
 
   pid_t pid_;
   asynctrace_bpf* skel_;
@@ -438,8 +460,7 @@ Status BpfTracer::attach_per_site(const std::string& binary) {
 // each site's BPF cookie (usdt.bpf.h reads it with bpf_get_attach_cookie()).
 // Everything that can fail for a reason of the binary fails before the first
 // link, so nothing is attached half-way for those.
-Status BpfTracer::attach_multi(const std::string& binary) {
-  auto sites = usdt::read_sites(binary, "asynctrace");
+Status BpfTracer::attach_multi(const std::string& binary, const Sites& sites) {
   if (!sites.ok()) return sites.error();
 
   bpf_map* specs = bpf_object__find_map_by_name(skel_->obj, "__bpf_usdt_specs");
@@ -492,10 +513,7 @@ Status BpfTracer::attach_multi(const std::string& binary) {
   // replay__end rising starts the replay, unless another tracer already
   // holds it (its semaphore counts processes, not tracers): a request probe
   // covers that case. Both rising at once still make one replay.
-  const bool has_requests = std::any_of(sites.value().begin(), sites.value().end(), [](const usdt::Site& s) {
-    return s.name.rfind("replay__req", 0) == 0;
-  });
-  if (has_requests) noop_fd_ = usdt::load_noop_program();
+  if (has_probe(sites, "replay__req0")) noop_fd_ = usdt::load_noop_program();
   if (noop_fd_ >= 0) {
     const int fd = usdt::request_replay(pid_, binary, mapped_path_, sites.value(), noop_fd_, true);
     if (fd >= 0) link_fds_.push_back(fd);
@@ -509,6 +527,7 @@ Status BpfTracer::pin() {
   pins_.lock_fd = open(lock_path(pid_).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (pins_.lock_fd < 0)
     return Error{kExitTracing, "failed to open lock '" + lock_path(pid_) + "': " + std::strerror(errno)};
+  if (Status st = make_private(lock_path(pid_), false); !st.ok()) return st;
   if (flock(pins_.lock_fd, LOCK_EX | LOCK_NB) != 0) {
     close(pins_.lock_fd);
     pins_.lock_fd = -1;
@@ -525,6 +544,7 @@ Status BpfTracer::pin() {
     const std::string path = pin_dir(pid_) + "/" + kPinnedMaps[i];
     if (bpf_map__pin(maps[i], path.c_str()) != 0)
       return Error{kExitTracing, "failed to pin BPF map '" + path + "': " + reason(errno)};
+    if (Status st = make_private(path, false); !st.ok()) return st;
   }
   return ok_status();
 }
@@ -544,8 +564,6 @@ Status check_privileges() {
 
 std::string pin_dir(pid_t pid) { return "/sys/fs/bpf/asynctrace/" + std::to_string(pid); }
 
-namespace {
-
 // True while an `asynctrace attach` holds the lock of `pid` (the kernel drops
 // a flock when its holder dies, however it dies).
 bool pin_holder_alive(pid_t pid) {
@@ -555,6 +573,8 @@ bool pin_holder_alive(pid_t pid) {
   close(lock);
   return held;
 }
+
+namespace {
 
 void remove_stale(pid_t pid) {
   remove_pins(pid);
@@ -730,10 +750,9 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
   if (opts.max_tasks && bpf_map__set_max_entries(skel->maps.tasks, opts.max_tasks) != 0)
     return Error{kExitTracing, "failed to size BPF map 'tasks': " + reason(errno)};
   const std::string& binary = proc.probe_lib_host.empty() ? proc.probe_lib : proc.probe_lib_host;
-  if (auto sites = usdt::read_sites(binary, "asynctrace"); sites.ok())
-    skel->rodata->require_begin = std::any_of(sites.value().begin(), sites.value().end(),
-                                              [](const usdt::Site& s) { return s.name == "replay__begin"; });
-  const EventPath path = choose_event_path(binary);
+  const Sites sites = usdt::read_sites(binary, "asynctrace");
+  skel->rodata->require_begin = has_probe(sites, "replay__begin");
+  const EventPath path = choose_event_path(sites);
   if (opts.verbose)
     std::fprintf(stderr, "asynctrace: events by %s\n",
                  path == kBatch ? "batch__flush (buffered in the runtime)" : "per-event probes");
@@ -780,7 +799,7 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
       errno != EEXIST)
     return Error{kExitTracing, "failed to update BPF map 'procs': " + reason(errno)};
 
-  if (Status st = tracer->attach(binary); !st.ok()) return st.error();
+  if (Status st = tracer->attach(binary, sites); !st.ok()) return st.error();
   return std::unique_ptr<Tracer>(std::move(tracer));
 }
 

@@ -48,6 +48,10 @@ Status check_privileges();
 // Where `attach` pins the maps of one process: /sys/fs/bpf/asynctrace/<pid>.
 std::string pin_dir(pid_t pid);
 
+// True while an `asynctrace attach` holds the maps of `pid` (its flock on
+// /run/asynctrace/<pid>.lock, which the kernel drops however it dies).
+bool pin_holder_alive(pid_t pid);
+
 // If a live `asynctrace attach` holds the maps of `pid` pinned: a Tracer over
 // those maps (nothing loaded). With `proc`, it also asks the runtime for a
 // replay (fresh stacks), which wait_replay() waits for; a timeout there is a

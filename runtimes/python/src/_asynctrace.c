@@ -337,6 +337,26 @@ static size_t fresh_slot(PyObject *task)
 }
 
 /* A CREATE record for `task` at `pos`: remember it if it is the task's first. */
+/*
+ * With the ring lock taken: the task's first CREATE record if it is still
+ * unflushed (no flush can read it now), else NULL and the lock released.
+ * NULL without the lock too when the task has no such record or a flush runs.
+ */
+static struct asynctrace_rec *fresh_create_locked(PyObject *task)
+{
+	size_t i = fresh_slot(task);
+	if (fresh[i].task != (uintptr_t)task || !R.slots ||
+	    atomic_flag_test_and_set_explicit(&R.lock, memory_order_acquire))
+		return NULL;
+	uint64_t pos = fresh[i].pos;
+	struct asynctrace_rec *r = &R.slots[pos & RING_MASK];
+	if (pos >= atomic_load_explicit(&R.tail, memory_order_relaxed) && r->type == ASYNCTRACE_REC_CREATE &&
+	    r->a == (uint64_t)(uintptr_t)task)
+		return r; /* records never wrap: r[1] is its slot 1 */
+	ring_unlock();
+	return NULL;
+}
+
 static void forget_step(PyObject *task);
 
 static void fresh_note(PyObject *task, uint64_t pos, int first)
@@ -346,60 +366,46 @@ static void fresh_note(PyObject *task, uint64_t pos, int first)
 	if (first) {
 		fresh[i].task = (uintptr_t)task;
 		fresh[i].pos = pos;
-	} else if (fresh[i].task == (uintptr_t)task) {
-		/* Renamed while its first CREATE is unflushed (create_task(name=)
-		 * on 3.10-3.12 names the task just after creating it): that record
-		 * becomes padding, and this one, the not yet published record at
-		 * pos, takes over its creator and coroutine and becomes the first. */
-		int moved = 0;
-		if (!atomic_flag_test_and_set_explicit(&R.lock, memory_order_acquire)) {
-			uint64_t old = fresh[i].pos;
-			struct asynctrace_rec *o = &R.slots[old & RING_MASK], *nr = &R.slots[pos & RING_MASK];
-			if (old >= atomic_load_explicit(&R.tail, memory_order_relaxed) &&
-			    o->type == ASYNCTRACE_REC_CREATE && o->a == (uint64_t)(uintptr_t)task) {
-				struct asynctrace_rec_create *oc = (struct asynctrace_rec_create *)&R.slots[(old + 1) & RING_MASK];
-				struct asynctrace_rec_create *nc = (struct asynctrace_rec_create *)&R.slots[(pos + 1) & RING_MASK];
-				if (!nr->b)
-					nr->b = o->b;
-				if (!nc->code_id)
-					nc->code_id = oc->code_id;
-				if (!nc->edge_kind) {
-					nc->edge_awaiter = oc->edge_awaiter;
-					nc->edge_kind = oc->edge_kind;
-				}
-				o->type = ASYNCTRACE_REC_PAD;
-				fresh[i].pos = pos;
-				moved = 1;
-			}
-			ring_unlock();
-		}
-		if (!moved)
-			fresh[i].task = 0; /* two CREATEs reach tracers: erase neither */
+		return;
 	}
+	/* Renamed while its first CREATE is unflushed (create_task(name=) on
+	 * 3.10-3.12 names the task just after creating it): that record becomes
+	 * padding, and this one, the not yet published record at pos, takes over
+	 * its creator, coroutine and edge and becomes the first. */
+	struct asynctrace_rec *o = fresh_create_locked(task);
+	if (!o) {
+		if (fresh[i].task == (uintptr_t)task)
+			fresh[i].task = 0; /* two CREATEs reach tracers: erase neither */
+		return;
+	}
+	struct asynctrace_rec *nr = &R.slots[pos & RING_MASK];
+	struct asynctrace_rec_create *oc = (struct asynctrace_rec_create *)&o[1];
+	struct asynctrace_rec_create *nc = (struct asynctrace_rec_create *)&nr[1];
+	if (!nr->b)
+		nr->b = o->b;
+	if (!nc->code_id)
+		nc->code_id = oc->code_id;
+	if (!nc->edge_kind) {
+		nc->edge_awaiter = oc->edge_awaiter;
+		nc->edge_kind = oc->edge_kind;
+	}
+	o->type = ASYNCTRACE_REC_PAD;
+	fresh[i].pos = pos;
+	ring_unlock();
 }
 
 /* 1 if the task's CREATE was still unflushed and is now a PAD (the caller
  * then writes no COMPLETE). Under the ring lock, so no flush reads it now. */
 static int fresh_erase(PyObject *task)
 {
-	size_t i = fresh_slot(task);
-	if (fresh[i].task != (uintptr_t)task || !R.slots)
+	struct asynctrace_rec *r = fresh_create_locked(task);
+	fresh[fresh_slot(task)].task = 0;
+	if (!r)
 		return 0;
-	fresh[i].task = 0;
-	if (atomic_flag_test_and_set_explicit(&R.lock, memory_order_acquire))
-		return 0; /* a flush is running: let it be */
-	int done = 0;
-	uint64_t pos = fresh[i].pos;
-	if (pos >= atomic_load_explicit(&R.tail, memory_order_relaxed)) {
-		struct asynctrace_rec *r = &R.slots[pos & RING_MASK];
-		if (r->type == ASYNCTRACE_REC_CREATE && r->a == (uint64_t)(uintptr_t)task) {
-			r->type = ASYNCTRACE_REC_PAD;
-			RS.erased++;
-			done = 1;
-		}
-	}
+	r->type = ASYNCTRACE_REC_PAD;
+	RS.erased++;
 	ring_unlock();
-	return done;
+	return 1;
 }
 
 /*
@@ -916,20 +922,15 @@ static int edges_on(void) { return ASYNCTRACE_EDGE_ADD_ENABLED() | BATCH_ON(); }
  * if the child completes before the flush. 1 if it did. */
 static int edge_into_create(PyObject *child, PyObject *awaiter, int kind)
 {
-	size_t i = fresh_slot(child);
-	if (fresh[i].task != (uintptr_t)child || !R.slots ||
-	    atomic_flag_test_and_set_explicit(&R.lock, memory_order_acquire))
+	struct asynctrace_rec *r = fresh_create_locked(child);
+	if (!r)
 		return 0;
-	int done = 0;
-	uint64_t pos = fresh[i].pos;
-	struct asynctrace_rec *r = &R.slots[pos & RING_MASK];
-	struct asynctrace_rec_create *c = (struct asynctrace_rec_create *)&R.slots[(pos + 1) & RING_MASK];
-	if (pos >= atomic_load_explicit(&R.tail, memory_order_relaxed) && r->type == ASYNCTRACE_REC_CREATE &&
-	    r->a == (uint64_t)(uintptr_t)child && !c->edge_awaiter) {
+	struct asynctrace_rec_create *c = (struct asynctrace_rec_create *)&r[1];
+	int done = !c->edge_kind;
+	if (done) {
 		c->edge_awaiter = (uint64_t)(uintptr_t)awaiter;
 		c->edge_kind = (uint32_t)kind + 1;
 		RS.edges_in_create++;
-		done = 1;
 	}
 	ring_unlock();
 	return done;
@@ -1055,20 +1056,23 @@ static void rec_stack(PyObject *task, PyObject *awaited, int kind, size_t nframe
 	ring_commit(n);
 }
 
+/* What a task waiting on `w` (NULL: nothing) awaits (asynctrace_await_kind). */
+static int await_kind_of(PyObject *w)
+{
+	if (!w)
+		return ASYNCTRACE_AWAIT_NONE;
+	if (is_task(w))
+		return ASYNCTRACE_AWAIT_TASK;
+	if (S.gathering_future_type && PyObject_TypeCheck(w, (PyTypeObject *)S.gathering_future_type))
+		return ASYNCTRACE_AWAIT_GATHER;
+	return ASYNCTRACE_AWAIT_FUTURE;
+}
+
 /* task__await for a suspended task, preceded by the gather/shield edges that hold. */
 static void emit_await_state(PyObject *task)
 {
 	PyObject *w = task_waiter(task);
-	int kind = ASYNCTRACE_AWAIT_NONE;
-	if (w) {
-		if (is_task(w))
-			kind = ASYNCTRACE_AWAIT_TASK;
-		else if (S.gathering_future_type &&
-			 PyObject_TypeCheck(w, (PyTypeObject *)S.gathering_future_type))
-			kind = ASYNCTRACE_AWAIT_GATHER;
-		else
-			kind = ASYNCTRACE_AWAIT_FUTURE;
-	}
+	int kind = await_kind_of(w);
 	if (edges_on()) {
 		if (kind == ASYNCTRACE_AWAIT_GATHER)
 			gather_edges(w, task, 0);
@@ -1601,13 +1605,7 @@ static int stack_known(PyObject *task)
 	PyObject *wt = field(task, L.waiter);
 	if (wt == Py_None)
 		wt = NULL;
-	int kind = ASYNCTRACE_AWAIT_NONE;
-	if (wt)
-		kind = is_task(wt) ? ASYNCTRACE_AWAIT_TASK
-		       : S.gathering_future_type && PyObject_TypeCheck(wt, (PyTypeObject *)S.gathering_future_type)
-			       ? ASYNCTRACE_AWAIT_GATHER
-			       : ASYNCTRACE_AWAIT_FUTURE;
-	return (set[w].state & ~STATE_STACK_SENT) == state_hash(wt, kind);
+	return (set[w].state & ~STATE_STACK_SENT) == state_hash(wt, await_kind_of(wt));
 }
 
 /* The parent task of the TaskGroup owning `task` (new ref), or NULL: the
