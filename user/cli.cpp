@@ -92,12 +92,16 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   std::string duration;  // empty: until a signal or the end of the process
   attach->add_option("-d,--duration", duration,
                      "Detach after this long (e.g. 30s, 5m; default: until Ctrl-C or the process exits)");
+  attach->add_flag("--timing", o.timing,
+                   "Also keep per-task step timing in the pinned maps (top, ps --long); costs the traced "
+                   "process two clock reads per step");
   attach->footer("EXAMPLES:\n  sudo asynctrace attach -p 1234 &       # hold the tracer\n  sudo asynctrace pstree -p 1234         # answered from the pinned maps\n  sudo asynctrace attach -p 1234 -d 10m\n");
   auto* run = app.add_subcommand("run", "Run a Python program with asynctrace probes loaded (dormant until traced)");
   run->add_option("--python-dir", o.python_dir, "Directory holding the built runtimes (default: <asynctrace dir>/python)");
   run->add_option("command", o.run_argv, "The program and its arguments, after --")->required();
   run->footer("EXAMPLES:\n  asynctrace run -- python3 app.py --port 8080\n  asynctrace run -- /usr/bin/python3.11 -m myservice\n");
-  ps->add_flag("-l,--long", o.long_format, "Add timing columns (steps, busy, longest step, awaiting for) and warnings");
+  ps->add_flag("-l,--long", o.long_format,
+               "Add timing columns (steps, busy, longest step, waiting for), measured over one second, and warnings");
 
   std::string interval = "1s", stuck = "10s", threshold = "50ms";
   auto* top = app.add_subcommand("top", "Live table of tasks: steps, busy time, scheduled and idle time, longest step");

@@ -39,6 +39,7 @@ struct Options {
   std::string prof_format = "folded";      // folded, speedscope, svg, html, pprof
   std::string mode = "cpu";                // cpu or wall
   bool long_format = false;                // ps --long: timing columns and warnings
+  bool timing = false;                     // attach --timing: hold timing__on too
 };
 
 struct ParseResult {

@@ -55,5 +55,6 @@ void install_stop_handlers();
 int run_top(const Options& o);
 int run_slow(const Options& o);
 int run_record(const Options& o);
+int run_ps_long(const Options& o);
 
 }  // namespace asynctrace

@@ -278,7 +278,7 @@ int run_attach(const Options& o) {
     return fail(Error{kExitTracing, "failed to attach to process " + std::to_string(o.pid) +
                                         ": another 'asynctrace attach' holds it (pstree/ps read its maps)"});
   }
-  auto tracer = start_tracing(o);
+  auto tracer = start_tracing(o, nullptr, TraceModes{o.timing, false, false});
   if (!tracer.ok()) return fail(tracer.error());
   if (auto st = tracer.value()->pin(); !st.ok()) return fail(st.error());
   install_stop_handlers();
@@ -386,8 +386,9 @@ int run_command(const Options& o) {
     case Command::Version:
       std::cout << "asynctrace 0.1.0 (probe ABI 1)\n";
       return kExitOk;
-    case Command::Pstree:
     case Command::Ps:
+      return o.long_format ? run_ps_long(o) : run_view(o);
+    case Command::Pstree:
     case Command::Stats:
       return run_view(o);
     case Command::Attach:

@@ -574,3 +574,93 @@ int run_record(const Options& o) {
 }
 
 }  // namespace asynctrace
+
+namespace asynctrace {
+
+// ps --long: the ps rows with each task's timing over one second of
+// tracing (plus whatever a holder with timing on counted before), and the
+// warnings top gives.
+int run_ps_long(const Options& o) {
+  auto src = open_timing(o, TraceModes{true, false, false});
+  if (!src.ok()) return fail(src.error());
+  install_stop_handlers();
+  TopModel model;
+  TopOptions topts;
+  topts.stuck_ns = static_cast<uint64_t>(o.stuck.count()) * 1'000'000ull;
+  auto first = src.value().tracer->snapshot();
+  if (!first.ok()) return fail(first.error());
+  (void)model.update(build_graph(first.value()), mono_ns(), topts);
+  nap(o.interval);
+  if (!process_alive(o.pid)) return fail(exited(o.pid));
+  auto later = src.value().tracer->snapshot();
+  if (!later.ok()) return fail(later.error());
+  // The tasks, states and stacks of the first look (just after the
+  // runtime's replay: stacks are complete then), the timing of the second.
+  Snapshot& snap = first.value();
+  std::unordered_map<uint64_t, const TaskRecord*> timed;
+  for (const TaskRecord& r : later.value().tasks) timed[r.id] = &r;
+  for (TaskRecord& r : snap.tasks)
+    if (auto it = timed.find(r.id); it != timed.end()) r.timing = it->second->timing;
+  snap.counters = later.value().counters;
+  const TaskGraph g = build_graph(snap);
+  const TopFrame f = model.update(g, mono_ns(), topts);
+  warn_partial(g.counters);
+  std::unordered_map<uint64_t, const TopRow*> by_id;
+  for (const TopRow& r : f.rows) by_id[r.id] = &r;
+  std::vector<std::string> warnings = f.warnings;
+  if (f.header.created > f.header.completed && g.tasks.size() >= 50 && f.header.created_per_s > f.header.completed_per_s * 1.1)
+    warnings.push_back("tasks are created faster than they complete (" + std::to_string(static_cast<int>(f.header.created_per_s)) +
+                       "/s vs " + std::to_string(static_cast<int>(f.header.completed_per_s)) + "/s): a task leak?");
+  if (o.format == Format::Json) {
+    nlohmann::json j = graph_json(g, false);
+    for (auto& t : j["tasks"]) {
+      const std::string id = t["id"];
+      for (const TopRow& r : f.rows) {
+        if (hex_id(r.id) != id) continue;
+        t["timing"] = r.timed ? nlohmann::json{{"steps", r.steps}, {"busy_ns", r.busy_ns}, {"sched_ns", r.sched_ns},
+                                               {"idle_ns", r.idle_ns}, {"longest_ns", r.longest_ns},
+                                               {"waiting_ns", r.waiting_ns}}
+                              : nlohmann::json(nullptr);
+      }
+    }
+    nlohmann::json w = nlohmann::json::array();
+    for (const std::string& s : warnings) w.push_back(sanitize_utf8(s));
+    j["warnings"] = std::move(w);
+    j["header"] = top_json(f)["header"];
+    std::cout << j.dump(2) << "\n";
+  } else {
+    auto line = [](const std::vector<std::pair<std::string, size_t>>& cols) {
+      std::string s;
+      for (const auto& [text, width] : cols) s += ljust(text, width) + " ";
+      while (!s.empty() && s.back() == ' ') s.pop_back();
+      return s + "\n";
+    };
+    std::cout << line({{"tid", 10}, {"task id", 16}, {"task name", 20}, {"state", 8}, {"steps", 7}, {"busy", 9},
+                       {"longest", 9}, {"waiting", 9}, {"coroutine stack", 50}, {"awaiter chain", 40},
+                       {"awaiter name", 15}, {"awaiter id", 15}});
+    std::cout << std::string(220, '-') << "\n";
+    for (const PsRow& r : build_ps_rows(g)) {
+      const TopRow* t = by_id.count(r.task_id) ? by_id[r.task_id] : nullptr;
+      const TaskNode* awaiter = g.find(r.awaiter_id);
+      std::cout << line({{std::to_string(r.tid), 10},
+                         {hex_id(r.task_id), 16},
+                         {escape_untrusted(r.task_name), 20},
+                         {t ? t->state : "", 8},
+                         {t && t->timed ? std::to_string(t->steps) : "-", 7},
+                         {t && t->timed ? short_duration(t->busy_ns) : "-", 9},
+                         {t && t->timed ? short_duration(t->longest_ns) : "-", 9},
+                         {!t || !t->waiting_ns ? "-" : t->waiting_ns < 500000000ull ? "<0.5s" : short_duration(t->waiting_ns), 9},
+                         {escape_untrusted(r.coroutine_stack), 50},
+                         {escape_untrusted(r.awaiter_chain), 40},
+                         {awaiter ? escape_untrusted(awaiter->name) : "", 15},
+                         {r.awaiter_id ? hex_id(r.awaiter_id) : "", 15}});
+    }
+    if (!warnings.empty()) std::cout << "\n";
+    for (const std::string& w : warnings) std::cout << "warning: " << escape_untrusted(w) << "\n";
+  }
+  std::cout.flush();
+  detach_in_background(src.value().tracer);
+  return std::cout.good() ? kExitOk : fail(Error{kExitInternal, "failed to write output"});
+}
+
+}  // namespace asynctrace
