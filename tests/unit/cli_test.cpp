@@ -70,6 +70,15 @@ TEST(Cli, BadInputIsAUsageErrorWithOneLine) {
            {"attach", "-p", "1", "--duration", "abc"},   // garbage duration
            {"pstree", "-p", "99999999999"},              // beyond pid_max
            {"stats", "-p", "1", "--max-tasks", "0"},     // empty map
+           {"top", "-p", "1", "-i", "5ms"},              // refresh faster than 10 ms
+           {"top", "-p", "1", "-s", "colour"},           // unknown sort key
+           {"top", "-p", "1", "--stuck", "0"},           // zero stuck threshold
+           {"slow", "-p", "1", "-t", "0"},               // zero threshold
+           {"slow", "-p", "1", "-d", "never"},           // garbage duration
+           {"record", "-p", "1"},                        // no output
+           {"record", "-p", "1", "-o", "x", "-f", "png"},  // unknown profile format
+           {"record", "-p", "1", "-o", "x", "-m", "gpu"},  // unknown mode
+           {"record", "-p", "1", "-o", "x", "-d", "0"},    // zero duration
            {"frobnicate"},                               // unknown command
            {},                                           // no command
        }) {
@@ -102,4 +111,38 @@ TEST(Cli, Durations) {
   EXPECT_FALSE(parse_duration("1.2.3s"));
   EXPECT_FALSE(parse_duration("10parsecs"));
   EXPECT_FALSE(parse_duration("1e400"));
+}
+
+TEST(Cli, TimingCommands) {
+  auto t = parse({"top", "-p", "7", "-i", "250ms", "-s", "longest", "--name", "worker", "-n", "3", "--format", "json"});
+  ASSERT_TRUE(t.options);
+  EXPECT_EQ(t.options->command, Command::Top);
+  EXPECT_EQ(t.options->interval, 250ms);
+  EXPECT_EQ(t.options->sort, "longest");
+  EXPECT_EQ(t.options->name_filter, "worker");
+  EXPECT_EQ(t.options->iterations, 3u);
+  EXPECT_EQ(t.options->format, Format::Json);
+  auto s = parse({"slow", "-p", "7", "--threshold", "200ms", "-d", "1m"});
+  ASSERT_TRUE(s.options);
+  EXPECT_EQ(s.options->command, Command::Slow);
+  EXPECT_EQ(s.options->threshold, 200ms);
+  EXPECT_EQ(s.options->duration, 60000ms);
+  auto r = parse({"record", "-p", "7", "-d", "30s", "-o", "out.svg", "-f", "svg", "--mode", "wall"});
+  ASSERT_TRUE(r.options);
+  EXPECT_EQ(r.options->command, Command::Record);
+  EXPECT_EQ(r.options->output, "out.svg");
+  EXPECT_EQ(r.options->prof_format, "svg");
+  EXPECT_EQ(r.options->mode, "wall");
+  EXPECT_EQ(r.options->duration, 30000ms);
+  auto p = parse({"ps", "-p", "7", "--long"});
+  ASSERT_TRUE(p.options);
+  EXPECT_TRUE(p.options->long_format);
+  auto a = parse({"attach", "-p", "7", "--timing"});
+  ASSERT_TRUE(a.options);
+  EXPECT_TRUE(a.options->timing);
+  for (const char* cmd : {"top", "slow", "record"}) {
+    auto h = parse({cmd, "--help"});
+    EXPECT_EQ(h.exit_code, 0);
+    EXPECT_NE(h.out.find("EXAMPLES:"), std::string::npos) << cmd;
+  }
 }
