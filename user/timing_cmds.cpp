@@ -296,6 +296,8 @@ int run_slow(const Options& o) {
                           {"start_ns", ev.start_ns},
                           {"tid", ev.tid},
                           {"completed", ev.completed},
+                          {"resumed_stack_id", hex_id(ev.start_stack)},
+                          {"suspended_stack_id", hex_id(ev.end_stack)},
                           {"resumed_at", frames_json(resumed)},
                           {"suspended_at", frames_json(suspended)}};
       nlohmann::json smp = nlohmann::json::array();
