@@ -153,7 +153,8 @@ class Graph {
         << depth << "\"><title>" << name << " (" << human_ns(n.weight) << ", "
         << fmt("%.2f", 100.0 * static_cast<double>(n.weight) / total()) << "%)</title><svg x=\""
         << fmt("%.2f", px) << "\" y=\"" << py << "\" width=\"" << fmt("%.2f", pw)
-        << "\" height=\"16\"><rect width=\"100%\" height=\"100%\" rx=\"2\" fill=\"" << colour(n)
+        << "\" height=\"16\"><rect width=\"100%\" height=\"100%\" rx=\"2\" fill=\""
+        << (i == 0 ? std::string("rgb(200,200,200)") : colour(n))
         << "\"/><text x=\"3\" y=\"12\">" << name << "</text></svg></g>\n";
     uint64_t cx = x;
     for (const auto& [cname, c] : n.children) {
