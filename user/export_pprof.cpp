@@ -5,6 +5,7 @@
 #include <time.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <map>
 #include <ostream>
 #include <stdexcept>
@@ -173,14 +174,20 @@ std::string gzip(std::string_view data) {
   if (deflateInit2(&zs, Z_BEST_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
     throw std::runtime_error("failed to initialize zlib deflate");
   std::string out;
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data()));
-  zs.avail_in = static_cast<uInt>(data.size());
   char buf[16384];
   int rc;
+  // avail_in is 32 bits: feed the input in pieces, finish with the last one.
+  size_t fed = 0;
   do {
+    if (zs.avail_in == 0 && fed < data.size()) {
+      const size_t n = std::min<size_t>(data.size() - fed, 1u << 30);
+      zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(data.data() + fed));
+      zs.avail_in = static_cast<uInt>(n);
+      fed += n;
+    }
     zs.next_out = reinterpret_cast<Bytef*>(buf);
     zs.avail_out = sizeof buf;
-    rc = deflate(&zs, Z_FINISH);
+    rc = deflate(&zs, fed == data.size() ? Z_FINISH : Z_NO_FLUSH);
     out.append(buf, sizeof buf - zs.avail_out);
   } while (rc == Z_OK);
   deflateEnd(&zs);
