@@ -24,6 +24,8 @@
 #define AT_MAX_CODES 65536    /* code map capacity */
 #define AT_MAX_STACKS 65536   /* distinct stacks (interned) */
 #define AT_MAX_PROCS 1024
+#define AT_HIST_BUCKETS 32    /* == ASYNCTRACE_HIST_BUCKETS */
+#define AT_MAX_SECS 8
 
 /* task states */
 enum at_task_state {
@@ -112,6 +114,43 @@ struct at_proc {
 	__u64 bad_records;     /* malformed batch records (batch rest skipped) */
 	__u64 drop_stacks_full;
 	__u64 replay_active;   /* generation of the replay in progress (replay__begin) */
+	/* Timing (LOOP records, while a tracer holds timing__on): the runtime's
+	 * totals since it started counting at timing_since_ns. */
+	__u64 timing_since_ns;
+	__u64 loop_at_ns;      /* time of the last LOOP record */
+	__u64 tasks_created;
+	__u64 tasks_completed;
+	__u64 steps;
+	__u64 busy_ns;
+	__u64 drop_events;     /* STEP_TIMED/SAMPLE events the events ring had no room for */
+	__u64 drop_timing_full;
+	/* Longest step per second of CLOCK_MONOTONIC, the last AT_MAX_SECS seconds:
+	 * slot sec % AT_MAX_SECS holds second step_max_sec[] */
+	__u64 step_max_ns[AT_MAX_SECS];
+	__u64 step_max_sec[AT_MAX_SECS];
+};
+
+/* Timing of one task (key at_task_key) or one coroutine (key at_code_key),
+ * since timing__on: sums of the runtime's TIMING / CODE records. */
+struct at_timing {
+	__u64 steps;
+	__u64 busy_ns;         /* time in steps */
+	__u64 sched_ns;        /* runnable, not yet resumed (where the runtime can tell) */
+	__u64 max_ns;          /* longest step */
+	__u64 last_end_ns;     /* end of the last step (tasks) */
+	__u64 first_ns;        /* when this entry was created (bpf_ktime_get_ns) */
+	__u32 hist[AT_HIST_BUCKETS]; /* steps of [2^i, 2^(i+1)) us; bucket 0 also < 1 us */
+};
+
+/* Forwarded to user space through the `events` ring buffer (tracers that
+ * set forward_events): STEP_TIMED and SAMPLE records, with the task's name. */
+struct at_event {
+	__u32 pid;
+	__u32 name_len;        /* 0: task unknown to the tracer */
+	__u64 ktime;           /* when the BPF program saw it */
+	__u8 rec[64];          /* the record's first two slots (SAMPLE: header, zeroes) */
+	__u64 task_code;       /* the task's coroutine code id, if known */
+	char name[AT_NAME_LEN];
 };
 
 /* Batched events: mirrors struct asynctrace_rec / asynctrace_rec_create of
@@ -124,6 +163,11 @@ struct at_proc {
 #define AT_REC_EDGE_REMOVE 5
 #define AT_REC_STACK 6
 #define AT_REC_RESUME 7
+#define AT_REC_TIMING 8
+#define AT_REC_CODE 9
+#define AT_REC_LOOP 10
+#define AT_REC_STEP_TIMED 11
+#define AT_REC_SAMPLE 12
 #define AT_REC_NAME_MAX 64
 #define AT_REC_MAX_SLOTS 18
 #define AT_BATCH_CHUNK 128     /* slots read from the process per copy */

@@ -31,6 +31,10 @@ const volatile __u32 target_tgid = 0;
  * missed, for a complete one. */
 const volatile bool require_begin = false;
 
+/* Set by tracers that read the `events` ring buffer (slow, record): the
+ * runtime's STEP_TIMED and SAMPLE records are forwarded there. */
+const volatile bool forward_events = false;
+
 /* Events lost because procs itself was full: there is no per-process counter
  * to put them in, so they are counted globally (read through the skeleton). */
 __u64 drop_procs_full = 0;
@@ -70,6 +74,31 @@ struct {
 	__type(key, __u32);
 	__type(value, struct at_proc);
 } procs SEC(".maps");
+
+/* Per-task timing (TIMING records); the entry goes with the task's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, AT_MAX_TASKS);
+	__type(key, struct at_task_key);
+	__type(value, struct at_timing);
+} timing SEC(".maps");
+
+/* Per-coroutine timing (CODE records), key (pid, code id). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, AT_MAX_CODES);
+	__type(key, struct at_code_key);
+	__type(value, struct at_timing);
+} code_timing SEC(".maps");
+
+/* STEP_TIMED and SAMPLE records for user space (forward_events). The loader
+ * sizes it; tracers that do not forward keep it at one page. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
 
 struct scratch {
 	struct at_task task;
@@ -285,9 +314,9 @@ static __always_inline __u64 stack_hash(const struct at_stack *st, __u32 n)
 	return h ? h : 1;
 }
 
-/* Points the task at stack `st` (frames and nframes filled in), interning it. */
-static __always_inline void task_set_stack(struct at_proc *proc, __u32 pid, struct at_task *task,
-					   struct at_stack *st, __u64 stack_id)
+/* Interns stack `st` (frames and nframes filled in) as stack_id; 0 if it is there. */
+static __always_inline int stack_intern(struct at_proc *proc, __u32 pid, struct at_stack *st,
+					__u64 stack_id)
 {
 	struct at_stack_key key = { .pid = pid, .stack_id = stack_id };
 	struct at_stack *old;
@@ -298,14 +327,23 @@ static __always_inline void task_set_stack(struct at_proc *proc, __u32 pid, stru
 	old = bpf_map_lookup_elem(&stacks, &key);
 	if (old) {
 		old->gen = proc->replay_active; /* in use again: not garbage */
-	} else {
-		st->gen = proc->replay_active;
-		err = bpf_map_update_elem(&stacks, &key, st, BPF_NOEXIST);
-		if (err && err != -EEXIST) {
-			__sync_fetch_and_add(&proc->drop_stacks_full, 1);
-			return;
-		}
+		return 0;
 	}
+	st->gen = proc->replay_active;
+	err = bpf_map_update_elem(&stacks, &key, st, BPF_NOEXIST);
+	if (err && err != -EEXIST) {
+		__sync_fetch_and_add(&proc->drop_stacks_full, 1);
+		return -1;
+	}
+	return 0;
+}
+
+/* Points the task at stack `st` (frames and nframes filled in), interning it. */
+static __always_inline void task_set_stack(struct at_proc *proc, __u32 pid, struct at_task *task,
+					   struct at_stack *st, __u64 stack_id)
+{
+	if (stack_intern(proc, pid, st, stack_id))
+		return;
 	task->stack_id = stack_id;
 	task->nframes = (__u8)st->nframes;
 }
@@ -336,6 +374,7 @@ static __always_inline void apply_complete(struct at_proc *proc, __u32 pid, __u6
 
 	if (bpf_map_delete_elem(&tasks, &key))
 		__sync_fetch_and_add(&proc->unknown_task, 1);
+	bpf_map_delete_elem(&timing, &key);
 }
 
 static __always_inline void apply_edge_add(struct at_proc *proc, __u32 pid, __u64 child_id,
@@ -639,6 +678,154 @@ static __always_inline int batch_other(struct batch_ctx *x, __u32 cur)
 	return 0;
 }
 
+/* TIMING (per task, known tasks only) and CODE (per coroutine) deltas. */
+static __always_inline int batch_timing(struct batch_ctx *x, __u32 cur, __u32 n)
+{
+	struct at_timing zero = {}, *t;
+	struct at_rec *rec;
+	const __u64 *slot1;
+	const __u8 *hist;
+	long err;
+
+	if (!x->proc || !x->buf || cur >= AT_BATCH_CHUNK || n != 3)
+		return -1;
+	rec = &x->buf->recs[cur];
+	slot1 = (const __u64 *)&x->buf->recs[cur + 1];
+	hist = (const __u8 *)&x->buf->recs[cur + 2];
+	if (rec->type == AT_REC_TIMING) {
+		struct at_task_key key = { .pid = x->buf->pid, .task_id = rec->a };
+
+		if (!bpf_map_lookup_elem(&tasks, &key))
+			return 0; /* never reached us (erased) or already gone */
+		t = bpf_map_lookup_elem(&timing, &key);
+		if (!t) {
+			zero.first_ns = bpf_ktime_get_ns();
+			err = bpf_map_update_elem(&timing, &key, &zero, BPF_NOEXIST);
+			if (err && err != -EEXIST) {
+				__sync_fetch_and_add(&x->proc->drop_timing_full, 1);
+				return 0;
+			}
+			t = bpf_map_lookup_elem(&timing, &key);
+		}
+	} else {
+		struct at_code_key key = { .pid = x->buf->pid, .code_id = rec->a };
+
+		t = bpf_map_lookup_elem(&code_timing, &key);
+		if (!t) {
+			zero.first_ns = bpf_ktime_get_ns();
+			err = bpf_map_update_elem(&code_timing, &key, &zero, BPF_NOEXIST);
+			if (err && err != -EEXIST) {
+				__sync_fetch_and_add(&x->proc->drop_timing_full, 1);
+				return 0;
+			}
+			t = bpf_map_lookup_elem(&code_timing, &key);
+		}
+	}
+	if (!t)
+		return 0;
+	t->steps += rec->len;
+	t->busy_ns += rec->b;
+	t->sched_ns += rec->c;
+	if (slot1[0] > t->max_ns)
+		t->max_ns = slot1[0];
+	if (slot1[1] > t->last_end_ns)
+		t->last_end_ns = slot1[1];
+	for (int i = 0; i < AT_HIST_BUCKETS; i++)
+		t->hist[i] += hist[i];
+	return 0;
+}
+
+/* LOOP: the runtime's process totals, and the longest step per second. */
+static __always_inline int batch_loop(struct batch_ctx *x, __u32 cur, __u32 n)
+{
+	struct at_proc *p = x->proc;
+	struct at_rec *rec;
+	const __u64 *slot1;
+	__u64 sec;
+	__u32 i;
+
+	if (!p || !x->buf || cur >= AT_BATCH_CHUNK || n != 2)
+		return -1;
+	rec = &x->buf->recs[cur];
+	slot1 = (const __u64 *)&x->buf->recs[cur + 1];
+	p->tasks_created = rec->a;
+	p->tasks_completed = rec->b;
+	p->steps = rec->c;
+	p->busy_ns = slot1[0];
+	p->loop_at_ns = slot1[2];
+	p->timing_since_ns = slot1[3];
+	sec = slot1[2] / 1000000000ull;
+	i = sec % AT_MAX_SECS;
+	if (i >= AT_MAX_SECS)
+		return 0;
+	if (p->step_max_sec[i] != sec) {
+		p->step_max_sec[i] = sec;
+		p->step_max_ns[i] = 0;
+	}
+	if (slot1[1] > p->step_max_ns[i])
+		p->step_max_ns[i] = slot1[1];
+	return 0;
+}
+
+/* STEP_TIMED and SAMPLE: SAMPLE frames are interned in `stacks`; both are
+ * forwarded to the events ring when a reader asked for them. */
+static __always_inline int batch_event(struct batch_ctx *x, __u32 cur, __u32 n)
+{
+	struct scratch *s = scratch_slot();
+	struct at_event *ev;
+	struct at_task *task;
+	struct at_rec *rec;
+	__u32 nf;
+
+	if (!x->proc || !x->buf || !s || cur >= AT_BATCH_CHUNK || n < 1 || n > AT_REC_MAX_SLOTS)
+		return -1;
+	rec = &x->buf->recs[cur];
+	if (rec->type == AT_REC_SAMPLE) {
+		nf = rec->len;
+		if (nf > AT_MAX_FRAMES)
+			nf = AT_MAX_FRAMES;
+		if (nf > (n - 1) * 2)
+			nf = (n - 1) * 2;
+		if (nf && rec->c) {
+			__builtin_memcpy(s->stack.frames, &x->buf->recs[cur + 1], sizeof(s->stack.frames));
+			s->stack.nframes = nf;
+			stack_intern(x->proc, x->buf->pid, &s->stack, rec->c);
+		}
+	} else if (n != 2) {
+		return -1;
+	}
+	if (!forward_events)
+		return 0;
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		__sync_fetch_and_add(&x->proc->drop_events, 1);
+		return 0;
+	}
+	ev->pid = x->buf->pid;
+	ev->ktime = bpf_ktime_get_ns();
+	__builtin_memcpy(ev->rec, rec, 32);
+	if (rec->type == AT_REC_STEP_TIMED) {
+		__builtin_memcpy(ev->rec + 32, &x->buf->recs[cur + 1], 32);
+		ev->task_code = ((const __u64 *)&x->buf->recs[cur + 1])[3];
+	} else {
+		__builtin_memset(ev->rec + 32, 0, 32);
+		ev->task_code = 0;
+	}
+	struct at_task_key key = { .pid = x->buf->pid, .task_id = rec->a };
+	task = bpf_map_lookup_elem(&tasks, &key);
+	if (task) {
+		__builtin_memcpy(ev->name, task->name, AT_NAME_LEN);
+		ev->name_len = task->name_len ? task->name_len : 1;
+		if (!ev->task_code)
+			ev->task_code = task->coro_code_id;
+	} else {
+		__builtin_memset(ev->name, 0, AT_NAME_LEN);
+		ev->name_len = 0;
+	}
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
 static long batch_record(__u64 index, struct batch_ctx *x)
 {
 	struct at_rec *rec;
@@ -674,6 +861,17 @@ static long batch_record(__u64 index, struct batch_ctx *x)
 		break;
 	case AT_REC_STACK:
 		err = batch_stack(x, cur, n);
+		break;
+	case AT_REC_TIMING:
+	case AT_REC_CODE:
+		err = batch_timing(x, cur, n);
+		break;
+	case AT_REC_LOOP:
+		err = batch_loop(x, cur, n);
+		break;
+	case AT_REC_STEP_TIMED:
+	case AT_REC_SAMPLE:
+		err = batch_event(x, cur, n);
 		break;
 	default:
 		err = batch_other(x, cur);

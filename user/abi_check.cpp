@@ -16,7 +16,15 @@ static_assert(offsetof(struct at_task, name) == 96);
 static_assert(sizeof(struct at_task) == 96 + AT_NAME_LEN);
 static_assert(sizeof(struct at_stack) == 16 + 16 * AT_MAX_FRAMES);
 static_assert(sizeof(struct at_code) == 16 + AT_QUALNAME_LEN + AT_FILENAME_LEN);
-static_assert(sizeof(struct at_proc) == 88);
+static_assert(sizeof(struct at_proc) == 88 + 8 * 8 + 16 * AT_MAX_SECS);
+static_assert(sizeof(struct at_timing) == 48 + 4 * AT_HIST_BUCKETS);
+static_assert(sizeof(struct at_event) == 88 + AT_NAME_LEN);
+static_assert(AT_HIST_BUCKETS == ASYNCTRACE_HIST_BUCKETS);
+static_assert(sizeof(struct asynctrace_rec_timing) == 32 && sizeof(struct asynctrace_rec_loop) == 32 &&
+              sizeof(struct asynctrace_rec_step_timed) == 32);
+static_assert(AT_REC_TIMING == ASYNCTRACE_REC_TIMING && AT_REC_CODE == ASYNCTRACE_REC_CODE &&
+              AT_REC_LOOP == ASYNCTRACE_REC_LOOP && AT_REC_STEP_TIMED == ASYNCTRACE_REC_STEP_TIMED &&
+              AT_REC_SAMPLE == ASYNCTRACE_REC_SAMPLE);
 static_assert(sizeof(struct at_rec) == sizeof(struct asynctrace_rec) && sizeof(struct at_rec) == 32);
 static_assert(offsetof(struct at_rec, len) == offsetof(struct asynctrace_rec, len));
 static_assert(offsetof(struct at_rec, a) == offsetof(struct asynctrace_rec, a));

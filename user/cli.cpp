@@ -22,6 +22,9 @@ EXAMPLES:
   sudo asynctrace pstree -p 1234            # tree of tasks and who awaits them
   sudo asynctrace ps -p 1234                # one row per task and awaiter
   sudo asynctrace ps -p 1234 --format json  # the same as JSON (docs/json.md)
+  sudo asynctrace top -p 1234               # live per-task busy/idle/steps
+  sudo asynctrace slow -p 1234 -t 50ms      # steps that blocked the loop, with stacks
+  sudo asynctrace record -p 1234 -d 30s -o app.svg -f svg   # task-aware flame graph
 )";
 
 void add_target_options(CLI::App* cmd, Options& o, std::string& fmt, std::string& timeout) {
@@ -94,6 +97,46 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   run->add_option("--python-dir", o.python_dir, "Directory holding the built runtimes (default: <asynctrace dir>/python)");
   run->add_option("command", o.run_argv, "The program and its arguments, after --")->required();
   run->footer("EXAMPLES:\n  asynctrace run -- python3 app.py --port 8080\n  asynctrace run -- /usr/bin/python3.11 -m myservice\n");
+  ps->add_flag("-l,--long", o.long_format, "Add timing columns (steps, busy, longest step, awaiting for) and warnings");
+
+  std::string interval = "1s", stuck = "10s", threshold = "50ms";
+  auto* top = app.add_subcommand("top", "Live table of tasks: steps, busy time, scheduled and idle time, longest step");
+  add_target_options(top, o, fmt, timeout);
+  top->add_option("-i,--interval", interval, "Refresh period (default 1s)");
+  top->add_option("-s,--sort", o.sort, "Sort by: busy (default), busy%, steps, longest, sched, idle, age, name")
+      ->check(CLI::IsMember({"busy", "busy%", "steps", "longest", "sched", "idle", "age", "name"}));
+  top->add_option("--name", o.name_filter, "Show only tasks whose name contains this text");
+  top->add_option("-n,--iterations", o.iterations, "Stop after this many refreshes (default: until Ctrl-C)");
+  top->add_option("--stuck", stuck, "Warn about tasks awaiting the same thing longer than this (default 10s)");
+  top->footer("In a terminal the table redraws in place; otherwise one snapshot per interval is\n"
+              "printed (--format json: one JSON object per line).\n\nEXAMPLES:\n"
+              "  sudo asynctrace top -p 1234\n  sudo asynctrace top -p 1234 -s longest --name worker\n"
+              "  sudo asynctrace top -p 1234 -n 5 --format json | jq .header\n");
+
+  auto* slow = app.add_subcommand("slow", "Report steps that held the event loop longer than a threshold, with stacks");
+  add_target_options(slow, o, fmt, timeout);
+  slow->add_option("-t,--threshold", threshold, "Report steps at least this long (default 50ms)");
+  std::string slow_duration;
+  slow->add_option("-d,--duration", slow_duration, "Stop after this long (default: until Ctrl-C or the process exits)");
+  slow->footer("Each report names the task, the step's duration, its coroutine stack where it\n"
+               "resumed and where it suspended, and the loop thread's Python stack sampled while\n"
+               "the step blocked (plain functions included, innermost first).\n\nEXAMPLES:\n"
+               "  sudo asynctrace slow -p 1234 --threshold 50ms\n"
+               "  sudo asynctrace slow -p 1234 -t 200ms -d 1m --format json\n");
+
+  auto* record = app.add_subcommand("record", "Record a task-aware profile (flame graph, speedscope, pprof, folded)");
+  record->add_option("-p,--pid", o.pid, "Process to record")->required()->check(CLI::Range(1, 4194304));
+  std::string rec_duration = "10s";
+  record->add_option("-d,--duration", rec_duration, "How long to record (default 10s; Ctrl-C ends early)");
+  record->add_option("-o,--output", o.output, "File to write ('-' = stdout)")->required();
+  record->add_option("-f,--format", o.prof_format, "folded (default), speedscope, svg, html, pprof")
+      ->check(CLI::IsMember({"folded", "speedscope", "svg", "html", "pprof"}));
+  record->add_option("-m,--mode", o.mode, "cpu: time in steps (default); wall: also time awaiting, by await site")
+      ->check(CLI::IsMember({"cpu", "wall"}));
+  record->add_option("--timeout", timeout, "How long to wait for the runtime to report its live tasks (default 2s)");
+  record->footer("EXAMPLES:\n  sudo asynctrace record -p 1234 -d 30s -o app.svg -f svg\n"
+                 "  sudo asynctrace record -p 1234 -o app.speedscope.json -f speedscope --mode wall\n"
+                 "  sudo asynctrace record -p 1234 -o - -f folded | flamegraph.pl > app.svg\n");
   for (auto* c : {pstree, ps}) c->fallthrough();
 
   std::vector<const char*> argv;
@@ -122,6 +165,9 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   else if (stats->parsed()) o.command = Command::Stats;
   else if (attach->parsed()) o.command = Command::Attach;
   else if (run->parsed()) o.command = Command::Run;
+  else if (top->parsed()) o.command = Command::Top;
+  else if (slow->parsed()) o.command = Command::Slow;
+  else if (record->parsed()) o.command = Command::Record;
   else {
     r.out = app.help();
     r.exit_code = kExitUsage;
@@ -144,6 +190,34 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
     auto dd = parse_duration(duration);
     if (!dd || dd->count() == 0) return bad_duration("--duration", duration, "30s or 5m");
     o.duration = *dd;
+  }
+  if (o.command == Command::Top) {
+    auto di = parse_duration(interval);
+    if (!di || di->count() < 10) return bad_duration("--interval", interval, "500ms or 2s (10ms at least)");
+    o.interval = *di;
+    auto ds = parse_duration(stuck);
+    if (!ds || ds->count() == 0) return bad_duration("--stuck", stuck, "10s or 1m");
+    o.stuck = *ds;
+  }
+  if (o.command == Command::Slow) {
+    auto dt = parse_duration(threshold);
+    if (!dt || dt->count() == 0) return bad_duration("--threshold", threshold, "50ms or 1s");
+    o.threshold = *dt;
+    if (!slow_duration.empty()) {
+      auto dd = parse_duration(slow_duration);
+      if (!dd || dd->count() == 0) return bad_duration("--duration", slow_duration, "30s or 5m");
+      o.duration = *dd;
+    }
+  }
+  if (o.command == Command::Record) {
+    auto dd = parse_duration(rec_duration);
+    if (!dd || dd->count() == 0) return bad_duration("--duration", rec_duration, "30s or 5m");
+    o.duration = *dd;
+    if (o.output.empty()) {
+      r.exit_code = kExitUsage;
+      r.err = "asynctrace: error: --output: a file name is required ('-' for stdout)";
+      return r;
+    }
   }
   r.options = o;
   return r;

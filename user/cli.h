@@ -13,7 +13,7 @@
 
 namespace asynctrace {
 
-enum class Command { Pstree, Ps, Stats, Attach, Run, Version };
+enum class Command { Pstree, Ps, Stats, Attach, Run, Top, Slow, Record, Version };
 enum class Format { Text, Json };
 
 struct Options {
@@ -26,6 +26,19 @@ struct Options {
   std::chrono::milliseconds duration{0};    // attach: 0 = until interrupted or the process exits
   std::vector<std::string> run_argv;       // run: the command to launch
   std::string python_dir;                  // run: override of <exe dir>/python
+  // top
+  std::chrono::milliseconds interval{1000};  // refresh period
+  std::string sort = "busy";                 // column to sort by (descending, name ascending)
+  std::string name_filter;                   // only tasks whose name contains this
+  uint32_t iterations = 0;                   // snapshots to print, 0 = until interrupted
+  std::chrono::milliseconds stuck{10000};    // warn about tasks awaiting one thing longer
+  // slow
+  std::chrono::milliseconds threshold{50};
+  // record
+  std::string output;                      // -o FILE ("-" = stdout)
+  std::string prof_format = "folded";      // folded, speedscope, svg, html, pprof
+  std::string mode = "cpu";                // cpu or wall
+  bool long_format = false;                // ps --long: timing columns and warnings
 };
 
 struct ParseResult {

@@ -20,6 +20,7 @@
 #include <thread>
 #include <utility>
 
+#include "command_util.h"
 #include "escape.h"
 #include "loader.h"
 #include "model.h"
@@ -30,7 +31,6 @@
 extern char** environ;
 
 namespace asynctrace {
-namespace {
 
 int fail(const Error& e) {
   std::cerr << "asynctrace: " << e.message << "\n";
@@ -53,6 +53,8 @@ void warn_partial(const ProcCounters& c) {
               << " event(s) lost in the runtime's buffer, " << c.bad_records
               << " malformed batch record(s)\n";
 }
+
+namespace {
 
 // Takes the snapshot by value and drops it once the graph is built: at
 // 100,000 tasks the two together are most of the tool's memory.
@@ -77,23 +79,16 @@ int output_status() {
                           : fail(Error{kExitInternal, "failed to write output: " + std::string(std::strerror(errno))});
 }
 
-// -v: how long each phase took, on stderr.
-class PhaseClock {
- public:
-  explicit PhaseClock(bool on) : on_(on), t_(std::chrono::steady_clock::now()) {}
-  void mark(const char* phase) {
-    const auto now = std::chrono::steady_clock::now();
-    if (on_) {
-      std::cerr << "asynctrace: " << phase << ": "
-                << std::chrono::duration<double, std::milli>(now - t_).count() << " ms\n";
-    }
-    t_ = now;
-  }
+}  // namespace
 
- private:
-  bool on_;
-  std::chrono::steady_clock::time_point t_;
-};
+void PhaseClock::mark(const char* phase) {
+  const auto now = std::chrono::steady_clock::now();
+  if (on_) {
+    std::cerr << "asynctrace: " << phase << ": "
+              << std::chrono::duration<double, std::milli>(now - t_).count() << " ms\n";
+  }
+  t_ = now;
+}
 
 // Privileges, target check, attach, and the runtime's replay: what every
 // command that traces a process does first.
@@ -104,7 +99,7 @@ class PhaseClock {
 // (replay__req0..3) for the case where another tracer holds replay__end. If
 // every request slot is taken too, the first attach waits three quarters of
 // the budget; without an answer it detaches and attaches once more.
-Result<std::unique_ptr<Tracer>> start_tracing(const Options& o, PhaseClock* clock = nullptr) {
+Result<std::unique_ptr<Tracer>> start_tracing(const Options& o, PhaseClock* clock, const TraceModes& modes) {
   if (auto st = check_privileges(); !st.ok()) return st.error();
   sweep_stale_pins();
   const ProcInfo info = inspect_process(o.pid);
@@ -114,6 +109,9 @@ Result<std::unique_ptr<Tracer>> start_tracing(const Options& o, PhaseClock* cloc
   topts.replay_timeout = o.timeout;
   topts.verbose = o.verbose;
   topts.max_tasks = o.max_tasks;
+  topts.timing = modes.timing;
+  topts.steps = modes.steps;
+  topts.events = modes.events;
   using Clock = std::chrono::steady_clock;
   const auto deadline = Clock::now() + o.timeout;
   for (int attempt = 1;; ++attempt) {
@@ -167,6 +165,8 @@ void detach_in_background(std::unique_ptr<Tracer>& tracer) {
   tracer.reset();
 }
 
+namespace {
+
 int run_view(const Options& o) {
   PhaseClock clock(o.verbose);
   if (auto st = check_privileges(); !st.ok()) return fail(st.error());
@@ -207,12 +207,27 @@ int run_view(const Options& o) {
   return status;
 }
 
+}  // namespace
+
 volatile sig_atomic_t g_stop = 0;       // the signal that asked `attach` to stop
 volatile sig_atomic_t g_stop_sender = 0;  // and the pid that sent it (0: the kernel, a terminal)
+namespace {
 void on_stop(int sig, siginfo_t* info, void*) {
   g_stop_sender = info && info->si_code == SI_USER ? info->si_pid : 0;
   g_stop = sig;
 }
+}  // namespace
+
+void install_stop_handlers() {
+  struct sigaction sa {};
+  sa.sa_sigaction = on_stop;
+  sa.sa_flags = SA_SIGINFO;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGHUP, &sa, nullptr);
+}
+
+namespace {
 
 // Notices the traced program going away while its pid stays: an fd on
 // /proc/PID/maps refers to the address space of the program it was opened
@@ -266,12 +281,7 @@ int run_attach(const Options& o) {
   auto tracer = start_tracing(o);
   if (!tracer.ok()) return fail(tracer.error());
   if (auto st = tracer.value()->pin(); !st.ok()) return fail(st.error());
-  struct sigaction sa {};
-  sa.sa_sigaction = on_stop;
-  sa.sa_flags = SA_SIGINFO;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGHUP, &sa, nullptr);
+  install_stop_handlers();
   std::cout << "attached pid=" << o.pid << " maps=" << pin_dir(o.pid) << std::endl;
   const auto end = std::chrono::steady_clock::now() + o.duration;
   auto next_gc = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -384,6 +394,12 @@ int run_command(const Options& o) {
       return run_attach(o);
     case Command::Run:
       return run_run(o);
+    case Command::Top:
+      return run_top(o);
+    case Command::Slow:
+      return run_slow(o);
+    case Command::Record:
+      return run_record(o);
   }
   return kExitInternal;
 }

@@ -2,6 +2,7 @@
 #include "decode.h"
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <string>
 #include <utility>
@@ -48,6 +49,50 @@ CodeInfo decode_code(const at_code& c) {
   return info;
 }
 
+Timing decode_timing(const at_timing& t) {
+  Timing r;
+  r.steps = t.steps;
+  r.busy_ns = t.busy_ns;
+  r.sched_ns = t.sched_ns;
+  r.max_ns = t.max_ns;
+  r.last_end_ns = t.last_end_ns;
+  r.first_ns = t.first_ns;
+  for (int i = 0; i < AT_HIST_BUCKETS && i < static_cast<int>(r.hist.size()); i++) r.hist[i] = t.hist[i];
+  return r;
+}
+
+bool decode_event(const at_event& e, StepEvent* out) {
+  at_rec hdr;
+  std::memcpy(&hdr, e.rec, sizeof hdr);
+  StepEvent ev;
+  ev.ktime_ns = e.ktime;
+  ev.task_id = hdr.a;
+  ev.code_id = e.task_code;
+  ev.task_known = e.name_len != 0;
+  if (ev.task_known) ev.task_name = bytes(e.name, AT_NAME_LEN, e.name_len);
+  if (hdr.type == AT_REC_STEP_TIMED) {
+    uint64_t slot1[4];
+    std::memcpy(slot1, e.rec + 32, sizeof slot1);
+    ev.type = StepEvent::Type::Step;
+    ev.start_ns = hdr.b;
+    ev.dur_ns = hdr.c;
+    ev.tid = hdr.len;
+    ev.completed = (hdr.kind & 1u) != 0;
+    ev.slow = (hdr.kind & 2u) != 0;
+    ev.start_stack = slot1[0];
+    ev.end_stack = slot1[1];
+    ev.nsamples = static_cast<uint32_t>(slot1[2]);
+  } else if (hdr.type == AT_REC_SAMPLE) {
+    ev.type = StepEvent::Type::Sample;
+    ev.at_ns = hdr.b;
+    ev.stack_id = hdr.c;
+  } else {
+    return false;
+  }
+  *out = std::move(ev);
+  return true;
+}
+
 ProcCounters decode_proc(const at_proc& p) {
   ProcCounters c;
   c.replay_gen = p.replay_gen;
@@ -60,6 +105,16 @@ ProcCounters decode_proc(const at_proc& p) {
   c.drop_runtime = p.drop_runtime;
   c.bad_records = p.bad_records;
   c.drop_stacks_full = p.drop_stacks_full;
+  c.timing_since_ns = p.timing_since_ns;
+  c.loop_at_ns = p.loop_at_ns;
+  c.tasks_created = p.tasks_created;
+  c.tasks_completed = p.tasks_completed;
+  c.steps = p.steps;
+  c.busy_ns = p.busy_ns;
+  c.drop_events = p.drop_events;
+  c.drop_timing_full = p.drop_timing_full;
+  for (int i = 0; i < AT_MAX_SECS && i < static_cast<int>(c.step_max.size()); i++)
+    c.step_max[i] = {p.step_max_sec[i], p.step_max_ns[i]};
   return c;
 }
 
@@ -81,7 +136,27 @@ void SnapshotDecoder::add_code(const at_code_key& k, const at_code& c) {
 
 void SnapshotDecoder::set_proc(const at_proc& p) { snap_.counters = decode_proc(p); }
 
+void SnapshotDecoder::add_timing(const at_task_key& k, const at_timing& t) {
+  if (k.pid == snap_.pid) timing_[k.task_id] = decode_timing(t);
+}
+
+void SnapshotDecoder::add_code_timing(const at_code_key& k, const at_timing& t) {
+  if (k.pid == snap_.pid) snap_.code_timing[k.code_id] = decode_timing(t);
+}
+
 Snapshot SnapshotDecoder::finish() && {
+  for (const auto& [id, s] : stacks_) {
+    StackInfo& info = snap_.stacks[id];
+    const uint32_t n = std::min<uint32_t>(s.nframes, AT_MAX_FRAMES);
+    info.frames.reserve(n);
+    for (uint32_t f = 0; f < n; f++) {
+      info.frames.push_back({s.frames[f].code_id, s.frames[f].line});
+      if (s.frames[f].flags & 1u) info.truncated = true;
+    }
+  }
+  if (!timing_.empty())
+    for (TaskRecord& r : snap_.tasks)
+      if (auto it = timing_.find(r.id); it != timing_.end()) r.timing = it->second;
   for (size_t i = 0; i < snap_.tasks.size(); ++i) {
     const auto it = stack_ids_[i] ? stacks_.find(stack_ids_[i]) : stacks_.end();
     if (it == stacks_.end()) continue;

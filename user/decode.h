@@ -17,6 +17,9 @@ namespace asynctrace {
 // A task entry without its frames (those live in the interned stacks map).
 TaskRecord decode_task(uint64_t task_id, const at_task& t);
 CodeInfo decode_code(const at_code& c);
+Timing decode_timing(const at_timing& t);
+// An events-ring entry; false if it is no event this version knows.
+bool decode_event(const at_event& e, StepEvent* out);
 ProcCounters decode_proc(const at_proc& p);
 
 // Accumulates the entries of one process's maps, in any order. Batch reads
@@ -30,6 +33,8 @@ class SnapshotDecoder {
   void add_stack(const at_stack_key& k, const at_stack& s);  // ditto
   void add_code(const at_code_key& k, const at_code& c);     // ditto; first entry of a code id wins
   void set_proc(const at_proc& p);                           // procs[pid], when present
+  void add_timing(const at_task_key& k, const at_timing& t); // per task; joined in finish()
+  void add_code_timing(const at_code_key& k, const at_timing& t);
   // Tasks ordered by creation (create_ns, then id), with their frames.
   Snapshot finish() &&;
 
@@ -37,6 +42,7 @@ class SnapshotDecoder {
   Snapshot snap_;
   std::vector<uint64_t> stack_ids_;  // parallel to snap_.tasks
   std::unordered_map<uint64_t, at_stack> stacks_;
+  std::unordered_map<uint64_t, Timing> timing_;
   std::unordered_set<uint64_t> seen_;
   bool dedupe_ = false;
 };

@@ -202,7 +202,7 @@ Status for_each_entry(int fd, const char* map_name, Fn&& fn, bool* may_repeat = 
 // Decodes the maps (of a live tracer or pinned by `attach`) for one pid.
 // The four maps of one BPF object (live or pinned), by fd.
 struct MapFds {
-  int tasks = -1, codes = -1, procs = -1, stacks = -1;
+  int tasks = -1, codes = -1, procs = -1, stacks = -1, timing = -1, code_timing = -1;
 };
 
 Result<Snapshot> read_maps(uint32_t pid, const MapFds& m) {
@@ -222,6 +222,17 @@ Result<Snapshot> read_maps(uint32_t pid, const MapFds& m) {
   st = for_each_entry<at_code_key, at_code>(
       m.codes, "codes", [&](const at_code_key& k, const at_code& c) { dec.add_code(k, c); });
   if (!st.ok()) return st.error();
+  if (m.timing >= 0) {
+    st = for_each_entry<at_task_key, at_timing>(
+        m.timing, "timing", [&](const at_task_key& k, const at_timing& t) { dec.add_timing(k, t); });
+    if (!st.ok()) return st.error();
+  }
+  if (m.code_timing >= 0) {
+    st = for_each_entry<at_code_key, at_timing>(
+        m.code_timing, "code_timing",
+        [&](const at_code_key& k, const at_timing& t) { dec.add_code_timing(k, t); });
+    if (!st.ok()) return st.error();
+  }
   at_proc proc{};
   const __u32 key = pid;
   if (bpf_map_lookup_elem(m.procs, &key, &proc) == 0) dec.set_proc(proc);
@@ -251,7 +262,8 @@ Status gc_stacks(uint32_t pid, const MapFds& m) {
 // Pinned maps of one process plus the lock that says their holder is alive.
 // The lock is a flock on /run/asynctrace/<pid>.lock: the kernel drops it when
 // the holder dies, however it dies, so readers can tell stale pins.
-constexpr const char* kPinnedMaps[] = {"tasks", "codes", "procs", "stacks"};
+constexpr const char* kPinnedMaps[] = {"tasks", "codes", "procs", "stacks", "timing", "code_timing"};
+constexpr size_t kNumPinned = std::size(kPinnedMaps);
 constexpr unsigned long kBpfFsMagic = 0xcafe4a11;
 
 std::string lock_path(pid_t pid) { return "/run/asynctrace/" + std::to_string(pid) + ".lock"; }
@@ -385,7 +397,24 @@ class BpfTracer final : public Tracer {
     std::reverse(link_fds_.begin(), link_fds_.end());
     close_links_concurrently(link_fds_);
     if (noop_fd_ >= 0) close(noop_fd_);
+    modes_.reset();
+    if (ring_) ring_buffer__free(ring_);
     asynctrace_bpf__destroy(skel_);
+  }
+
+  void keep_modes(std::unique_ptr<ModeHold> m) { modes_ = std::move(m); }
+
+  Status poll_events(const std::function<void(const StepEvent&)>& fn, int timeout_ms) override {
+    if (!ring_) {
+      ring_ = ring_buffer__new(bpf_map__fd(skel_->maps.events), on_event, this, nullptr);
+      if (!ring_) return Error{kExitTracing, "failed to open BPF ring buffer 'events': " + reason(errno)};
+    }
+    sink_ = &fn;
+    const int n = ring_buffer__poll(ring_, timeout_ms);
+    sink_ = nullptr;
+    if (n < 0 && n != -EINTR)
+      return Error{kExitTracing, "failed to read BPF ring buffer 'events': " + reason(n)};
+    return ok_status();
   }
 
   Status attach(const std::string& binary, const Sites& sites) {
@@ -421,8 +450,9 @@ class BpfTracer final : public Tracer {
   Status gc() override { return gc_stacks(static_cast<uint32_t>(pid_), fds()); }
 
   MapFds fds() const {
-    return MapFds{bpf_map__fd(skel_->maps.tasks), bpf_map__fd(skel_->maps.codes),
-                  bpf_map__fd(skel_->maps.procs), bpf_map__fd(skel_->maps.stacks)};
+    return MapFds{bpf_map__fd(skel_->maps.tasks),  bpf_map__fd(skel_->maps.codes),
+                  bpf_map__fd(skel_->maps.procs),  bpf_map__fd(skel_->maps.stacks),
+                  bpf_map__fd(skel_->maps.timing), bpf_map__fd(skel_->maps.code_timing)};
   }
 
  private:
@@ -435,6 +465,19 @@ class BpfTracer final : public Tracer {
   EventPath path_;
   std::string mapped_path_;  // the probe library as the process maps it
   int noop_fd_ = -1;         // program of the replay request link
+  std::unique_ptr<ModeHold> modes_;
+  ring_buffer* ring_ = nullptr;
+  const std::function<void(const StepEvent&)>* sink_ = nullptr;
+
+  static int on_event(void* ctx, void* data, size_t size) {
+    auto* self = static_cast<BpfTracer*>(ctx);
+    if (size < sizeof(at_event) || !self->sink_) return 0;
+    at_event raw;
+    std::memcpy(&raw, data, sizeof raw);
+    StepEvent ev;
+    if (decode_event(raw, &ev)) (*self->sink_)(ev);
+    return 0;
+  }
   std::vector<bpf_link*> links_;  // PerfPerSite, in attach order
   std::vector<int> link_fds_;     // UprobeMulti, in attach order
   Pins pins_;
@@ -539,7 +582,9 @@ Status BpfTracer::pin() {
   if (Status st = make_private_dir("/sys/fs/bpf/asynctrace"); !st.ok()) return st;
   if (Status st = make_private_dir(pin_dir(pid_)); !st.ok()) return st;
   pins_.pinned = true;
-  bpf_map* maps[] = {skel_->maps.tasks, skel_->maps.codes, skel_->maps.procs, skel_->maps.stacks};
+  bpf_map* maps[] = {skel_->maps.tasks,  skel_->maps.codes,  skel_->maps.procs,
+                     skel_->maps.stacks, skel_->maps.timing, skel_->maps.code_timing};
+  static_assert(std::size(maps) == kNumPinned);
   for (size_t i = 0; i < std::size(maps); ++i) {
     const std::string path = pin_dir(pid_) + "/" + kPinnedMaps[i];
     if (bpf_map__pin(maps[i], path.c_str()) != 0)
@@ -604,7 +649,7 @@ namespace {
 // replays the batch path keeps states and edges current but not stacks.
 class PinnedTracer final : public Tracer {
  public:
-  PinnedTracer(pid_t pid, std::array<int, 4> fds) : pid_(pid), fds_(fds) {}
+  PinnedTracer(pid_t pid, std::array<int, kNumPinned> fds) : pid_(pid), fds_(fds) {}
   ~PinnedTracer() override {
     close_links_concurrently(link_fds_);  // a grace period each: run_view forks for it
     if (prog_fd_ >= 0) close(prog_fd_);
@@ -657,7 +702,7 @@ class PinnedTracer final : public Tracer {
   }
 
   Result<Snapshot> snapshot() const override {
-    return read_maps(static_cast<uint32_t>(pid_), MapFds{fds_[0], fds_[1], fds_[2], fds_[3]});
+    return read_maps(static_cast<uint32_t>(pid_), MapFds{fds_[0], fds_[1], fds_[2], fds_[3], fds_[4], fds_[5]});
   }
 
   Status pin() override {
@@ -688,7 +733,7 @@ class PinnedTracer final : public Tracer {
   }
 
   pid_t pid_;
-  std::array<int, 4> fds_;
+  std::array<int, kNumPinned> fds_;
   int prog_fd_ = -1;
   std::vector<int> link_fds_;
   std::string binary_, mapped_;
@@ -703,13 +748,14 @@ Result<std::unique_ptr<Tracer>> open_pinned(pid_t pid, const ProcInfo* proc, boo
     remove_stale(pid);
     return std::unique_ptr<Tracer>{};
   }
-  std::array<int, 4> fds = {-1, -1, -1, -1};
-  for (int i = 0; i < 4; ++i) {
+  std::array<int, kNumPinned> fds;
+  fds.fill(-1);
+  for (size_t i = 0; i < kNumPinned; ++i) {
     const std::string path = pin_dir(pid) + "/" + kPinnedMaps[i];
     fds[i] = bpf_obj_get(path.c_str());
     if (fds[i] < 0) {
       const int err = errno;
-      for (int k = 0; k < i; ++k) close(fds[k]);
+      for (size_t k = 0; k < i; ++k) close(fds[k]);
       return Error{err == EPERM || err == EACCES ? kExitPrivilege : kExitTracing,
                    "failed to open pinned BPF map '" + path + "': " + std::strerror(err)};
     }
@@ -720,6 +766,53 @@ Result<std::unique_ptr<Tracer>> open_pinned(pid_t pid, const ProcInfo* proc, boo
       std::fprintf(stderr, "asynctrace: no replay requested: %s\n", why.c_str());
   }
   return std::unique_ptr<Tracer>(std::move(tracer));
+}
+
+namespace {
+
+class LinkHold final : public ModeHold {
+ public:
+  ~LinkHold() override {
+    close_links_concurrently(fds);
+    if (prog_fd >= 0) close(prog_fd);
+  }
+  int prog_fd = -1;
+  std::vector<int> fds;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<ModeHold>> hold_modes(const ProcInfo& proc, bool timing, bool steps) {
+  auto hold = std::make_unique<LinkHold>();
+  if (!timing && !steps) return std::unique_ptr<ModeHold>(std::move(hold));
+  const std::string what = "timing probes of process " + std::to_string(proc.pid);
+  if (std::string why; !usdt::uprobe_multi_supported(&why))
+    return Error{kExitTracing, "failed to hold " + what + ": " + why};
+  const std::string& binary = proc.probe_lib_host.empty() ? proc.probe_lib : proc.probe_lib_host;
+  auto sites = usdt::read_sites(binary, "asynctrace");
+  if (!sites.ok()) return sites.error();
+  hold->prog_fd = usdt::load_noop_program();
+  if (hold->prog_fd < 0)
+    return Error{kExitTracing, "failed to load the no-op BPF program: " + reason(errno)};
+  for (const char* name : {"timing__on", "steps__on"}) {
+    if (std::string_view(name) == "steps__on" && !steps) continue;
+    bool found = false;
+    for (const usdt::Site& s : sites.value()) {
+      if (s.name != name || !s.sema_offset) continue;
+      const int fd = usdt::create_uprobe_multi_link(hold->prog_fd, binary, proc.pid, {s.offset},
+                                                    {s.sema_offset}, {0});
+      if (fd < 0)
+        return Error{kExitTracing, "failed to attach probe '" + std::string(name) + "' of '" + binary +
+                                       "': " + std::strerror(-fd)};
+      hold->fds.push_back(fd);
+      found = true;
+      break;
+    }
+    if (!found)
+      return Error{kExitNoProbes, "failed to hold " + what + ": its asynctrace runtime has no probe '" +
+                                      name + "' (an older runtime: upgrade the asynctrace package)"};
+  }
+  return std::unique_ptr<ModeHold>(std::move(hold));
 }
 
 Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const ProcInfo& proc) {
@@ -752,6 +845,10 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
   const std::string& binary = proc.probe_lib_host.empty() ? proc.probe_lib : proc.probe_lib_host;
   const Sites sites = usdt::read_sites(binary, "asynctrace");
   skel->rodata->require_begin = has_probe(sites, "replay__begin");
+  skel->rodata->forward_events = opts.events;
+  // The events ring costs its size in locked kernel memory: a page when unused.
+  if (!opts.events && bpf_map__set_max_entries(skel->maps.events, static_cast<__u32>(getpagesize())) != 0)
+    return Error{kExitTracing, "failed to size BPF map 'events': " + reason(errno)};
   const EventPath path = choose_event_path(sites);
   if (opts.verbose)
     std::fprintf(stderr, "asynctrace: events by %s\n",
@@ -800,6 +897,11 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
     return Error{kExitTracing, "failed to update BPF map 'procs': " + reason(errno)};
 
   if (Status st = tracer->attach(binary, sites); !st.ok()) return st.error();
+  if (opts.timing || opts.steps) {
+    auto modes = hold_modes(proc, opts.timing || opts.steps, opts.steps);
+    if (!modes.ok()) return modes.error();
+    tracer->keep_modes(std::move(modes.value()));
+  }
   return std::unique_ptr<Tracer>(std::move(tracer));
 }
 

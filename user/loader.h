@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -22,6 +23,9 @@ struct TraceOptions {
   std::chrono::milliseconds replay_timeout{2000};
   bool verbose = false;  // libbpf messages and feature choices to stderr
   uint32_t max_tasks = 0;  // capacity of the tasks map; 0 = AT_MAX_TASKS
+  bool timing = false;     // hold timing__on: per-task and per-coroutine step timing
+  bool steps = false;      // hold steps__on: a STEP_TIMED event for every step (profilers)
+  bool events = false;     // forward STEP_TIMED/SAMPLE events to poll_events()
 };
 
 // An attached tracer: BPF object loaded, probes of `proc.probe_lib` attached for
@@ -39,7 +43,22 @@ class Tracer {
   // Frees kernel memory nothing refers to any more (interned stacks of tasks
   // that moved on). Holders call it now and then.
   virtual Status gc() { return ok_status(); }
+  // Delivers the events forwarded since the last call (TraceOptions::events),
+  // waiting up to timeout_ms for the first. Tracers over pinned maps have none.
+  virtual Status poll_events(const std::function<void(const StepEvent&)>& fn, int timeout_ms) {
+    (void)fn;
+    (void)timeout_ms;
+    return ok_status();
+  }
 };
+
+// Keeps the runtime's timing__on (and steps__on) semaphores raised while it
+// lives: one no-op program attached to those probe sites.
+class ModeHold {
+ public:
+  virtual ~ModeHold() = default;
+};
+Result<std::unique_ptr<ModeHold>> hold_modes(const ProcInfo& proc, bool timing, bool steps);
 
 // Root, or CAP_BPF + CAP_PERFMON (CAP_SYS_ADMIN on old kernels), effective now.
 // Checked first: without them /proc of other users' processes is unreadable too.

@@ -109,6 +109,9 @@ TaskGraph build_graph(const Snapshot& snap) {
     if (n.name_truncated) trim_partial_utf8(n.name);
     n.stack_truncated = r->frames_truncated;
     n.nameless = r->nameless;
+    n.create_ns = r->create_ns;
+    n.coro_code_id = r->coro_code_id;
+    n.timing = r->timing;
     n.stack.reserve(r->frames.size());
     for (const auto& f : r->frames) n.stack.push_back(name_frame(f));
     g.index.emplace(n.id, g.tasks.size());

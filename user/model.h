@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -39,6 +40,9 @@ struct TaskNode {
   bool name_truncated = false;
   bool stack_truncated = false;
   bool nameless = false;
+  uint64_t create_ns = 0;      // CLOCK_MONOTONIC when the tracer first saw it
+  uint64_t coro_code_id = 0;
+  std::optional<Timing> timing;  // while a tracer holds timing__on
 };
 
 struct AwaitEdge {

@@ -24,7 +24,7 @@
 
 #include <stdint.h>
 
-#define ASYNCTRACE_ABI_VERSION 2
+#define ASYNCTRACE_ABI_VERSION 3
 
 /* One coroutine frame of a suspended task, innermost first in arrays. */
 struct asynctrace_frame {
@@ -96,10 +96,56 @@ enum asynctrace_rec_type {
 				      * c identifies the frames: equal frames, equal id (FNV-1a 64 over
 				      * code_id, then flags << 32 | line, per frame: docs/probes.md) */
 	ASYNCTRACE_REC_RESUME = 7,   /* = task__resume */
+	/* Timing records (docs/probes.md "Timing"): written only while a tracer
+	 * holds timing__on (TIMING, CODE, LOOP, slow STEP_TIMED, SAMPLE) or
+	 * steps__on (also a STEP_TIMED for every step). Times are CLOCK_MONOTONIC
+	 * nanoseconds (bpf_ktime_get_ns()'s clock). */
+	ASYNCTRACE_REC_TIMING = 8,   /* per-task deltas since its last TIMING: 3 slots, see below */
+	ASYNCTRACE_REC_CODE = 9,     /* per-coroutine deltas (all tasks of code_id): 3 slots */
+	ASYNCTRACE_REC_LOOP = 10,    /* process-wide totals since timing__on: 2 slots */
+	ASYNCTRACE_REC_STEP_TIMED = 11, /* one step: 2 slots */
+	ASYNCTRACE_REC_SAMPLE = 12,  /* the thread's Python stack during a step (plain functions
+				      * included), innermost first, down to the task's coroutine:
+				      * like STACK (len frames follow, c = their id), a = task,
+				      * b = sample time, kind = 0 */
 };
 
+/* TIMING: header { type, kind = 0, nslots = 3, len = steps, a = task id,
+ * b = busy ns (sum of step durations), c = scheduled ns (ready to resumed) },
+ * then this slot, then hist: steps by duration, bucket i counting steps of
+ * [2^i, 2^(i+1)) us (bucket 0 also < 1 us), 255 at most per record.
+ * CODE: the same three slots with a = the code id (and slot1.task_code = it). */
+struct asynctrace_rec_timing {
+	uint64_t max_ns;      /* longest step among these */
+	uint64_t last_end_ns; /* end of the task's last step */
+	uint64_t task_code;   /* coroutine code id of the task */
+	uint64_t reserved;
+};
+#define ASYNCTRACE_HIST_BUCKETS 32
+
+/* LOOP: header { type, nslots = 2, a = tasks created, b = tasks completed,
+ * c = steps } (totals since timing__on rose), then: */
+struct asynctrace_rec_loop {
+	uint64_t busy_ns;     /* total time in steps */
+	uint64_t max_step_ns; /* longest step since the previous LOOP record */
+	uint64_t at_ns;       /* when this record was written */
+	uint64_t since_ns;    /* when the runtime started counting */
+};
+
+/* STEP_TIMED: header { type, kind = ASYNCTRACE_STEP_*, nslots = 2, len = tid,
+ * a = task id, b = step start, c = duration ns }, then: */
+struct asynctrace_rec_step_timed {
+	uint64_t start_stack; /* stack id where the task resumed (0: unknown) */
+	uint64_t end_stack;   /* stack id where it suspended (0: completed or unknown) */
+	uint32_t nsamples;    /* SAMPLE records taken during the step (written before this) */
+	uint32_t reserved;
+	uint64_t task_code;
+};
+#define ASYNCTRACE_STEP_COMPLETED 1u /* the task finished in this step */
+#define ASYNCTRACE_STEP_SLOW 2u      /* longer than the runtime's slow floor */
+
 #define ASYNCTRACE_REC_NAME_MAX 64 /* name bytes a CREATE record carries at most */
-#define ASYNCTRACE_REC_MAX_SLOTS 18 /* largest record: STACK with 32 frames (+1 spare) */
+#define ASYNCTRACE_REC_MAX_SLOTS 18 /* largest record: STACK or SAMPLE with 32 frames (+1 spare) */
 
 /* edge__add kinds: why awaiter waits on child besides a direct await. */
 enum asynctrace_edge_kind {
@@ -132,7 +178,9 @@ enum asynctrace_edge_kind {
 	X(replay__req4)           \
 	X(replay__req5)           \
 	X(replay__req6)           \
-	X(replay__req7)
+	X(replay__req7)           \
+	X(timing__on)             \
+	X(steps__on)
 
 #ifdef ASYNCTRACE_DEFINE_SEMAPHORES
 #define ASYNCTRACE__SEM(n) \
@@ -247,6 +295,22 @@ ASYNCTRACE__SEMAPHORES(ASYNCTRACE__SEM)
 		case 6: STAP_PROBE(asynctrace, replay__req6); break;              \
 		default: STAP_PROBE(asynctrace, replay__req7); break;             \
 		}                                                                 \
+	}
+
+/* timing__on(), steps__on(): never fired; only their semaphores matter. A
+ * tracer holds timing__on for per-task and per-coroutine timing (TIMING, CODE,
+ * LOOP records, and STEP_TIMED + SAMPLE records for steps past the runtime's
+ * slow floor); steps__on for a STEP_TIMED record of every step, with the
+ * stacks it starts and ends at (profilers). Both need batch__flush. */
+#define ASYNCTRACE_TIMING_ON() (asynctrace_timing__on_semaphore != 0)
+#define ASYNCTRACE_STEPS_ON() (asynctrace_steps__on_semaphore != 0)
+#define ASYNCTRACE_DEFINE_MODE_SITES()                                          \
+	__attribute__((used, noinline)) void asynctrace_mode_sites(int i)       \
+	{                                                                       \
+		if (i)                                                          \
+			STAP_PROBE(asynctrace, steps__on);                      \
+		else                                                            \
+			STAP_PROBE(asynctrace, timing__on);                     \
 	}
 
 /* The value a runtime polls to notice a new tracer. */

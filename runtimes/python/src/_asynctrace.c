@@ -43,6 +43,8 @@
 /* Never called: the request probes exist for their semaphores (probes.h). */
 __attribute__((visibility("hidden"))) void asynctrace_replay_request_sites(int i);
 ASYNCTRACE_DEFINE_REPLAY_REQUEST_SITES()
+__attribute__((visibility("hidden"))) void asynctrace_mode_sites(int i);
+ASYNCTRACE_DEFINE_MODE_SITES()
 
 #if PY_VERSION_HEX < 0x030A0000
 #error "asynctrace needs CPython >= 3.10"
@@ -220,7 +222,7 @@ static void kick_watcher(void);
 /* Counters of the batch path (GIL), for ring_stats(): what was written and
  * what never had to be. */
 static struct {
-	uint64_t records[8];   /* by type */
+	uint64_t records[16];  /* by type */
 	uint64_t erased;       /* tasks created and completed between two flushes */
 	uint64_t same_state;   /* steps that repeated the task's last state */
 	uint64_t flushes;      /* batch__flush probes fired */
@@ -305,7 +307,7 @@ static struct asynctrace_rec *ring_reserve(uint32_t n)
 
 static void ring_commit(uint32_t n)
 {
-	RS.records[R.slots[R.head & RING_MASK].type & 7]++;
+	RS.records[R.slots[R.head & RING_MASK].type & 15]++;
 	R.head += n;
 	atomic_store_explicit(&R.pub, R.head, memory_order_release);
 	if (R.head - atomic_load_explicit(&R.tail, memory_order_relaxed) >= RING_KICK &&
@@ -1095,9 +1097,14 @@ static void emit_await_state(PyObject *task)
 	PyErr_Clear();
 }
 
+static void timing_note_done(PyObject *fut);
+static void timing_completed(PyObject *task);
+
 static void emit_complete(PyObject *task, int outcome)
 {
 	forget_step(task);
+	timing_note_done(task);
+	timing_completed(task);
 	if (BATCH_ON() && !fresh_erase(task))
 		rec1(ASYNCTRACE_REC_COMPLETE, (uint8_t)outcome, (uint64_t)(uintptr_t)task, 0);
 	if (ASYNCTRACE_TASK_COMPLETE_ENABLED())
@@ -1111,6 +1118,568 @@ static void emit_post_step(PyObject *task)
 		emit_complete(task, task_outcome(task));
 	else
 		emit_await_state(task);
+}
+
+/* ---- timing: timing__on / steps__on (probes.h "Timing records") -------------
+ *
+ * While a tracer holds timing__on, each hooked step is timed with two clock
+ * reads and accounted in process: per task (a hash table by address, deltas
+ * since the task's last TIMING record), per coroutine (CODE records) and per
+ * process (LOOP records). The loop thread drains the deltas into the ring at
+ * most every ASYNCTRACE_TIMING_MS (default 200); the watcher drains an idle
+ * loop's. A step longer than the slow floor (ASYNCTRACE_SLOW_MS, default 10)
+ * gets a STEP_TIMED record with the stack it ended at, and the watcher
+ * samples the loop thread's Python stack while such a step runs (SAMPLE
+ * records): that is where a blocking call shows, plain functions included.
+ * With steps__on every step gets a STEP_TIMED record and its end stack. */
+#define TIMING_ON() (BATCH_ON() && ASYNCTRACE_TIMING_ON())
+#define STEPS_ON() (BATCH_ON() && ASYNCTRACE_STEPS_ON())
+
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+static unsigned hist_bucket(uint64_t ns)
+{
+	uint64_t us = ns / 1000;
+	unsigned b = us ? 63u - (unsigned)__builtin_clzll(us) : 0;
+	return b < ASYNCTRACE_HIST_BUCKETS ? b : ASYNCTRACE_HIST_BUCKETS - 1;
+}
+
+struct tstat {
+	uintptr_t task;      /* 0: empty */
+	uint64_t code;       /* coroutine code id */
+	uint64_t ready_ns;   /* runnable since (0: unknown or not runnable) */
+	uint64_t busy, sched, max, last_end; /* deltas, except last_end */
+	uint64_t end_stack;  /* where it last suspended (steps__on or slow steps) */
+	uint32_t steps;      /* delta */
+	uint16_t dirty;
+	uint16_t hist[ASYNCTRACE_HIST_BUCKETS];
+};
+
+struct cstat {
+	uint64_t code;       /* 0: empty */
+	uint64_t busy, sched, max;
+	uint32_t steps, dirty;
+	uint32_t hist[ASYNCTRACE_HIST_BUCKETS];
+};
+#define CODE_SLOTS 2048u
+
+static struct {
+	int on;                 /* a timing session runs (GIL) */
+	struct tstat *t;        /* open addressing, linear probing, cap a power of 2 */
+	size_t cap, n;
+	uintptr_t *dirty;       /* tasks with deltas, maybe stale */
+	size_t ndirty, dirty_cap;
+	struct cstat *c;        /* CODE_SLOTS, never shrinks */
+	int cdirty;
+	uint64_t since, last_drain, period, slow_floor;
+	uint64_t created, completed, steps, busy, max_window;
+	uint64_t full;          /* tasks not accounted (no memory) */
+} T;
+
+static size_t tstat_home(uintptr_t task, size_t cap)
+{
+	uint64_t h = ((uint64_t)task >> 4) * 0x9E3779B97F4A7C15ull;
+	return (size_t)(h >> 20) & (cap - 1);
+}
+
+static struct tstat *tstat_find(PyObject *task)
+{
+	if (!T.t)
+		return NULL;
+	for (size_t i = tstat_home((uintptr_t)task, T.cap);; i = (i + 1) & (T.cap - 1)) {
+		if (T.t[i].task == (uintptr_t)task)
+			return &T.t[i];
+		if (!T.t[i].task)
+			return NULL;
+	}
+}
+
+static int tstat_grow(void)
+{
+	size_t cap = T.cap ? T.cap * 2 : 4096;
+	struct tstat *t = calloc(cap, sizeof *t);
+	if (!t)
+		return -1;
+	for (size_t j = 0; j < T.cap; j++) {
+		if (!T.t[j].task)
+			continue;
+		size_t i = tstat_home(T.t[j].task, cap);
+		while (t[i].task)
+			i = (i + 1) & (cap - 1);
+		t[i] = T.t[j];
+	}
+	free(T.t);
+	T.t = t;
+	T.cap = cap;
+	return 0;
+}
+
+static uint64_t task_code_id(PyObject *task)
+{
+	PyObject *coro = task_coro(task);
+	PyObject *code = coro_code_fast(coro);
+	PyErr_Clear();
+	uint64_t id = register_code(code, coro);
+	Py_XDECREF(code);
+	Py_XDECREF(coro);
+	return id;
+}
+
+static struct tstat *tstat_get(PyObject *task)
+{
+	struct tstat *e = tstat_find(task);
+	if (e)
+		return e;
+	if ((T.n + 1) * 4 > T.cap * 3 && tstat_grow() < 0) {
+		T.full++;
+		return NULL;
+	}
+	uint64_t code = task_code_id(task); /* may run Python: before the slot is taken */
+	size_t i = tstat_home((uintptr_t)task, T.cap);
+	while (T.t[i].task)
+		i = (i + 1) & (T.cap - 1);
+	T.t[i] = (struct tstat){ .task = (uintptr_t)task, .code = code };
+	T.n++;
+	return &T.t[i];
+}
+
+/* Backward-shift deletion keeps probe chains intact without tombstones. */
+static void tstat_del(PyObject *task)
+{
+	struct tstat *e = tstat_find(task);
+	if (!e)
+		return;
+	size_t i = (size_t)(e - T.t);
+	for (size_t j = (i + 1) & (T.cap - 1); T.t[j].task; j = (j + 1) & (T.cap - 1)) {
+		size_t h = tstat_home(T.t[j].task, T.cap);
+		/* Move j into the hole i if its home is not in (i, j]. */
+		if ((j > i && (h <= i || h > j)) || (j < i && (h <= i && h > j))) {
+			T.t[i] = T.t[j];
+			i = j;
+		}
+	}
+	T.t[i].task = 0;
+	T.n--;
+}
+
+static struct cstat *cstat_get(uint64_t code)
+{
+	if (!T.c && !(T.c = calloc(CODE_SLOTS, sizeof *T.c)))
+		return NULL;
+	uint64_t h = (code >> 4) * 0x9E3779B97F4A7C15ull;
+	for (size_t k = 0, i = (size_t)(h >> 30) & (CODE_SLOTS - 1); k < CODE_SLOTS; k++, i = (i + 1) & (CODE_SLOTS - 1)) {
+		if (T.c[i].code == code)
+			return &T.c[i];
+		if (!T.c[i].code) {
+			T.c[i].code = code;
+			return &T.c[i];
+		}
+	}
+	return NULL;
+}
+
+/* TIMING or CODE records: counts above 255 a bucket go into more records. */
+static void rec_timing(uint8_t type, uint64_t id, uint64_t code, uint32_t steps, uint64_t busy,
+		       uint64_t sched, uint64_t max, uint64_t last_end, uint32_t *hist)
+{
+	int first = 1;
+	for (;;) {
+		int more = 0;
+		for (int b = 0; b < ASYNCTRACE_HIST_BUCKETS; b++)
+			more |= hist[b] != 0;
+		if (!more && !first)
+			return;
+		struct asynctrace_rec *r = ring_reserve(3);
+		if (!r)
+			return;
+		r[0] = (struct asynctrace_rec){ .type = type, .nslots = 3, .len = first ? steps : 0,
+						.a = id, .b = first ? busy : 0, .c = first ? sched : 0 };
+		struct asynctrace_rec_timing *t = (struct asynctrace_rec_timing *)&r[1];
+		*t = (struct asynctrace_rec_timing){ .max_ns = max, .last_end_ns = last_end, .task_code = code };
+		uint8_t *h = (uint8_t *)&r[2];
+		for (int b = 0; b < ASYNCTRACE_HIST_BUCKETS; b++) {
+			uint32_t v = hist[b] > 255 ? 255 : hist[b];
+			h[b] = (uint8_t)v;
+			hist[b] -= v;
+		}
+		ring_commit(3);
+		first = 0;
+	}
+}
+
+static void tstat_emit(struct tstat *e)
+{
+	uint32_t hist[ASYNCTRACE_HIST_BUCKETS];
+	for (int b = 0; b < ASYNCTRACE_HIST_BUCKETS; b++)
+		hist[b] = e->hist[b];
+	rec_timing(ASYNCTRACE_REC_TIMING, e->task, e->code, e->steps, e->busy, e->sched, e->max,
+		   e->last_end, hist);
+	e->steps = 0;
+	e->busy = e->sched = e->max = 0;
+	memset(e->hist, 0, sizeof e->hist);
+	e->dirty = 0;
+}
+
+/* Deltas into the ring (GIL held). */
+static void timing_drain(uint64_t now)
+{
+	for (size_t k = 0; k < T.ndirty; k++) {
+		struct tstat *e = tstat_find((PyObject *)T.dirty[k]);
+		if (e && e->dirty)
+			tstat_emit(e);
+	}
+	T.ndirty = 0;
+	if (T.cdirty && T.c) {
+		for (size_t i = 0; i < CODE_SLOTS; i++) {
+			struct cstat *c = &T.c[i];
+			if (!c->code || !c->dirty)
+				continue;
+			rec_timing(ASYNCTRACE_REC_CODE, c->code, c->code, c->steps, c->busy, c->sched, c->max, 0,
+				   c->hist);
+			c->steps = 0;
+			c->busy = c->sched = c->max = 0;
+			c->dirty = 0;
+		}
+		T.cdirty = 0;
+	}
+	struct asynctrace_rec *r = ring_reserve(2);
+	if (r) {
+		r[0] = (struct asynctrace_rec){ .type = ASYNCTRACE_REC_LOOP, .nslots = 2, .a = T.created,
+						.b = T.completed, .c = T.steps };
+		*(struct asynctrace_rec_loop *)&r[1] = (struct asynctrace_rec_loop){
+			.busy_ns = T.busy, .max_step_ns = T.max_window, .at_ns = now, .since_ns = T.since };
+		ring_commit(2);
+	}
+	T.max_window = 0;
+	T.last_drain = now;
+}
+
+static uint64_t env_ms(const char *name, uint64_t dflt)
+{
+	const char *e = getenv(name);
+	long v = e ? strtol(e, NULL, 10) : 0;
+	return (uint64_t)(v > 0 ? v : (long)dflt) * 1000000ull;
+}
+
+/* Is a timing session on? Starts one (fresh counters) when timing__on rose. */
+static int timing_active(void)
+{
+	if (!TIMING_ON()) {
+		T.on = 0;
+		return 0;
+	}
+	if (!T.on) {
+		for (size_t i = 0; T.t && i < T.cap; i++)
+			T.t[i].task = 0;
+		T.n = T.ndirty = 0;
+		if (T.c)
+			memset(T.c, 0, CODE_SLOTS * sizeof *T.c);
+		T.cdirty = 0;
+		T.created = T.completed = T.steps = T.busy = T.max_window = T.full = 0;
+		T.period = env_ms("ASYNCTRACE_TIMING_MS", 200);
+		T.slow_floor = env_ms("ASYNCTRACE_SLOW_MS", 10);
+		T.since = T.last_drain = now_ns();
+		T.on = 1;
+	}
+	return 1;
+}
+
+/* Steps in progress, one slot per thread, for the watcher's samples. */
+#define STEP_SLOTS 64
+static struct step_slot {
+	_Atomic uint64_t seq;      /* odd while a step runs */
+	_Atomic uint64_t start_ns;
+	PyThreadState *ts;
+	PyObject *task;            /* borrowed: the hook holds a reference */
+	uint32_t nsamples;
+	uint64_t last_sample_ns;   /* watcher only */
+} step_slots[STEP_SLOTS];
+static _Atomic int nstep_slots;
+static __thread int tls_step_slot = -1;
+
+static struct step_slot *my_step_slot(void)
+{
+	if (tls_step_slot < 0) {
+		int i = atomic_fetch_add(&nstep_slots, 1);
+		tls_step_slot = i < STEP_SLOTS ? i : STEP_SLOTS;
+	}
+	return tls_step_slot < STEP_SLOTS ? &step_slots[tls_step_slot] : NULL;
+}
+
+/* What the hooks keep across a step. */
+struct step_clock {
+	uint64_t start, sched;
+	struct step_slot *slot; /* NULL: not sampled (nested step, or no slot) */
+};
+
+static void timing_begin(PyObject *task, struct step_clock *sc)
+{
+	sc->start = 0;
+	sc->slot = NULL;
+	if (!timing_active())
+		return;
+	struct tstat *e = tstat_get(task);
+	sc->start = now_ns();
+	sc->sched = e && e->ready_ns && sc->start > e->ready_ns ? sc->start - e->ready_ns : 0;
+	if (e)
+		e->ready_ns = 0;
+	struct step_slot *s = my_step_slot();
+	if (s && !(atomic_load_explicit(&s->seq, memory_order_relaxed) & 1)) {
+		s->ts = PyThreadState_Get();
+		s->task = task;
+		s->nsamples = 0;
+		atomic_store_explicit(&s->start_ns, sc->start, memory_order_relaxed);
+		atomic_fetch_add_explicit(&s->seq, 1, memory_order_release);
+		sc->slot = s;
+	}
+}
+
+/* Which stack the task is suspended at now (0: none), sent as a STACK record
+ * if it is not the one tracers were last told. */
+static uint64_t timing_end_stack(PyObject *task, struct tstat *e)
+{
+	PyObject *w = task_waiter(task);
+	int kind = await_kind_of(w);
+	PyObject *coro = task_coro(task);
+	size_t n = collect_frames(coro);
+	Py_XDECREF(coro);
+	uint64_t id = n ? stack_id(n) : 0;
+	if (id && (!e || e->end_stack != id))
+		rec_stack(task, w, kind, n);
+	Py_XDECREF(w);
+	PyErr_Clear();
+	return id;
+}
+
+static void fresh_keep(PyObject *task)
+{
+	size_t i = fresh_slot(task);
+	if (fresh[i].task == (uintptr_t)task)
+		fresh[i].task = 0;
+}
+
+static void timing_end(PyObject *task, struct step_clock *sc)
+{
+	if (!sc->start)
+		return;
+	uint64_t end = now_ns(), dur = end > sc->start ? end - sc->start : 0;
+	uint32_t nsamples = 0;
+	if (sc->slot) {
+		nsamples = sc->slot->nsamples;
+		atomic_fetch_add_explicit(&sc->slot->seq, 1, memory_order_release);
+	}
+	if (!T.on)
+		return; /* the session ended during the step */
+	int done = task_is_done(task);
+	unsigned b = hist_bucket(dur);
+	T.steps++;
+	T.busy += dur;
+	if (dur > T.max_window)
+		T.max_window = dur;
+	struct tstat *e = tstat_find(task);
+	uint64_t code = e ? e->code : 0;
+	struct cstat *c = code ? cstat_get(code) : NULL;
+	if (c) {
+		c->steps++;
+		c->busy += dur;
+		c->sched += sc->sched;
+		if (dur > c->max)
+			c->max = dur;
+		c->hist[b]++;
+		c->dirty = 1;
+		T.cdirty = 1;
+	}
+	int slow = dur >= T.slow_floor;
+	if (slow || STEPS_ON()) {
+		uint64_t start_stack = e ? e->end_stack : 0;
+		uint64_t end_stack = done ? 0 : timing_end_stack(task, e);
+		e = tstat_find(task); /* collect_frames may have run Python */
+		if (e)
+			e->end_stack = end_stack;
+		fresh_keep(task); /* its CREATE must reach tracers: they name its steps */
+		struct asynctrace_rec *r = ring_reserve(2);
+		if (r) {
+			r[0] = (struct asynctrace_rec){
+				.type = ASYNCTRACE_REC_STEP_TIMED, .nslots = 2, .len = native_tid(),
+				.kind = (uint8_t)((done ? ASYNCTRACE_STEP_COMPLETED : 0) | (slow ? ASYNCTRACE_STEP_SLOW : 0)),
+				.a = (uint64_t)(uintptr_t)task, .b = sc->start, .c = dur };
+			*(struct asynctrace_rec_step_timed *)&r[1] = (struct asynctrace_rec_step_timed){
+				.start_stack = start_stack, .end_stack = end_stack, .nsamples = nsamples,
+				.task_code = code };
+			ring_commit(2);
+		}
+	}
+	if (e) {
+		e->steps++;
+		e->busy += dur;
+		e->sched += sc->sched;
+		if (dur > e->max)
+			e->max = dur;
+		if (e->hist[b] < UINT16_MAX)
+			e->hist[b]++;
+		e->last_end = end;
+		if (done) {
+			tstat_del(task);
+		} else {
+			PyObject *w = task_waiter(task);
+			e->ready_ns = w ? 0 : end; /* a bare yield: runnable again at once */
+			Py_XDECREF(w);
+			if (!e->dirty) {
+				if (T.ndirty == T.dirty_cap) {
+					size_t cap = T.dirty_cap ? T.dirty_cap * 2 : 1024;
+					uintptr_t *d = realloc(T.dirty, cap * sizeof *d);
+					if (d) {
+						T.dirty = d;
+						T.dirty_cap = cap;
+					}
+				}
+				if (T.ndirty < T.dirty_cap) {
+					T.dirty[T.ndirty++] = e->task;
+					e->dirty = 1;
+				}
+			}
+			if (e->hist[b] >= UINT16_MAX - 1)
+				tstat_emit(e); /* a bucket would saturate: send it now */
+		}
+	}
+	if (end - T.last_drain >= T.period)
+		timing_drain(end);
+}
+
+static void timing_created(PyObject *task)
+{
+	if (!timing_active())
+		return;
+	T.created++;
+	struct tstat *e = tstat_get(task);
+	if (e && !e->ready_ns)
+		e->ready_ns = now_ns(); /* its first step is scheduled */
+}
+
+static void timing_completed(PyObject *task)
+{
+	if (!T.on)
+		return;
+	T.completed++;
+	tstat_del(task);
+}
+
+/* A task woke up `fut` was awaiting: when did `fut` complete? Tasks only
+ * (their completion goes through the hooks); a plain future's is unknown. */
+#define DONE_SLOTS 4096u
+static struct { uintptr_t fut; uint64_t ns; } done_at[DONE_SLOTS];
+
+static void timing_note_done(PyObject *fut)
+{
+	if (!T.on)
+		return;
+	size_t i = (size_t)(((uint64_t)(uintptr_t)fut >> 4) * 0x9E3779B97F4A7C15ull >> 40) & (DONE_SLOTS - 1);
+	done_at[i].fut = (uintptr_t)fut;
+	done_at[i].ns = now_ns();
+}
+
+static void timing_wakeup(PyObject *task, PyObject *fut)
+{
+	if (!T.on)
+		return;
+	size_t i = (size_t)(((uint64_t)(uintptr_t)fut >> 4) * 0x9E3779B97F4A7C15ull >> 40) & (DONE_SLOTS - 1);
+	if (done_at[i].fut != (uintptr_t)fut)
+		return;
+	struct tstat *e = tstat_find(task);
+	if (e && !e->ready_ns)
+		e->ready_ns = done_at[i].ns;
+}
+
+/* The watcher, GIL held: the Python stack of the thread running `s`'s step,
+ * innermost first, down to the task's coroutine, as a SAMPLE record. */
+static void take_sample(struct step_slot *s, uint64_t now)
+{
+	PyObject *coro = task_coro(s->task);
+	PyObject *top = coro_code_fast(coro);
+	Py_XDECREF(coro);
+	PyErr_Clear();
+	PyFrameObject *f = PyThreadState_GetFrame(s->ts);
+	struct { PyCodeObject *code; int line; } chain[CHAIN_MAX];
+	size_t n = 0;
+	int reached = 0;
+	while (f && n < CHAIN_MAX) {
+		PyCodeObject *code = PyFrame_GetCode(f);
+		chain[n].code = code;
+		chain[n].line = PyFrame_GetLineNumber(f);
+		n++;
+		if ((PyObject *)code == top) {
+			reached = 1;
+			break;
+		}
+		PyFrameObject *back = PyFrame_GetBack(f);
+		Py_DECREF(f);
+		f = back;
+	}
+	Py_XDECREF(f);
+	Py_XDECREF(top);
+	/* chain[] is innermost first; keep the innermost frames. */
+	size_t keep = n < ASYNCTRACE_MAX_FRAMES ? n : ASYNCTRACE_MAX_FRAMES;
+	for (size_t i = 0; i < keep; i++) {
+		tls_frames[i].code_id = register_code((PyObject *)chain[i].code, NULL);
+		tls_frames[i].line = chain[i].line > 0 ? (uint32_t)chain[i].line : 0;
+		tls_frames[i].flags = 0;
+	}
+	if (keep && (n > keep || !reached))
+		tls_frames[keep - 1].flags |= ASYNCTRACE_FRAME_TRUNCATED;
+	for (size_t i = 0; i < n; i++)
+		Py_DECREF(chain[i].code);
+	PyErr_Clear();
+	if (!keep)
+		return;
+	uint32_t ns = 1 + (uint32_t)(keep + 1) / 2;
+	struct asynctrace_rec *r = ring_reserve(ns);
+	if (!r)
+		return;
+	r[0] = (struct asynctrace_rec){ .type = ASYNCTRACE_REC_SAMPLE, .nslots = (uint16_t)ns,
+					.len = (uint32_t)keep, .a = (uint64_t)(uintptr_t)s->task,
+					.b = now, .c = stack_id(keep) };
+	memset(&r[1], 0, (size_t)(ns - 1) * sizeof(*r));
+	memcpy(&r[1], tls_frames, keep * sizeof(struct asynctrace_frame));
+	ring_commit(ns);
+	s->nsamples++;
+}
+
+/* The watcher, without the GIL: sample steps running past the slow floor
+ * (any running step with steps__on), and drain an idle loop's deltas. */
+static void timing_watch(long long poll_ns)
+{
+	if (!TIMING_ON() || IS_FINALIZING())
+		return;
+	uint64_t now = now_ns();
+	uint64_t floor = STEPS_ON() ? (uint64_t)poll_ns : T.slow_floor;
+	int n = atomic_load(&nstep_slots);
+	for (int i = 0; i < n && i < STEP_SLOTS; i++) {
+		struct step_slot *s = &step_slots[i];
+		uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+		if (!(seq & 1))
+			continue;
+		uint64_t start = atomic_load_explicit(&s->start_ns, memory_order_relaxed);
+		if (!floor || now < start + floor || now < s->last_sample_ns + (uint64_t)poll_ns)
+			continue;
+		PyGILState_STATE g = PyGILState_Ensure();
+		/* The step still runs (its thread waits for the GIL or blocks
+		 * without it): its frames hold still while we read them. */
+		if (atomic_load_explicit(&s->seq, memory_order_acquire) == seq && T.on)
+			take_sample(s, now_ns());
+		PyGILState_Release(g);
+		s->last_sample_ns = now_ns();
+	}
+	if (T.on && T.ndirty && now > T.last_drain + 2 * T.period) {
+		PyGILState_STATE g = PyGILState_Ensure();
+		if (T.on && TIMING_ON())
+			timing_drain(now_ns());
+		PyGILState_Release(g);
+	}
 }
 
 /* ---- hooks ------------------------------------------------------------------ */
@@ -1135,10 +1704,11 @@ static void before_step(PyObject *task)
 	emit_resume(task);
 }
 
-static void after_step(PyObject *task)
+static void after_step(PyObject *task, struct step_clock *sc)
 {
 	exc_state_t ex;
 	EXC_SAVE(ex);
+	timing_end(task, sc); /* before a COMPLETE: tracers still know the task */
 	emit_post_step(task);
 	EXC_RESTORE(ex);
 }
@@ -1150,11 +1720,13 @@ static PyObject *hook_step_call(PyObject *self, PyObject *args, PyObject *kw)
 		return S.orig_step_call(self, args, kw);
 	PyObject *task = Py_NewRef(((StepMethWrapper *)self)->sw_task);
 	uint64_t prev = tls_current;
+	struct step_clock sc;
 	before_step(task);
+	timing_begin(task, &sc);
 	tls_current = (uint64_t)(uintptr_t)task;
 	PyObject *r = S.orig_step_call(self, args, kw);
 	tls_current = prev;
-	after_step(task);
+	after_step(task, &sc);
 	Py_DECREF(task);
 	return r;
 }
@@ -1166,11 +1738,14 @@ static PyObject *hook_wakeup(PyObject *task, PyObject *fut)
 		return S.orig_wakeup(task, fut);
 	Py_INCREF(task);
 	uint64_t prev = tls_current;
+	struct step_clock sc;
 	before_step(task);
+	timing_wakeup(task, fut);
+	timing_begin(task, &sc);
 	tls_current = (uint64_t)(uintptr_t)task;
 	PyObject *r = S.orig_wakeup(task, fut);
 	tls_current = prev;
-	after_step(task);
+	after_step(task, &sc);
 	Py_DECREF(task);
 	return r;
 }
@@ -1238,6 +1813,7 @@ static int traced_init(PyObject *self, PyObject *args, PyObject *kw)
 	if (rc < 0)
 		return rc; /* not a task: nothing to report */
 	flush_pending(); /* outer eager tasks, if this one ran inside their step */
+	timing_created(self);
 	if (!eager) {
 		emit_create_raw(self, parent, 0, NULL, 1);
 	} else {
@@ -1810,7 +2386,12 @@ static PyObject *m_ring_stats(PyObject *mod, PyObject *arg)
 {
 	(void)mod;
 	(void)arg;
-	return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}", "create",
+	return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
+			     "timing", (unsigned long long)RS.records[ASYNCTRACE_REC_TIMING], "code",
+			     (unsigned long long)RS.records[ASYNCTRACE_REC_CODE], "step_timed",
+			     (unsigned long long)RS.records[ASYNCTRACE_REC_STEP_TIMED], "sample",
+			     (unsigned long long)RS.records[ASYNCTRACE_REC_SAMPLE], "timing_full",
+			     (unsigned long long)T.full, "create",
 			     (unsigned long long)RS.records[ASYNCTRACE_REC_CREATE], "step",
 			     (unsigned long long)RS.records[ASYNCTRACE_REC_STEP], "complete",
 			     (unsigned long long)RS.records[ASYNCTRACE_REC_COMPLETE], "edge_add",
@@ -1936,6 +2517,7 @@ static void *watcher_main(void *arg)
 			ring_flush();
 			W.last_flush_ns = now_ns;
 		}
+		timing_watch(W.poll_ns);
 		unsigned v = ASYNCTRACE_REPLAY_SEMAPHORE();
 		unsigned req = ASYNCTRACE_REPLAY_REQUEST_MASK();
 		if (v > W.last || (req & ~W.last_req)) {
@@ -2073,6 +2655,9 @@ static PyObject *m_after_fork_child(PyObject *mod, PyObject *arg)
 	tls_current = 0;
 	tls_tid = 0; /* the child's thread has its own id */
 	tls_last_loop = 0;
+	for (int i = 0; i < STEP_SLOTS; i++)
+		atomic_store(&step_slots[i].seq, 0); /* other threads' steps are gone */
+	T.on = 0;
 	if (S.installed) {
 		/* The child is a new process: no tracer is attached to it yet, but it
 		 * inherited the parent's semaphore values; only a rise means a tracer. */

@@ -1,0 +1,576 @@
+// SPDX-License-Identifier: Apache-2.0
+// top, slow, record: the commands built on the runtime's step timing
+// (docs/probes.md "Timing"). Each attaches with timing__on held; slow and
+// record also read the events ring (STEP_TIMED and SAMPLE records).
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "command_util.h"
+#include "escape.h"
+#include "model.h"
+#include "procinfo.h"
+#include "profile.h"
+#include "top_view.h"
+#include "views.h"
+
+namespace asynctrace {
+namespace {
+
+uint64_t mono_ns() {
+  timespec t{};
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return static_cast<uint64_t>(t.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(t.tv_nsec);
+}
+
+Error exited(pid_t pid) {
+  return Error{kExitProcessExited, "process " + std::to_string(pid) + " exited while traced"};
+}
+
+// Sleeps up to `d`, waking early on a stop signal.
+void nap(std::chrono::milliseconds d) {
+  const auto end = std::chrono::steady_clock::now() + d;
+  while (!g_stop && std::chrono::steady_clock::now() < end)
+    std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(std::chrono::milliseconds(20), d));
+}
+
+// Attached for timing: the maps an `asynctrace attach` holds (plus our hold
+// of timing__on), or a tracer of our own.
+struct TimingSource {
+  std::unique_ptr<Tracer> tracer;
+  std::unique_ptr<ModeHold> hold;
+};
+
+Result<TimingSource> open_timing(const Options& o, const TraceModes& modes) {
+  if (auto st = check_privileges(); !st.ok()) return st.error();
+  sweep_stale_pins();
+  if (!process_alive(o.pid)) return proc_error(inspect_process(o.pid));
+  const ProcInfo info = inspect_process(o.pid);
+  if (info.kind != ProcKind::Probed) return proc_error(info);
+  TimingSource src;
+  if (!modes.events) {
+    auto pinned = open_pinned(o.pid, &info, o.verbose);
+    if (!pinned.ok()) return pinned.error();
+    if (pinned.value()) {
+      auto hold = hold_modes(info, true, modes.steps);
+      if (!hold.ok()) return hold.error();
+      src.hold = std::move(hold.value());
+      if (auto st = pinned.value()->wait_replay(o.timeout); !st.ok() && st.error().code != kExitReplayTimeout)
+        return st.error();
+      src.tracer = std::move(pinned.value());
+      return src;
+    }
+  }
+  auto tracer = start_tracing(o, nullptr, modes);
+  if (!tracer.ok()) return tracer.error();
+  src.tracer = std::move(tracer.value());
+  return src;
+}
+
+// ---- top ---------------------------------------------------------------------
+
+std::pair<size_t, size_t> terminal_size() {
+  winsize ws{};
+  if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_row && ws.ws_col) return {ws.ws_row, ws.ws_col};
+  return {24, 80};
+}
+
+}  // namespace
+
+int run_top(const Options& o) {
+  auto src = open_timing(o, TraceModes{true, false, false});
+  if (!src.ok()) return fail(src.error());
+  install_stop_handlers();
+  const bool tty = isatty(STDOUT_FILENO);
+  TopModel model;
+  TopOptions topts;
+  topts.sort = o.sort;
+  topts.name_filter = o.name_filter;
+  topts.stuck_ns = static_cast<uint64_t>(o.stuck.count()) * 1'000'000ull;
+  int code = kExitOk;
+  for (uint32_t i = 0; !g_stop && (o.iterations == 0 || i < o.iterations); ++i) {
+    nap(o.interval);
+    if (g_stop) break;
+    if (!process_alive(o.pid)) {
+      code = fail(exited(o.pid));
+      break;
+    }
+    auto snap = src.value().tracer->snapshot();
+    if (!snap.ok()) return fail(snap.error());
+    const uint64_t now = mono_ns();
+    const TaskGraph g = build_graph(snap.value());
+    const TopFrame f = model.update(g, now, topts);
+    if (o.format == Format::Json) {
+      std::cout << top_json(f).dump() << "\n";
+    } else if (tty) {
+      const auto [rows, cols] = terminal_size();
+      const size_t fixed = 3 + f.warnings.size();
+      // Home and clear, then the frame: a redraw in place.
+      std::cout << "\x1b[H\x1b[2J" << render_top(f, rows > fixed + 1 ? rows - fixed - 1 : 1, cols);
+    } else {
+      std::cout << render_top(f) << "\n";
+    }
+    std::cout.flush();
+    if (!std::cout.good()) return fail(Error{kExitInternal, "failed to write output"});
+  }
+  detach_in_background(src.value().tracer);
+  return code;
+}
+
+// ---- stacks of slow steps and recordings --------------------------------------
+
+namespace {
+
+// Resolves stack and code ids, re-reading the maps when an id is new.
+class StackBook {
+ public:
+  explicit StackBook(Tracer* t) : tracer_(t) {}
+
+  const StackInfo* stack(uint64_t id) {
+    if (!id) return nullptr;
+    auto it = stacks_.find(id);
+    // A new id: the maps have it now (its record came before the event).
+    if (it == stacks_.end() && tried_.insert(id).second && refresh(true)) it = stacks_.find(id);
+    return it == stacks_.end() ? nullptr : &it->second;
+  }
+  const CodeInfo* code(uint64_t id) {
+    auto it = code_.find(id);
+    return it == code_.end() ? nullptr : &it->second;
+  }
+  // Reads the maps once more (at most every 50 ms); false if nothing new.
+  bool refresh(bool force = false) {
+    const auto now = std::chrono::steady_clock::now();
+    if (!force && now - last_ < std::chrono::milliseconds(50)) return false;
+    last_ = now;
+    auto snap = tracer_->snapshot();
+    if (!snap.ok()) return false;
+    take(std::move(snap.value()));
+    return true;
+  }
+  void take(Snapshot s) {
+    for (auto& [id, st] : s.stacks) stacks_.try_emplace(id, std::move(st));
+    for (auto& [id, c] : s.code) code_.try_emplace(id, std::move(c));
+    last_snapshot_ = std::move(s);
+  }
+  const Snapshot& last_snapshot() const { return last_snapshot_; }
+
+ private:
+  Tracer* tracer_;
+  std::unordered_map<uint64_t, StackInfo> stacks_;
+  std::unordered_map<uint64_t, CodeInfo> code_;
+  std::unordered_set<uint64_t> tried_;  // ids a forced refresh looked for
+  Snapshot last_snapshot_;
+  std::chrono::steady_clock::time_point last_{};
+};
+
+struct NamedFrame {
+  std::string func, file;
+  uint32_t line = 0;
+  uint64_t code_id = 0;
+};
+
+std::vector<NamedFrame> name_frames(StackBook& book, const StackInfo* st) {
+  std::vector<NamedFrame> out;
+  if (!st) return out;
+  for (const Frame& f : st->frames) {
+    NamedFrame n;
+    n.code_id = f.code_id;
+    n.line = f.line;
+    if (const CodeInfo* c = book.code(f.code_id)) {
+      n.func = c->qualname;
+      n.file = c->filename;
+    } else {
+      n.func = "<code " + hex_id(f.code_id) + ">";
+    }
+    out.push_back(std::move(n));
+  }
+  return out;
+}
+
+std::string frame_text(const NamedFrame& f) {
+  std::string s = escape_untrusted(f.func);
+  if (!f.file.empty()) s += " " + escape_untrusted(f.file) + ":" + std::to_string(f.line);
+  return s;
+}
+
+nlohmann::json frames_json(const std::vector<NamedFrame>& fs) {
+  nlohmann::json a = nlohmann::json::array();
+  for (const NamedFrame& f : fs)
+    a.push_back({{"function", sanitize_utf8(f.func)}, {"file", sanitize_utf8(f.file)}, {"line", f.line}});
+  return a;
+}
+
+// Samples taken during recent steps, per task (they arrive before their step).
+class SampleBook {
+ public:
+  void add(const StepEvent& s) {
+    auto& q = by_task_[s.task_id];
+    q.push_back(s);
+    if (q.size() > 4096) q.pop_front();
+  }
+  // The samples of the step [start, start + dur] of `task`, removed.
+  std::vector<StepEvent> take(uint64_t task, uint64_t start, uint64_t dur) {
+    std::vector<StepEvent> out;
+    auto it = by_task_.find(task);
+    if (it == by_task_.end()) return out;
+    auto& q = it->second;
+    while (!q.empty() && q.front().at_ns <= start + dur) {
+      if (q.front().at_ns >= start) out.push_back(q.front());
+      q.pop_front();
+    }
+    if (q.empty()) by_task_.erase(it);
+    return out;
+  }
+
+ private:
+  std::unordered_map<uint64_t, std::deque<StepEvent>> by_task_;
+};
+
+std::string wall_time() {
+  timespec t{};
+  clock_gettime(CLOCK_REALTIME, &t);
+  tm parts{};
+  localtime_r(&t.tv_sec, &parts);
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%02d:%02d:%02d.%03ld", parts.tm_hour, parts.tm_min, parts.tm_sec,
+                t.tv_nsec / 1'000'000);
+  return buf;
+}
+
+}  // namespace
+
+// ---- slow --------------------------------------------------------------------
+
+int run_slow(const Options& o) {
+  // The runtime reports steps past its slow floor (10 ms) by itself; a lower
+  // threshold needs every step's record (steps__on), which costs more.
+  const bool all_steps = o.threshold < std::chrono::milliseconds(10);
+  auto src = open_timing(o, TraceModes{true, all_steps, true});
+  if (!src.ok()) return fail(src.error());
+  Tracer* tracer = src.value().tracer.get();
+  install_stop_handlers();
+  if (o.format != Format::Json)
+    std::cerr << "asynctrace: reporting steps of process " << o.pid << " longer than "
+              << short_duration(static_cast<uint64_t>(o.threshold.count()) * 1'000'000ull)
+              << " (Ctrl-C to stop)\n";
+  StackBook book(tracer);
+  SampleBook samples;
+  const uint64_t threshold_ns = static_cast<uint64_t>(o.threshold.count()) * 1'000'000ull;
+  const auto end = std::chrono::steady_clock::now() + o.duration;
+  size_t reported = 0;
+  int code = kExitOk;
+
+  auto report = [&](const StepEvent& ev) {
+    const std::vector<StepEvent> during = samples.take(ev.task_id, ev.start_ns, ev.dur_ns);
+    if (ev.dur_ns < threshold_ns) return;
+    ++reported;
+    const auto resumed = name_frames(book, book.stack(ev.start_stack));
+    const auto suspended = name_frames(book, book.stack(ev.end_stack));
+    // Distinct sampled stacks, most frequent first.
+    std::map<uint64_t, size_t> counts;
+    for (const StepEvent& s : during) counts[s.stack_id]++;
+    std::vector<std::pair<size_t, uint64_t>> order;
+    for (auto [id, n] : counts) order.push_back({n, id});
+    std::sort(order.rbegin(), order.rend());
+    const std::string name = ev.task_known ? ev.task_name : "";
+    if (o.format == Format::Json) {
+      nlohmann::json j = {{"task_id", hex_id(ev.task_id)},
+                          {"task_name", sanitize_utf8(name)},
+                          {"duration_ns", ev.dur_ns},
+                          {"start_ns", ev.start_ns},
+                          {"tid", ev.tid},
+                          {"completed", ev.completed},
+                          {"resumed_at", frames_json(resumed)},
+                          {"suspended_at", frames_json(suspended)}};
+      nlohmann::json smp = nlohmann::json::array();
+      for (auto [n, id] : order) smp.push_back({{"count", n}, {"stack", frames_json(name_frames(book, book.stack(id)))}});
+      j["samples"] = std::move(smp);
+      std::cout << j.dump() << "\n";
+    } else {
+      std::cout << wall_time() << " slow step: " << short_duration(ev.dur_ns) << " in task "
+                << (ev.task_known ? "'" + escape_untrusted(name) + "'" : std::string("<unknown>")) << " ("
+                << hex_id(ev.task_id) << ") on thread " << ev.tid << "\n";
+      std::cout << "  resumed at:\n";
+      if (resumed.empty()) std::cout << "    (its first step, or not known)\n";
+      for (const NamedFrame& f : resumed) std::cout << "    " << frame_text(f) << "\n";
+      std::cout << "  " << (ev.completed ? "then completed" : "suspended at:") << "\n";
+      for (const NamedFrame& f : suspended) std::cout << "    " << frame_text(f) << "\n";
+      if (order.empty()) {
+        std::cout << "  no sample of the loop thread during the step\n";
+      } else {
+        std::cout << "  the loop thread while the step ran (" << during.size()
+                  << " sample(s), innermost first):\n";
+        size_t shown = 0;
+        for (auto [n, id] : order) {
+          if (++shown > 3) break;
+          const auto fs = name_frames(book, book.stack(id));
+          for (size_t i = 0; i < fs.size(); ++i)
+            std::cout << (i == 0 ? "    " + std::to_string(n) + "x " : std::string(5 + std::to_string(n).size(), ' '))
+                      << frame_text(fs[i]) << "\n";
+        }
+      }
+      std::cout << "\n";
+    }
+    std::cout.flush();
+  };
+
+  while (!g_stop) {
+    auto st = tracer->poll_events(
+        [&](const StepEvent& ev) {
+          if (ev.type == StepEvent::Type::Sample) samples.add(ev);
+          else report(ev);
+        },
+        100);
+    if (!st.ok()) return fail(st.error());
+    if (o.duration.count() > 0 && std::chrono::steady_clock::now() >= end) break;
+    if (!process_alive(o.pid)) {
+      code = fail(exited(o.pid));
+      break;
+    }
+  }
+  warn_partial(book.last_snapshot().counters);
+  if (o.format != Format::Json) std::cerr << "asynctrace: " << reported << " slow step(s) reported\n";
+  detach_in_background(src.value().tracer);
+  return code;
+}
+
+// ---- record --------------------------------------------------------------------
+
+namespace {
+
+struct ChainLink {
+  std::string name;                 // task name
+  std::vector<NamedFrame> frames;   // its coroutine stack, innermost first
+};
+
+// For every live task: its awaiters from the root down, each with its stack.
+std::unordered_map<uint64_t, std::vector<ChainLink>> await_chains(const TaskGraph& g, StackBook& book) {
+  std::unordered_map<uint64_t, std::vector<ChainLink>> out;
+  auto link_of = [&](const TaskNode& t) {
+    ChainLink l;
+    l.name = t.name;
+    for (const FrameInfo* f : t.stack) l.frames.push_back({f->funcname, f->filename, f->line, 0});
+    return l;
+  };
+  (void)book;
+  for (const TaskNode& t : g.tasks) {
+    std::vector<ChainLink> chain;
+    std::unordered_set<uint64_t> seen{t.id};
+    uint64_t cur = t.id;
+    for (int depth = 0; depth < 64; ++depth) {
+      const auto aw = g.awaiters_of(cur);
+      if (aw.empty() || !seen.insert(aw.front()->awaiter).second) break;
+      const TaskNode* a = g.find(aw.front()->awaiter);
+      if (!a) break;
+      chain.push_back(link_of(*a));
+      cur = a->id;
+    }
+    std::reverse(chain.begin(), chain.end());
+    out[t.id] = std::move(chain);
+  }
+  return out;
+}
+
+}  // namespace
+
+int run_record(const Options& o) {
+  ProfFormat pf = ProfFormat::Folded;
+  if (o.prof_format == "speedscope") pf = ProfFormat::Speedscope;
+  else if (o.prof_format == "svg") pf = ProfFormat::Svg;
+  else if (o.prof_format == "html") pf = ProfFormat::Html;
+  else if (o.prof_format == "pprof") pf = ProfFormat::Pprof;
+  // The output must be writable before anything is attached.
+  std::ofstream file;
+  if (o.output != "-") {
+    file.open(o.output, std::ios::binary | std::ios::trunc);
+    if (!file)
+      return fail(Error{kExitUsage, "failed to open output '" + escape_untrusted(o.output) +
+                                        "': " + std::strerror(errno)});
+  }
+  auto src = open_timing(o, TraceModes{true, true, true});
+  if (!src.ok()) {
+    if (o.output != "-") {
+      file.close();
+      unlink(o.output.c_str());
+    }
+    return fail(src.error());
+  }
+  Tracer* tracer = src.value().tracer.get();
+  install_stop_handlers();
+  const bool progress = isatty(STDERR_FILENO);
+  StackBook book(tracer);
+  std::vector<StepEvent> steps, samples;
+  std::unordered_map<uint64_t, std::vector<ChainLink>> chains;
+  std::unordered_map<uint64_t, std::string> names;
+  const uint64_t start_ns = mono_ns();
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto end = t0 + o.duration;
+  auto next_look = t0;
+  int code = kExitOk;
+  auto look = [&] {
+    auto snap = tracer->snapshot();
+    if (!snap.ok()) return;
+    const TaskGraph g = build_graph(snap.value());
+    for (auto& [id, c] : await_chains(g, book)) chains[id] = std::move(c);
+    for (const TaskNode& t : g.tasks) names[t.id] = t.name;
+    book.take(std::move(snap.value()));
+  };
+  while (!g_stop) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= next_look) {
+      look();
+      next_look = now + std::chrono::seconds(1);
+    }
+    auto st = tracer->poll_events(
+        [&](const StepEvent& ev) {
+          if (ev.task_known) names.try_emplace(ev.task_id, ev.task_name);
+          (ev.type == StepEvent::Type::Sample ? samples : steps).push_back(ev);
+        },
+        100);
+    if (!st.ok()) return fail(st.error());
+    if (progress) {
+      const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::fprintf(stderr, "\rrecording pid %d: %.1f / %.1f s, %zu steps, %zu samples  ", o.pid, el,
+                   o.duration.count() / 1e3, steps.size(), samples.size());
+    }
+    if (std::chrono::steady_clock::now() >= end) break;
+    if (!process_alive(o.pid)) {
+      std::cerr << (progress ? "\n" : "") << "asynctrace: process " << o.pid
+                << " exited during the recording; writing what was recorded\n";
+      code = kExitProcessExited;
+      break;
+    }
+  }
+  if (progress) std::fprintf(stderr, "\n");
+  const uint64_t end_ns = mono_ns();
+  if (code == kExitOk) look();
+  else book.refresh();
+
+  // Build the profile.
+  Profile p;
+  p.mode = o.mode == "wall" ? ProfMode::Wall : ProfMode::Cpu;
+  p.pid = static_cast<uint32_t>(o.pid);
+  p.comm = inspect_process(o.pid).comm;
+  p.start_ns = start_ns;
+  p.duration_ns = end_ns - start_ns;
+  SampleBook sbook;
+  for (const StepEvent& s : samples) sbook.add(s);
+  std::sort(steps.begin(), steps.end(), [](const StepEvent& a, const StepEvent& b) { return a.start_ns < b.start_ns; });
+  std::unordered_map<uint64_t, size_t> timeline_of;
+  std::unordered_map<uint64_t, const StepEvent*> last_step;
+
+  auto coroutine_of = [&](const StepEvent& ev) -> std::string {
+    const CodeInfo* c = ev.code_id ? book.code(ev.code_id) : nullptr;
+    return c ? c->qualname : "";
+  };
+  // Root-first frames of the task's await chain, then the task itself.
+  auto prefix = [&](uint64_t task, const std::string& name) {
+    std::vector<uint32_t> out;
+    if (auto it = chains.find(task); it != chains.end()) {
+      for (const ChainLink& l : it->second) {
+        out.push_back(p.frame(ProfFrame::Kind::Task, l.name));
+        for (auto f = l.frames.rbegin(); f != l.frames.rend(); ++f)
+          out.push_back(p.frame(ProfFrame::Kind::Coroutine, f->func, f->file, f->line));
+      }
+    }
+    out.push_back(p.frame(ProfFrame::Kind::Task, name));
+    return out;
+  };
+  auto append_frames = [&](std::vector<uint32_t>& stack, const std::vector<NamedFrame>& fs,
+                           const std::unordered_set<uint64_t>* coroutines) {
+    for (auto f = fs.rbegin(); f != fs.rend(); ++f) {
+      const bool coro = !coroutines || coroutines->count(f->code_id);
+      stack.push_back(p.frame(coro ? ProfFrame::Kind::Coroutine : ProfFrame::Kind::Function, f->func, f->file, f->line));
+    }
+  };
+  for (const StepEvent& ev : steps) {
+    const std::string name = ev.task_known ? ev.task_name : names.count(ev.task_id) ? names[ev.task_id] : hex_id(ev.task_id);
+    const std::string coro = coroutine_of(ev);
+    const auto end_frames = name_frames(book, book.stack(ev.end_stack));
+    const auto start_frames = name_frames(book, book.stack(ev.start_stack));
+    const auto& coro_frames = end_frames.empty() ? start_frames : end_frames;
+    std::unordered_set<uint64_t> coro_codes;
+    for (const auto& f : end_frames) coro_codes.insert(f.code_id);
+    for (const auto& f : start_frames) coro_codes.insert(f.code_id);
+    const std::vector<uint32_t> base = prefix(ev.task_id, name);
+    const auto during = sbook.take(ev.task_id, ev.start_ns, ev.dur_ns);
+    if (during.empty()) {
+      std::vector<uint32_t> stack = base;
+      append_frames(stack, coro_frames, nullptr);
+      p.samples.push_back({std::move(stack), ev.dur_ns, name, coro});
+    } else {
+      const uint64_t share = ev.dur_ns / during.size();
+      for (size_t i = 0; i < during.size(); ++i) {
+        std::vector<uint32_t> stack = base;
+        append_frames(stack, name_frames(book, book.stack(during[i].stack_id)), &coro_codes);
+        const uint64_t w = i + 1 == during.size() ? ev.dur_ns - share * (during.size() - 1) : share;
+        p.samples.push_back({std::move(stack), w, name, coro});
+      }
+    }
+    // Wall mode: the time since the task's previous step, spent suspended
+    // where that step left it.
+    if (p.mode == ProfMode::Wall) {
+      auto it = last_step.find(ev.task_id);
+      if (it != last_step.end() && ev.start_ns > it->second->start_ns + it->second->dur_ns) {
+        const StepEvent& prev = *it->second;
+        std::vector<uint32_t> stack = base;
+        append_frames(stack, name_frames(book, book.stack(prev.end_stack)), nullptr);
+        stack.push_back(p.frame(ProfFrame::Kind::Await, "awaiting"));
+        p.samples.push_back({std::move(stack), ev.start_ns - (prev.start_ns + prev.dur_ns), name, coro});
+      }
+    }
+    last_step[ev.task_id] = &ev;
+    // Timeline: the step as nested open/close events.
+    auto [tl, fresh] = timeline_of.try_emplace(ev.task_id, p.timelines.size());
+    if (fresh) p.timelines.push_back({ev.task_id, name, {}});
+    ProfTimeline& line = p.timelines[tl->second];
+    const uint64_t s = ev.start_ns > start_ns ? ev.start_ns - start_ns : 0;
+    const uint64_t e = std::max(s, ev.start_ns + ev.dur_ns > start_ns ? ev.start_ns + ev.dur_ns - start_ns : 0);
+    if (!line.events.empty() && line.events.back().at_ns > s) continue;  // overlaps (clock skew): skip
+    std::vector<uint32_t> opened{p.frame(ProfFrame::Kind::Task, name)};
+    for (auto f = coro_frames.rbegin(); f != coro_frames.rend(); ++f)
+      opened.push_back(p.frame(ProfFrame::Kind::Coroutine, f->func, f->file, f->line));
+    for (uint32_t fr : opened) line.events.push_back({s, fr, true});
+    for (auto fr = opened.rbegin(); fr != opened.rend(); ++fr) line.events.push_back({e, *fr, false});
+  }
+  if (p.mode == ProfMode::Wall) {
+    // Tasks still suspended at the end: their last wait, up to the end.
+    for (const auto& [task, ev] : last_step) {
+      if (ev->completed) continue;
+      const uint64_t from = ev->start_ns + ev->dur_ns;
+      if (end_ns <= from) continue;
+      const std::string name = names.count(task) ? names[task] : hex_id(task);
+      std::vector<uint32_t> stack = prefix(task, name);
+      append_frames(stack, name_frames(book, book.stack(ev->end_stack)), nullptr);
+      stack.push_back(p.frame(ProfFrame::Kind::Await, "awaiting"));
+      p.samples.push_back({std::move(stack), end_ns - from, name, coroutine_of(*ev)});
+    }
+  }
+  std::ostream& out = o.output == "-" ? std::cout : static_cast<std::ostream&>(file);
+  write_profile(p, pf, out);
+  out.flush();
+  if (!out.good()) return fail(Error{kExitInternal, "failed to write output '" + escape_untrusted(o.output) + "'"});
+  warn_partial(book.last_snapshot().counters);
+  std::cerr << "asynctrace: recorded " << steps.size() << " step(s), " << samples.size() << " sample(s) of process "
+            << o.pid << " in " << short_duration(end_ns - start_ns) << " to " << escape_untrusted(o.output) << "\n";
+  detach_in_background(src.value().tracer);
+  return code;
+}
+
+}  // namespace asynctrace
