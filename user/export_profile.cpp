@@ -12,10 +12,11 @@ std::string frame_label(const ProfFrame& f) {
     case ProfFrame::Kind::Task:
       return "[task] " + name;
     case ProfFrame::Kind::Await: {
-      // The recorder names these "awaiting <what>"; a bare "<what>" gets the
-      // prefix so that every wait reads the same in a flame graph.
+      // The recorder names these "awaiting" or "awaiting <what>"; a bare
+      // "<what>" gets the prefix so that every wait reads the same in a flame graph.
       static constexpr std::string_view kPrefix = "awaiting ";
-      if (std::string_view(name).substr(0, kPrefix.size()) == kPrefix) return "[" + name + "]";
+      if (name == "awaiting" || std::string_view(name).substr(0, kPrefix.size()) == kPrefix)
+        return "[" + name + "]";
       return "[awaiting " + name + "]";
     }
     case ProfFrame::Kind::Coroutine:

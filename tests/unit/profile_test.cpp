@@ -159,6 +159,7 @@ TEST(Profile, DisplayNames) {
   EXPECT_EQ(frame_display_name({K::Await, "awaiting asyncio.sleep", "", 0}),
             "[awaiting asyncio.sleep]");
   EXPECT_EQ(frame_display_name({K::Await, "Queue.get", "", 0}), "[awaiting Queue.get]");
+  EXPECT_EQ(frame_display_name({K::Await, "awaiting", "", 0}), "[awaiting]");
   EXPECT_EQ(frame_label({K::Coroutine, "Srv.handle", "/srv/app.py", 42}), "Srv.handle");
   EXPECT_EQ(frame_label({K::Task, "a\nb\x1b", "", 0}), "[task] a\\nb\\x1b");
 }
