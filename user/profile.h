@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <iosfwd>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace asynctrace {
@@ -66,6 +67,11 @@ struct Profile {
   // Interns a frame; returns its index.
   uint32_t frame(ProfFrame::Kind kind, const std::string& name, const std::string& file = {},
                  uint32_t line = 0);
+
+  // frame()'s lookup table, so interning stays O(1) for profiles of many
+  // frames. Rebuilt from `frames` whenever their counts differ (a copy edited
+  // by hand, a cleared profile): never the source of truth.
+  std::unordered_map<std::string, uint32_t> frame_index_;
 };
 
 enum class ProfFormat { Folded, Speedscope, Svg, Html, Pprof };
