@@ -1034,6 +1034,8 @@ static uint64_t stack_id(size_t nframes)
 	return h ? h : 1;
 }
 
+static void timing_stack_sent(PyObject *task, uint64_t id);
+
 static void rec_stack(PyObject *task, PyObject *awaited, int kind, size_t nframes)
 {
 	uint64_t id = nframes ? stack_id(nframes) : 0;
@@ -1056,6 +1058,7 @@ static void rec_stack(PyObject *task, PyObject *awaited, int kind, size_t nframe
 		set[w].state = h | STATE_STACK_SENT;
 	}
 	ring_commit(n);
+	timing_stack_sent(task, id);
 }
 
 /* What a task waiting on `w` (NULL: nothing) awaits (asynctrace_await_kind). */
@@ -1454,6 +1457,22 @@ static uint64_t timing_end_stack(PyObject *task, struct tstat *e)
 	Py_XDECREF(w);
 	PyErr_Clear();
 	return id;
+}
+
+/* Tracers have this stack of the task now (a STACK record). */
+static void timing_stack_sent(PyObject *task, uint64_t id)
+{
+	struct tstat *e = T.on ? tstat_find(task) : NULL;
+	if (e)
+		e->end_stack = id;
+}
+
+/* A full replay re-tells a new tracer everything: the stacks it has are
+ * only those the replay sends. */
+static void timing_forget_stacks(void)
+{
+	for (size_t i = 0; T.t && i < T.cap; i++)
+		T.t[i].end_stack = 0;
 }
 
 static void fresh_keep(PyObject *task)
@@ -2466,8 +2485,12 @@ static void kick_watcher(void)
 	pthread_mutex_unlock(&W.mu);
 }
 
+static void timing_forget_stacks(void);
+
 static void run_replay(int full)
 {
+	if (full)
+		timing_forget_stacks();
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	PyObject *m = PyImport_ImportModule("asynctrace._replay");
