@@ -289,3 +289,62 @@ TEST(Timing, TopRedrawsInPlaceInATerminal) {
 }
 
 }  // namespace
+
+namespace {
+
+// Every format, recorded from a real process: the format's own checker
+// accepts it (tests/profile/validate_one.py) and the busy tasks are in it.
+TEST(Timing, RecordWritesEveryFormatValid) {
+  const auto pythons = e2e::built_pythons();
+  ASSERT_FALSE(pythons.empty());
+  Shapes s(pythons.front().second);
+  ASSERT_TRUE(s.ready()) << s.app.stderr_text();
+  for (const std::string fmt : {"speedscope", "pprof", "svg", "html", "folded"}) {
+    SCOPED_TRACE(fmt);
+    const std::string out = "/tmp/asynctrace-e2e-" + std::to_string(getpid()) + "." + fmt;
+    auto rec = e2e::run({tool(), "record", "-p", s.pid(), "-d", "1500ms", "-f", fmt, "-o", out});
+    ASSERT_EQ(rec.exit_code, 0) << rec.err;
+    auto v = e2e::run({"/usr/bin/python3", e2e::source_dir() + "/tests/profile/validate_one.py", fmt, out,
+                       e2e::source_dir() + "/tests/third_party", "burner", "burn_cpu", "blocker"});
+    EXPECT_EQ(v.exit_code, 0) << v.out << v.err;
+    unlink(out.c_str());
+  }
+  s.truth();
+  EXPECT_TRUE(e2e::wait_kernel_released(s.app.pid()).empty());
+}
+
+// Ctrl-C ends a recording early and still writes a complete file.
+TEST(Timing, RecordInterruptedWritesAValidFile) {
+  const auto pythons = e2e::built_pythons();
+  ASSERT_FALSE(pythons.empty());
+  Shapes s(pythons.front().second);
+  ASSERT_TRUE(s.ready()) << s.app.stderr_text();
+  const std::string out = "/tmp/asynctrace-e2e-" + std::to_string(getpid()) + "-int.speedscope.json";
+  e2e::Program rec({tool(), "record", "-p", s.pid(), "-d", "60s", "-f", "speedscope", "-o", out});
+  std::this_thread::sleep_for(2500ms);
+  rec.signal(SIGINT);
+  std::string o;
+  EXPECT_EQ(rec.wait_exit(20s, &o), 0) << rec.stderr_text();
+  auto v = e2e::run({"/usr/bin/python3", e2e::source_dir() + "/tests/profile/validate_one.py", "speedscope", out,
+                     e2e::source_dir() + "/tests/third_party", "burner"});
+  EXPECT_EQ(v.exit_code, 0) << v.out << v.err;
+  unlink(out.c_str());
+  s.truth();
+  EXPECT_TRUE(e2e::wait_kernel_released(s.app.pid()).empty());
+}
+
+// Bad output path: one line, exit 2, nothing attached, nothing left behind.
+TEST(Timing, RecordToAnUnwritablePathFailsBeforeAttaching) {
+  const auto pythons = e2e::built_pythons();
+  ASSERT_FALSE(pythons.empty());
+  Shapes s(pythons.front().second);
+  ASSERT_TRUE(s.ready()) << s.app.stderr_text();
+  auto rec = e2e::run({tool(), "record", "-p", s.pid(), "-d", "1s", "-o", "/nonexistent-dir/x.folded"});
+  EXPECT_EQ(rec.exit_code, 2) << rec.err;
+  EXPECT_EQ(std::count(rec.err.begin(), rec.err.end(), '\n'), 1) << rec.err;
+  EXPECT_NE(rec.err.find("/nonexistent-dir/x.folded"), std::string::npos) << rec.err;
+  EXPECT_TRUE(e2e::kernel_hold(s.app.pid()).empty());
+  s.truth();
+}
+
+}  // namespace
