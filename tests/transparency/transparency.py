@@ -3,7 +3,8 @@
 
     plain     PYTHON gate.py ... -- -m test test_asyncio
     probes    asynctrace run -- PYTHON gate.py ...      (runtime in every child Python too)
-    attached  as probes, and `asynctrace attach -p PID` live before the first test
+    attached  as probes, and `asynctrace attach --timing -p PID` live before the first test
+              (ASYNCTRACE_SLOW_MS=1: end stacks and loop-thread samples for most steps)
 
 All three run sequentially in one process (the attached tracer sees every test),
 with the same random seed and the same harness (gate.py records every test case's
@@ -233,6 +234,12 @@ class Run:
                 "0" if self.mode == "plain" else "1", "--"] + self.test_args
         if self.mode != "plain":
             argv = [self.tool, "run", "--"] + argv
+        if self.mode == "attached":
+            # The tracer holds timing__on (attach --timing): every step is
+            # timed, and with a 1 ms slow floor most steps of the suite also
+            # send their end stack, and the watcher samples the loop thread
+            # (taking the GIL) during any step past 1 ms.
+            env = dict(env, ASYNCTRACE_SLOW_MS="1")
         workdir = tempfile.mkdtemp(prefix=f"transparency-{self.mode}-")
         with open(self.log, "wb") as logf:
             logf.write(("$ " + " ".join(argv) + "\n").encode())
@@ -328,7 +335,7 @@ class Run:
     def _attach(self, pid):
         self.attach_log = os.path.join(self.dir, "attach.log")
         errf = open(self.attach_log, "wb")
-        a = spawn([self.tool, "attach", "-p", str(pid)], sig=signal.SIGTERM, stdin=subprocess.DEVNULL,
+        a = spawn([self.tool, "attach", "--timing", "-p", str(pid)], sig=signal.SIGTERM, stdin=subprocess.DEVNULL,
                   stdout=subprocess.PIPE, stderr=errf)
         errf.close()
         deadline = time.monotonic() + 60
