@@ -1693,9 +1693,11 @@ static void timing_watch(long long poll_ns)
 		PyGILState_Release(g);
 		s->last_sample_ns = now_ns();
 	}
-	if (T.on && T.ndirty && now > T.last_drain + 2 * T.period) {
+	/* A loop that runs no step (idle, or blocked in one) still reports: the
+	 * session starts here, and deltas do not wait for its next step. */
+	if (!T.on || (T.ndirty && now > T.last_drain + 2 * T.period)) {
 		PyGILState_STATE g = PyGILState_Ensure();
-		if (T.on && TIMING_ON())
+		if (timing_active())
 			timing_drain(now_ns());
 		PyGILState_Release(g);
 	}
