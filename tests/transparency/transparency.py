@@ -273,6 +273,10 @@ class Run:
                 if attach.poll() is not None:
                     raise HarnessError(self._tracer_gone(attach))
                 self.stats = self._stats(pid)
+                # attach --timing: the runtime must have timed the suite's
+                # steps, or the attached run proves nothing about timing.
+                if not self.stats["counters"].get("steps"):
+                    raise HarnessError("attached: no timed steps in `asynctrace stats` (attach --timing)")
             os.write(g_w, b"exit\n")
             try:
                 self.rc = proc.wait(120)
@@ -572,6 +576,7 @@ def one_python(py, tool, out_root, quick, tests, timeout):
     extra = [("tracer events (stats)", lambda r: str(r.stats["counters"]["events"]) if r.stats else "-"),
              ("tracer drops", lambda r: str(sum(v for k, v in r.stats["counters"].items()
                                                 if k.startswith("dropped"))) if r.stats else "-"),
+             ("timed steps (stats)", lambda r: str(r.stats["counters"].get("steps", 0)) if r.stats else "-"),
              ("python children sampled", lambda r: str(r.audit.summary()["python_children"])),
              ("  runtime loaded", lambda r: str(r.audit.summary()["runtime_loaded"])),
              ("  on PYTHONPATH, not seen yet", lambda r: str(r.audit.summary()["on_path_not_seen_loaded"])),
