@@ -613,18 +613,44 @@ int run_ps_long(const Options& o) {
   if (f.header.created > f.header.completed && g.tasks.size() >= 50 && f.header.created_per_s > f.header.completed_per_s * 1.1)
     warnings.push_back("tasks are created faster than they complete (" + std::to_string(static_cast<int>(f.header.created_per_s)) +
                        "/s vs " + std::to_string(static_cast<int>(f.header.completed_per_s)) + "/s): a task leak?");
+  // Per coroutine, busiest first (all tasks of it, short-lived ones included).
+  struct CodeRow {
+    std::string name, file;
+    Timing t;
+  };
+  std::vector<CodeRow> codes;
+  for (const auto& [id, t] : later.value().code_timing) {
+    const auto it = snap.code.find(id);
+    codes.push_back({it == snap.code.end() ? "<code " + hex_id(id) + ">" : it->second.qualname,
+                     it == snap.code.end() ? "" : it->second.filename, t});
+  }
+  std::sort(codes.begin(), codes.end(), [](const CodeRow& a, const CodeRow& b) { return a.t.busy_ns > b.t.busy_ns; });
+  auto hist_json = [](const Timing& t) {
+    size_t n = t.hist.size();
+    while (n && !t.hist[n - 1]) --n;
+    return nlohmann::json(std::vector<uint32_t>(t.hist.begin(), t.hist.begin() + static_cast<long>(n)));
+  };
   if (o.format == Format::Json) {
     nlohmann::json j = graph_json(g, false);
-    for (auto& t : j["tasks"]) {
-      const std::string id = t["id"];
-      for (const TopRow& r : f.rows) {
-        if (hex_id(r.id) != id) continue;
-        t["timing"] = r.timed ? nlohmann::json{{"steps", r.steps}, {"busy_ns", r.busy_ns}, {"sched_ns", r.sched_ns},
-                                               {"idle_ns", r.idle_ns}, {"longest_ns", r.longest_ns},
-                                               {"waiting_ns", r.waiting_ns}}
-                              : nlohmann::json(nullptr);
-      }
+    // graph_json lists g.tasks in order.
+    for (size_t i = 0; i < g.tasks.size() && i < j["tasks"].size(); ++i) {
+      const TaskNode& node = g.tasks[i];
+      const auto it = by_id.find(node.id);
+      const TopRow* r = it == by_id.end() ? nullptr : it->second;
+      j["tasks"][i]["timing"] =
+          r && r->timed && node.timing
+              ? nlohmann::json{{"steps", r->steps},         {"busy_ns", r->busy_ns},
+                               {"sched_ns", r->sched_ns},   {"idle_ns", r->idle_ns},
+                               {"longest_ns", r->longest_ns}, {"waiting_ns", r->waiting_ns},
+                               {"hist_log2_us", hist_json(*node.timing)}}
+              : nlohmann::json(nullptr);
     }
+    nlohmann::json cj = nlohmann::json::array();
+    for (const CodeRow& c : codes)
+      cj.push_back({{"coroutine", sanitize_utf8(c.name)}, {"file", sanitize_utf8(c.file)}, {"steps", c.t.steps},
+                    {"busy_ns", c.t.busy_ns}, {"sched_ns", c.t.sched_ns}, {"longest_ns", c.t.max_ns},
+                    {"hist_log2_us", hist_json(c.t)}});
+    j["coroutines"] = std::move(cj);
     nlohmann::json w = nlohmann::json::array();
     for (const std::string& s : warnings) w.push_back(sanitize_utf8(s));
     j["warnings"] = std::move(w);
@@ -638,12 +664,16 @@ int run_ps_long(const Options& o) {
       return s + "\n";
     };
     std::cout << line({{"tid", 10}, {"task id", 16}, {"task name", 20}, {"state", 8}, {"steps", 7}, {"busy", 9},
-                       {"longest", 9}, {"waiting", 9}, {"coroutine stack", 50}, {"awaiter chain", 40},
-                       {"awaiter name", 15}, {"awaiter id", 15}});
+                       {"longest", 9}, {"waiting", 9}, {"created by", 15}, {"coroutine stack", 50},
+                       {"awaiter chain", 40}, {"awaiter name", 15}, {"awaiter id", 15}});
     std::cout << std::string(220, '-') << "\n";
     for (const PsRow& r : build_ps_rows(g)) {
       const TopRow* t = by_id.count(r.task_id) ? by_id[r.task_id] : nullptr;
       const TaskNode* awaiter = g.find(r.awaiter_id);
+      const TaskNode* self = g.find(r.task_id);
+      const TaskNode* creator = self && self->parent_id ? g.find(self->parent_id) : nullptr;
+      const std::string created_by = creator ? escape_untrusted(creator->name)
+                                     : self && self->parent_id ? hex_id(self->parent_id) : "";
       std::cout << line({{std::to_string(r.tid), 10},
                          {hex_id(r.task_id), 16},
                          {escape_untrusted(r.task_name), 20},
@@ -652,10 +682,27 @@ int run_ps_long(const Options& o) {
                          {t && t->timed ? short_duration(t->busy_ns) : "-", 9},
                          {t && t->timed ? short_duration(t->longest_ns) : "-", 9},
                          {!t || !t->waiting_ns ? "-" : t->waiting_ns < 500000000ull ? "<0.5s" : short_duration(t->waiting_ns), 9},
+                         {created_by, 15},
                          {escape_untrusted(r.coroutine_stack), 50},
                          {escape_untrusted(r.awaiter_chain), 40},
                          {awaiter ? escape_untrusted(awaiter->name) : "", 15},
                          {r.awaiter_id ? hex_id(r.awaiter_id) : "", 15}});
+    }
+    if (!codes.empty()) {
+      std::cout << "\n" << line({{"coroutine", 40}, {"steps", 9}, {"busy", 9}, {"longest", 9}, {"steps by duration", 0}});
+      size_t shown = 0;
+      for (const CodeRow& c : codes) {
+        if (++shown > 10) break;
+        std::string dist;
+        for (size_t b = 0; b < c.t.hist.size(); ++b) {
+          if (!c.t.hist[b]) continue;
+          // Bucket b holds [2^b, 2^(b+1)) us; bucket 0 also < 1 us.
+          dist += (dist.empty() ? "" : ", ") + std::string(b ? ">=" : "<") +
+                  short_duration(b ? (1ull << b) * 1000ull : 2000ull) + " " + std::to_string(c.t.hist[b]);
+        }
+        std::cout << line({{escape_untrusted(c.name), 40}, {std::to_string(c.t.steps), 9},
+                           {short_duration(c.t.busy_ns), 9}, {short_duration(c.t.max_ns), 9}, {dist, 0}});
+      }
     }
     if (!warnings.empty()) std::cout << "\n";
     for (const std::string& w : warnings) std::cout << "warning: " << escape_untrusted(w) << "\n";

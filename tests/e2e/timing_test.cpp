@@ -348,3 +348,42 @@ TEST(Timing, RecordToAnUnwritablePathFailsBeforeAttaching) {
 }
 
 }  // namespace
+
+namespace {
+
+// ps --long: timing per task and per coroutine, with the step histograms:
+// the burner's 200 ms steps are in bucket 17 ([131, 262) ms).
+TEST(Timing, PsLongHasHistogramsPerTaskAndCoroutine) {
+  const auto pythons = e2e::built_pythons();
+  ASSERT_FALSE(pythons.empty());
+  Shapes s(pythons.front().second);
+  ASSERT_TRUE(s.ready()) << s.app.stderr_text();
+  auto ps = e2e::run({tool(), "ps", "-p", s.pid(), "--long", "--format", "json"});
+  ASSERT_EQ(ps.exit_code, 0) << ps.err;
+  const json j = json::parse(ps.out);
+  const json* burner = nullptr;
+  for (const auto& t : j.at("tasks"))
+    if (t.at("name") == "burner") burner = &t;
+  ASSERT_TRUE(burner) << ps.out.substr(0, 3000);
+  ASSERT_FALSE(burner->at("timing").is_null()) << burner->dump();
+  const json& h = burner->at("timing").at("hist_log2_us");
+  ASSERT_EQ(h.size(), 18u) << burner->dump();
+  EXPECT_GE(h.at(17).get<int>(), 1) << burner->dump();
+  EXPECT_EQ(h.at(17).get<uint64_t>(), burner->at("timing").at("steps").get<uint64_t>()) << burner->dump();
+  bool code_seen = false;
+  for (const auto& c : j.at("coroutines")) {
+    if (c.at("coroutine") != "burner") continue;
+    code_seen = true;
+    EXPECT_NEAR(c.at("longest_ns").get<double>(), 200e6, 30e6) << c.dump();
+  }
+  EXPECT_TRUE(code_seen) << j.at("coroutines").dump();
+  // Text: the created-by column names the creator (main's task).
+  auto text = e2e::run({tool(), "ps", "-p", s.pid(), "--long"});
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("created by"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("Task-1"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("steps by duration"), std::string::npos) << text.out;
+  s.truth();
+}
+
+}  // namespace
