@@ -377,12 +377,13 @@ TEST(Timing, PsLongHasHistogramsPerTaskAndCoroutine) {
     EXPECT_NEAR(c.at("longest_ns").get<double>(), 200e6, 30e6) << c.dump();
   }
   EXPECT_TRUE(code_seen) << j.at("coroutines").dump();
-  // Text: the created-by column names the creator (main's task).
+  // Text: the columns and the per-coroutine table. (Creators are known
+  // only for tasks created while traced: these all predate the attach.)
   auto text = e2e::run({tool(), "ps", "-p", s.pid(), "--long"});
   ASSERT_EQ(text.exit_code, 0) << text.err;
   EXPECT_NE(text.out.find("created by"), std::string::npos) << text.out;
-  EXPECT_NE(text.out.find("Task-1"), std::string::npos) << text.out;
   EXPECT_NE(text.out.find("steps by duration"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find(">=131.1ms"), std::string::npos) << text.out;
   s.truth();
 }
 
