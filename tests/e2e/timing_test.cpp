@@ -388,3 +388,50 @@ TEST(Timing, PsLongHasHistogramsPerTaskAndCoroutine) {
 }
 
 }  // namespace
+
+namespace {
+
+std::string hex(uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "0x%lx", static_cast<unsigned long>(v));
+  return b;
+}
+
+// Creation lineage (Go's "created by"): each task created while traced
+// knows the task that was running when it was created.
+TEST(Timing, TasksKnowTheirCreator) {
+  for (const auto& [tag, py] : e2e::built_pythons()) {
+    SCOPED_TRACE(py);
+    e2e::Program app({tool(), "run", "--", py, e2e::source_dir() + "/tests/programs/lineage.py"});
+    ASSERT_TRUE(app.wait_line("WAITING", 30s)) << app.stderr_text();
+    const std::string pid = std::to_string(app.pid());
+    e2e::Program holder({tool(), "attach", "-p", pid});
+    ASSERT_TRUE(holder.wait_prefix("attached pid=", 30s).has_value()) << holder.stderr_text();
+    app.signal(SIGUSR2);
+    auto line = app.wait_prefix("{", 30s);
+    ASSERT_TRUE(line.has_value()) << app.stderr_text();
+    const json ids = json::parse(*line);
+    auto ps = e2e::run({tool(), "ps", "-p", pid, "--format", "json"});
+    ASSERT_EQ(ps.exit_code, 0) << ps.err;
+    std::map<std::string, std::string> parent_of;
+    std::string seen;
+    const json view = json::parse(ps.out);  // (a temporary's member would dangle in the loop)
+    for (const auto& t : view.at("tasks")) {
+      parent_of[t.at("id").get<std::string>()] = t.at("parent_id").get<std::string>();
+      seen += t.at("id").get<std::string>() + " " + t.at("name").get<std::string>() + " <- " +
+              t.at("parent_id").get<std::string>() + "\n";
+    }
+    auto id_of = [&](const char* name) { return hex(ids.at(name).get<uint64_t>()); };
+    EXPECT_EQ(parent_of[id_of("child")], id_of("spawner")) << seen << ids.dump();
+    EXPECT_EQ(parent_of[id_of("grandchild")], id_of("child"));
+    EXPECT_EQ(parent_of[id_of("leaf-0")], id_of("child"));
+    EXPECT_EQ(parent_of[id_of("leaf-1")], id_of("child"));
+    holder.signal(SIGINT);
+    std::string o;
+    EXPECT_EQ(holder.wait_exit(30s, &o), 0) << holder.stderr_text();
+    app.signal(SIGUSR1);
+    EXPECT_EQ(app.wait_exit(30s, &o), 0) << app.stderr_text();
+  }
+}
+
+}  // namespace
