@@ -19,6 +19,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -391,6 +392,167 @@ std::unordered_map<uint64_t, std::vector<ChainLink>> await_chains(const TaskGrap
 
 }  // namespace
 
+namespace {
+
+// Builds the profile while the events arrive, so memory stays bounded by
+// distinct stacks and live tasks, not by the number of steps: equal stacks
+// with equal labels are merged as they come, timelines stop at kMaxEvents.
+class Recorder {
+ public:
+  static constexpr size_t kMaxEvents = 2'000'000;  // timeline events kept (speedscope)
+
+  Recorder(Profile& p, StackBook& book, uint64_t start_ns) : p_(p), book_(book), start_ns_(start_ns) {}
+
+  void set_chains(std::unordered_map<uint64_t, std::vector<ChainLink>> chains) {
+    for (auto& [id, c] : chains) chains_[id] = std::move(c);
+  }
+  void name(uint64_t task, const std::string& n) { names_[task] = n; }
+  void sample(const StepEvent& s) {
+    samples_.add(s);
+    ++nsamples_;
+  }
+  size_t steps() const { return nsteps_; }
+  size_t samples() const { return nsamples_; }
+  bool timelines_cut() const { return cut_; }
+
+  void step(const StepEvent& ev) {
+    ++nsteps_;
+    if (ev.task_known) names_[ev.task_id] = ev.task_name;
+    const std::string name = task_name(ev.task_id);
+    const std::string coro = coroutine_of(ev.code_id);
+    const auto end_frames = name_frames(book_, book_.stack(ev.end_stack));
+    const auto start_frames = name_frames(book_, book_.stack(ev.start_stack));
+    const auto& coro_frames = end_frames.empty() ? start_frames : end_frames;
+    std::unordered_set<uint64_t> coro_codes;
+    for (const auto& f : end_frames) coro_codes.insert(f.code_id);
+    for (const auto& f : start_frames) coro_codes.insert(f.code_id);
+    const std::vector<uint32_t> base = prefix(ev.task_id, name);
+    const auto during = samples_.take(ev.task_id, ev.start_ns, ev.dur_ns);
+    if (during.empty()) {
+      std::vector<uint32_t> stack = base;
+      append(stack, coro_frames, nullptr);
+      add(std::move(stack), ev.dur_ns, name, coro);
+    } else {
+      // A step's time goes to its samples in equal shares.
+      const uint64_t share = ev.dur_ns / during.size();
+      for (size_t i = 0; i < during.size(); ++i) {
+        std::vector<uint32_t> stack = base;
+        append(stack, name_frames(book_, book_.stack(during[i].stack_id)), &coro_codes);
+        add(std::move(stack), i + 1 == during.size() ? ev.dur_ns - share * (during.size() - 1) : share, name, coro);
+      }
+    }
+    // Wall mode: the time since the task's previous step, suspended where
+    // that step left it.
+    Last& last = last_[ev.task_id];
+    if (p_.mode == ProfMode::Wall && last.end_ns && ev.start_ns > last.end_ns) {
+      std::vector<uint32_t> stack = base;
+      append(stack, name_frames(book_, book_.stack(last.end_stack)), nullptr);
+      stack.push_back(p_.frame(ProfFrame::Kind::Await, "awaiting"));
+      add(std::move(stack), ev.start_ns - last.end_ns, name, coro);
+    }
+    last = Last{ev.start_ns + ev.dur_ns, ev.end_stack, ev.code_id, ev.completed};
+    if (ev.completed) last_.erase(ev.task_id);
+    timeline(ev, name, coro_frames);
+  }
+
+  // Wall mode: tasks still suspended at the end wait up to the end.
+  void finish(uint64_t end_ns) {
+    if (p_.mode == ProfMode::Wall) {
+      for (const auto& [task, l] : last_) {
+        if (l.completed || end_ns <= l.end_ns) continue;
+        const std::string name = task_name(task);
+        std::vector<uint32_t> stack = prefix(task, name);
+        append(stack, name_frames(book_, book_.stack(l.end_stack)), nullptr);
+        stack.push_back(p_.frame(ProfFrame::Kind::Await, "awaiting"));
+        add(std::move(stack), end_ns - l.end_ns, name, coroutine_of(l.code_id));
+      }
+    }
+    for (auto& [key, weight] : merged_)
+      p_.samples.push_back({key.stack, weight, key.task_name, key.coroutine});
+    merged_.clear();
+  }
+
+ private:
+  struct Key {
+    std::vector<uint32_t> stack;
+    std::string task_name, coroutine;
+    bool operator<(const Key& o) const {
+      return std::tie(stack, task_name, coroutine) < std::tie(o.stack, o.task_name, o.coroutine);
+    }
+  };
+  struct Last {
+    uint64_t end_ns = 0, end_stack = 0, code_id = 0;
+    bool completed = false;
+  };
+
+  std::string task_name(uint64_t task) const {
+    const auto it = names_.find(task);
+    return it == names_.end() ? hex_id(task) : it->second;
+  }
+  std::string coroutine_of(uint64_t code_id) {
+    const CodeInfo* c = code_id ? book_.code(code_id) : nullptr;
+    return c ? c->qualname : "";
+  }
+  // Root-first frames of the task's await chain, then the task itself.
+  std::vector<uint32_t> prefix(uint64_t task, const std::string& name) {
+    std::vector<uint32_t> out;
+    if (auto it = chains_.find(task); it != chains_.end()) {
+      for (const ChainLink& l : it->second) {
+        out.push_back(p_.frame(ProfFrame::Kind::Task, l.name));
+        for (auto f = l.frames.rbegin(); f != l.frames.rend(); ++f)
+          out.push_back(p_.frame(ProfFrame::Kind::Coroutine, f->func, f->file, f->line));
+      }
+    }
+    out.push_back(p_.frame(ProfFrame::Kind::Task, name));
+    return out;
+  }
+  // Frames innermost first, appended outermost first; with `coroutines`,
+  // frames of other code are plain functions (sampled inside the step).
+  void append(std::vector<uint32_t>& stack, const std::vector<NamedFrame>& fs,
+              const std::unordered_set<uint64_t>* coroutines) {
+    for (auto f = fs.rbegin(); f != fs.rend(); ++f) {
+      const bool coro = !coroutines || coroutines->count(f->code_id);
+      stack.push_back(p_.frame(coro ? ProfFrame::Kind::Coroutine : ProfFrame::Kind::Function, f->func, f->file, f->line));
+    }
+  }
+  void add(std::vector<uint32_t> stack, uint64_t w, const std::string& name, const std::string& coro) {
+    merged_[Key{std::move(stack), name, coro}] += w;
+  }
+  void timeline(const StepEvent& ev, const std::string& name, const std::vector<NamedFrame>& coro_frames) {
+    const size_t need = 2 * (1 + coro_frames.size());
+    if (events_ + need > kMaxEvents) {
+      cut_ = true;
+      return;
+    }
+    auto [tl, fresh] = timeline_of_.try_emplace(ev.task_id, p_.timelines.size());
+    if (fresh) p_.timelines.push_back({ev.task_id, name, {}});
+    ProfTimeline& line = p_.timelines[tl->second];
+    const uint64_t s = ev.start_ns > start_ns_ ? ev.start_ns - start_ns_ : 0;
+    const uint64_t e = std::max(s, ev.start_ns + ev.dur_ns > start_ns_ ? ev.start_ns + ev.dur_ns - start_ns_ : 0);
+    if (!line.events.empty() && line.events.back().at_ns > s) return;  // overlaps: skip
+    std::vector<uint32_t> opened{p_.frame(ProfFrame::Kind::Task, name)};
+    for (auto f = coro_frames.rbegin(); f != coro_frames.rend(); ++f)
+      opened.push_back(p_.frame(ProfFrame::Kind::Coroutine, f->func, f->file, f->line));
+    for (uint32_t fr : opened) line.events.push_back({s, fr, true});
+    for (auto fr = opened.rbegin(); fr != opened.rend(); ++fr) line.events.push_back({e, *fr, false});
+    events_ += need;
+  }
+
+  Profile& p_;
+  StackBook& book_;
+  uint64_t start_ns_;
+  SampleBook samples_;
+  std::unordered_map<uint64_t, std::vector<ChainLink>> chains_;
+  std::unordered_map<uint64_t, std::string> names_;
+  std::unordered_map<uint64_t, Last> last_;
+  std::unordered_map<uint64_t, size_t> timeline_of_;
+  std::map<Key, uint64_t> merged_;
+  size_t events_ = 0, nsteps_ = 0, nsamples_ = 0;
+  bool cut_ = false;
+};
+
+}  // namespace
+
 int run_record(const Options& o) {
   ProfFormat pf = ProfFormat::Folded;
   if (o.prof_format == "speedscope") pf = ProfFormat::Speedscope;
@@ -417,20 +579,24 @@ int run_record(const Options& o) {
   install_stop_handlers();
   const bool progress = isatty(STDERR_FILENO);
   StackBook book(tracer);
-  std::vector<StepEvent> steps, samples;
-  std::unordered_map<uint64_t, std::vector<ChainLink>> chains;
-  std::unordered_map<uint64_t, std::string> names;
+  Profile p;
+  p.mode = o.mode == "wall" ? ProfMode::Wall : ProfMode::Cpu;
+  p.pid = static_cast<uint32_t>(o.pid);
+  p.comm = inspect_process(o.pid).comm;
   const uint64_t start_ns = mono_ns();
+  p.start_ns = start_ns;
+  Recorder rec(p, book, start_ns);
   const auto t0 = std::chrono::steady_clock::now();
   const auto end = t0 + o.duration;
   auto next_look = t0;
   int code = kExitOk;
+  // The task graph, every second: await chains and names for the stacks.
   auto look = [&] {
     auto snap = tracer->snapshot();
     if (!snap.ok()) return;
     const TaskGraph g = build_graph(snap.value());
-    for (auto& [id, c] : await_chains(g, book)) chains[id] = std::move(c);
-    for (const TaskNode& t : g.tasks) names[t.id] = t.name;
+    rec.set_chains(await_chains(g, book));
+    for (const TaskNode& t : g.tasks) rec.name(t.id, t.name);
     book.take(std::move(snap.value()));
   };
   while (!g_stop) {
@@ -441,15 +607,15 @@ int run_record(const Options& o) {
     }
     auto st = tracer->poll_events(
         [&](const StepEvent& ev) {
-          if (ev.task_known) names.try_emplace(ev.task_id, ev.task_name);
-          (ev.type == StepEvent::Type::Sample ? samples : steps).push_back(ev);
+          if (ev.type == StepEvent::Type::Sample) rec.sample(ev);
+          else rec.step(ev);
         },
         100);
     if (!st.ok()) return fail(st.error());
     if (progress) {
       const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       std::fprintf(stderr, "\rrecording pid %d: %.1f / %.1f s, %zu steps, %zu samples  ", o.pid, el,
-                   o.duration.count() / 1e3, steps.size(), samples.size());
+                   o.duration.count() / 1e3, rec.steps(), rec.samples());
     }
     if (std::chrono::steady_clock::now() >= end) break;
     if (!process_alive(o.pid)) {
@@ -461,116 +627,19 @@ int run_record(const Options& o) {
   }
   if (progress) std::fprintf(stderr, "\n");
   const uint64_t end_ns = mono_ns();
-  if (code == kExitOk) look();
-  else book.refresh();
-
-  // Build the profile.
-  Profile p;
-  p.mode = o.mode == "wall" ? ProfMode::Wall : ProfMode::Cpu;
-  p.pid = static_cast<uint32_t>(o.pid);
-  p.comm = inspect_process(o.pid).comm;
-  p.start_ns = start_ns;
   p.duration_ns = end_ns - start_ns;
-  SampleBook sbook;
-  for (const StepEvent& s : samples) sbook.add(s);
-  std::sort(steps.begin(), steps.end(), [](const StepEvent& a, const StepEvent& b) { return a.start_ns < b.start_ns; });
-  std::unordered_map<uint64_t, size_t> timeline_of;
-  std::unordered_map<uint64_t, const StepEvent*> last_step;
-
-  auto coroutine_of = [&](const StepEvent& ev) -> std::string {
-    const CodeInfo* c = ev.code_id ? book.code(ev.code_id) : nullptr;
-    return c ? c->qualname : "";
-  };
-  // Root-first frames of the task's await chain, then the task itself.
-  auto prefix = [&](uint64_t task, const std::string& name) {
-    std::vector<uint32_t> out;
-    if (auto it = chains.find(task); it != chains.end()) {
-      for (const ChainLink& l : it->second) {
-        out.push_back(p.frame(ProfFrame::Kind::Task, l.name));
-        for (auto f = l.frames.rbegin(); f != l.frames.rend(); ++f)
-          out.push_back(p.frame(ProfFrame::Kind::Coroutine, f->func, f->file, f->line));
-      }
-    }
-    out.push_back(p.frame(ProfFrame::Kind::Task, name));
-    return out;
-  };
-  auto append_frames = [&](std::vector<uint32_t>& stack, const std::vector<NamedFrame>& fs,
-                           const std::unordered_set<uint64_t>* coroutines) {
-    for (auto f = fs.rbegin(); f != fs.rend(); ++f) {
-      const bool coro = !coroutines || coroutines->count(f->code_id);
-      stack.push_back(p.frame(coro ? ProfFrame::Kind::Coroutine : ProfFrame::Kind::Function, f->func, f->file, f->line));
-    }
-  };
-  for (const StepEvent& ev : steps) {
-    const std::string name = ev.task_known ? ev.task_name : names.count(ev.task_id) ? names[ev.task_id] : hex_id(ev.task_id);
-    const std::string coro = coroutine_of(ev);
-    const auto end_frames = name_frames(book, book.stack(ev.end_stack));
-    const auto start_frames = name_frames(book, book.stack(ev.start_stack));
-    const auto& coro_frames = end_frames.empty() ? start_frames : end_frames;
-    std::unordered_set<uint64_t> coro_codes;
-    for (const auto& f : end_frames) coro_codes.insert(f.code_id);
-    for (const auto& f : start_frames) coro_codes.insert(f.code_id);
-    const std::vector<uint32_t> base = prefix(ev.task_id, name);
-    const auto during = sbook.take(ev.task_id, ev.start_ns, ev.dur_ns);
-    if (during.empty()) {
-      std::vector<uint32_t> stack = base;
-      append_frames(stack, coro_frames, nullptr);
-      p.samples.push_back({std::move(stack), ev.dur_ns, name, coro});
-    } else {
-      const uint64_t share = ev.dur_ns / during.size();
-      for (size_t i = 0; i < during.size(); ++i) {
-        std::vector<uint32_t> stack = base;
-        append_frames(stack, name_frames(book, book.stack(during[i].stack_id)), &coro_codes);
-        const uint64_t w = i + 1 == during.size() ? ev.dur_ns - share * (during.size() - 1) : share;
-        p.samples.push_back({std::move(stack), w, name, coro});
-      }
-    }
-    // Wall mode: the time since the task's previous step, spent suspended
-    // where that step left it.
-    if (p.mode == ProfMode::Wall) {
-      auto it = last_step.find(ev.task_id);
-      if (it != last_step.end() && ev.start_ns > it->second->start_ns + it->second->dur_ns) {
-        const StepEvent& prev = *it->second;
-        std::vector<uint32_t> stack = base;
-        append_frames(stack, name_frames(book, book.stack(prev.end_stack)), nullptr);
-        stack.push_back(p.frame(ProfFrame::Kind::Await, "awaiting"));
-        p.samples.push_back({std::move(stack), ev.start_ns - (prev.start_ns + prev.dur_ns), name, coro});
-      }
-    }
-    last_step[ev.task_id] = &ev;
-    // Timeline: the step as nested open/close events.
-    auto [tl, fresh] = timeline_of.try_emplace(ev.task_id, p.timelines.size());
-    if (fresh) p.timelines.push_back({ev.task_id, name, {}});
-    ProfTimeline& line = p.timelines[tl->second];
-    const uint64_t s = ev.start_ns > start_ns ? ev.start_ns - start_ns : 0;
-    const uint64_t e = std::max(s, ev.start_ns + ev.dur_ns > start_ns ? ev.start_ns + ev.dur_ns - start_ns : 0);
-    if (!line.events.empty() && line.events.back().at_ns > s) continue;  // overlaps (clock skew): skip
-    std::vector<uint32_t> opened{p.frame(ProfFrame::Kind::Task, name)};
-    for (auto f = coro_frames.rbegin(); f != coro_frames.rend(); ++f)
-      opened.push_back(p.frame(ProfFrame::Kind::Coroutine, f->func, f->file, f->line));
-    for (uint32_t fr : opened) line.events.push_back({s, fr, true});
-    for (auto fr = opened.rbegin(); fr != opened.rend(); ++fr) line.events.push_back({e, *fr, false});
-  }
-  if (p.mode == ProfMode::Wall) {
-    // Tasks still suspended at the end: their last wait, up to the end.
-    for (const auto& [task, ev] : last_step) {
-      if (ev->completed) continue;
-      const uint64_t from = ev->start_ns + ev->dur_ns;
-      if (end_ns <= from) continue;
-      const std::string name = names.count(task) ? names[task] : hex_id(task);
-      std::vector<uint32_t> stack = prefix(task, name);
-      append_frames(stack, name_frames(book, book.stack(ev->end_stack)), nullptr);
-      stack.push_back(p.frame(ProfFrame::Kind::Await, "awaiting"));
-      p.samples.push_back({std::move(stack), end_ns - from, name, coroutine_of(*ev)});
-    }
-  }
+  rec.finish(end_ns);
   std::ostream& out = o.output == "-" ? std::cout : static_cast<std::ostream&>(file);
   write_profile(p, pf, out);
   out.flush();
   if (!out.good()) return fail(Error{kExitInternal, "failed to write output '" + escape_untrusted(o.output) + "'"});
+  if (code == kExitOk) book.refresh(true);
   warn_partial(book.last_snapshot().counters);
-  std::cerr << "asynctrace: recorded " << steps.size() << " step(s), " << samples.size() << " sample(s) of process "
-            << o.pid << " in " << short_duration(end_ns - start_ns) << " to " << escape_untrusted(o.output) << "\n";
+  if (rec.timelines_cut())
+    std::cerr << "asynctrace: warning: timelines cut at " << Recorder::kMaxEvents
+              << " events (speedscope's evented profiles); the sampled profile has every step\n";
+  std::cerr << "asynctrace: recorded " << rec.steps() << " step(s), " << rec.samples() << " sample(s) of process "
+            << o.pid << " in " << short_duration(p.duration_ns) << " to " << escape_untrusted(o.output) << "\n";
   detach_in_background(src.value().tracer);
   return code;
 }
