@@ -399,14 +399,21 @@ namespace {
 // with equal labels are merged as they come, timelines stop at kMaxEvents.
 class Recorder {
  public:
-  static constexpr size_t kMaxEvents = 2'000'000;  // timeline events kept (speedscope)
+  static constexpr size_t kMaxEvents = 1'000'000;  // timeline events kept (speedscope)
 
   Recorder(Profile& p, StackBook& book, uint64_t start_ns) : p_(p), book_(book), start_ns_(start_ns) {}
 
   void set_chains(std::unordered_map<uint64_t, std::vector<ChainLink>> chains) {
     for (auto& [id, c] : chains) chains_[id] = std::move(c);
+    cache_.clear();  // prefixes may have changed
   }
-  void name(uint64_t task, const std::string& n) { names_[task] = n; }
+  void name(uint64_t task, const std::string& n) {
+    std::string& old = names_[task];
+    if (old != n) {
+      old = n;
+      cache_.clear();
+    }
+  }
   void sample(const StepEvent& s) {
     samples_.add(s);
     ++nsamples_;
@@ -417,7 +424,21 @@ class Recorder {
 
   void step(const StepEvent& ev) {
     ++nsteps_;
-    if (ev.task_known) names_[ev.task_id] = ev.task_name;
+    if (ev.task_known) name(ev.task_id, ev.task_name);
+    auto during = samples_.take(ev.task_id, ev.start_ns, ev.dur_ns);
+    Last& last = last_[ev.task_id];
+    if (during.empty()) {
+      // The common case, a step without samples: its stacks were built
+      // before for the same (task, stacks), merged by index.
+      Cached& c = cached(ev.task_id, ev.end_stack, ev.start_stack, ev.code_id, false);
+      c.weight->second += ev.dur_ns;
+      if (p_.mode == ProfMode::Wall && last.end_ns && ev.start_ns > last.end_ns)
+        cached(ev.task_id, last.end_stack, 0, ev.code_id, true).weight->second += ev.start_ns - last.end_ns;
+      last = Last{ev.start_ns + ev.dur_ns, ev.end_stack, ev.code_id, ev.completed};
+      if (ev.completed) last_.erase(ev.task_id);
+      timeline(ev, c.opened);
+      return;
+    }
     const std::string name = task_name(ev.task_id);
     const std::string coro = coroutine_of(ev.code_id);
     const auto end_frames = name_frames(book_, book_.stack(ev.end_stack));
@@ -427,32 +448,20 @@ class Recorder {
     for (const auto& f : end_frames) coro_codes.insert(f.code_id);
     for (const auto& f : start_frames) coro_codes.insert(f.code_id);
     const std::vector<uint32_t> base = prefix(ev.task_id, name);
-    const auto during = samples_.take(ev.task_id, ev.start_ns, ev.dur_ns);
-    if (during.empty()) {
+    // A step's time goes to its samples in equal shares.
+    const uint64_t share = ev.dur_ns / during.size();
+    for (size_t i = 0; i < during.size(); ++i) {
       std::vector<uint32_t> stack = base;
-      append(stack, coro_frames, nullptr);
-      add(std::move(stack), ev.dur_ns, name, coro);
-    } else {
-      // A step's time goes to its samples in equal shares.
-      const uint64_t share = ev.dur_ns / during.size();
-      for (size_t i = 0; i < during.size(); ++i) {
-        std::vector<uint32_t> stack = base;
-        append(stack, name_frames(book_, book_.stack(during[i].stack_id)), &coro_codes);
-        add(std::move(stack), i + 1 == during.size() ? ev.dur_ns - share * (during.size() - 1) : share, name, coro);
-      }
+      append(stack, name_frames(book_, book_.stack(during[i].stack_id)), &coro_codes);
+      add(std::move(stack), i + 1 == during.size() ? ev.dur_ns - share * (during.size() - 1) : share, name, coro);
     }
     // Wall mode: the time since the task's previous step, suspended where
     // that step left it.
-    Last& last = last_[ev.task_id];
-    if (p_.mode == ProfMode::Wall && last.end_ns && ev.start_ns > last.end_ns) {
-      std::vector<uint32_t> stack = base;
-      append(stack, name_frames(book_, book_.stack(last.end_stack)), nullptr);
-      stack.push_back(p_.frame(ProfFrame::Kind::Await, "awaiting"));
-      add(std::move(stack), ev.start_ns - last.end_ns, name, coro);
-    }
+    if (p_.mode == ProfMode::Wall && last.end_ns && ev.start_ns > last.end_ns)
+      cached(ev.task_id, last.end_stack, 0, ev.code_id, true).weight->second += ev.start_ns - last.end_ns;
     last = Last{ev.start_ns + ev.dur_ns, ev.end_stack, ev.code_id, ev.completed};
     if (ev.completed) last_.erase(ev.task_id);
-    timeline(ev, name, coro_frames);
+    timeline(ev, opened(name, coro_frames));
   }
 
   // Wall mode: tasks still suspended at the end wait up to the end.
@@ -484,6 +493,45 @@ class Recorder {
     uint64_t end_ns = 0, end_stack = 0, code_id = 0;
     bool completed = false;
   };
+  struct Cached {
+    std::map<Key, uint64_t>::iterator weight;  // its entry in merged_
+    std::vector<uint32_t> opened;              // timeline frames, outermost first
+  };
+  struct CacheKey {
+    uint64_t task, end_stack, start_stack;
+    bool await;
+    bool operator==(const CacheKey& o) const {
+      return task == o.task && end_stack == o.end_stack && start_stack == o.start_stack && await == o.await;
+    }
+  };
+  struct CacheHash {
+    size_t operator()(const CacheKey& k) const {
+      uint64_t h = k.task * 0x9E3779B97F4A7C15ull ^ k.end_stack ^ (k.start_stack * 0xff51afd7ed558ccdull);
+      return static_cast<size_t>(h ^ (h >> 29) ^ k.await);
+    }
+  };
+
+  // The merged entry for a step (await: a wait) of `task` at these stacks.
+  Cached& cached(uint64_t task, uint64_t end_stack, uint64_t start_stack, uint64_t code_id, bool await) {
+    const CacheKey key{task, end_stack, start_stack, await};
+    if (auto it = cache_.find(key); it != cache_.end()) return it->second;
+    if (cache_.size() > 100000) cache_.clear();  // bounded: rebuilt on demand
+    const std::string name = task_name(task);
+    const auto end_frames = name_frames(book_, book_.stack(end_stack));
+    const auto start_frames = await ? std::vector<NamedFrame>{} : name_frames(book_, book_.stack(start_stack));
+    const auto& coro_frames = end_frames.empty() ? start_frames : end_frames;
+    std::vector<uint32_t> stack = prefix(task, name);
+    append(stack, coro_frames, nullptr);
+    if (await) stack.push_back(p_.frame(ProfFrame::Kind::Await, "awaiting"));
+    auto w = merged_.try_emplace(Key{std::move(stack), name, coroutine_of(code_id)}, 0).first;
+    return cache_.emplace(key, Cached{w, opened(name, coro_frames)}).first->second;
+  }
+  std::vector<uint32_t> opened(const std::string& name, const std::vector<NamedFrame>& coro_frames) {
+    std::vector<uint32_t> out{p_.frame(ProfFrame::Kind::Task, name)};
+    for (auto f = coro_frames.rbegin(); f != coro_frames.rend(); ++f)
+      out.push_back(p_.frame(ProfFrame::Kind::Coroutine, f->func, f->file, f->line));
+    return out;
+  }
 
   std::string task_name(uint64_t task) const {
     const auto it = names_.find(task);
@@ -518,21 +566,18 @@ class Recorder {
   void add(std::vector<uint32_t> stack, uint64_t w, const std::string& name, const std::string& coro) {
     merged_[Key{std::move(stack), name, coro}] += w;
   }
-  void timeline(const StepEvent& ev, const std::string& name, const std::vector<NamedFrame>& coro_frames) {
-    const size_t need = 2 * (1 + coro_frames.size());
+  void timeline(const StepEvent& ev, const std::vector<uint32_t>& opened) {
+    const size_t need = 2 * opened.size();
     if (events_ + need > kMaxEvents) {
       cut_ = true;
       return;
     }
     auto [tl, fresh] = timeline_of_.try_emplace(ev.task_id, p_.timelines.size());
-    if (fresh) p_.timelines.push_back({ev.task_id, name, {}});
+    if (fresh) p_.timelines.push_back({ev.task_id, task_name(ev.task_id), {}});
     ProfTimeline& line = p_.timelines[tl->second];
     const uint64_t s = ev.start_ns > start_ns_ ? ev.start_ns - start_ns_ : 0;
     const uint64_t e = std::max(s, ev.start_ns + ev.dur_ns > start_ns_ ? ev.start_ns + ev.dur_ns - start_ns_ : 0);
     if (!line.events.empty() && line.events.back().at_ns > s) return;  // overlaps: skip
-    std::vector<uint32_t> opened{p_.frame(ProfFrame::Kind::Task, name)};
-    for (auto f = coro_frames.rbegin(); f != coro_frames.rend(); ++f)
-      opened.push_back(p_.frame(ProfFrame::Kind::Coroutine, f->func, f->file, f->line));
     for (uint32_t fr : opened) line.events.push_back({s, fr, true});
     for (auto fr = opened.rbegin(); fr != opened.rend(); ++fr) line.events.push_back({e, *fr, false});
     events_ += need;
@@ -547,6 +592,7 @@ class Recorder {
   std::unordered_map<uint64_t, Last> last_;
   std::unordered_map<uint64_t, size_t> timeline_of_;
   std::map<Key, uint64_t> merged_;
+  std::unordered_map<CacheKey, Cached, CacheHash> cache_;
   size_t events_ = 0, nsteps_ = 0, nsamples_ = 0;
   bool cut_ = false;
 };
