@@ -123,7 +123,7 @@ void render_node(const TaskGraph& g, const TreeNode& n, const std::string& prefi
     if (n.depth_limit) out << " [tree depth limit: subtree drawn separately]";
     if (n.drawn_above) out << " [subtree drawn above]";
   } else {
-    out << " " << escape_untrusted(frame_label(*n.frame));
+    out << " " << n.frame->shown;
   }
   out << '\n';
   const std::string next = prefix + (last ? "    " : "│   ");
