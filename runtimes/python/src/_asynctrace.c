@@ -421,7 +421,7 @@ static int fresh_erase(PyObject *task)
 /* Two-way sets of (task, state hash), 32 bytes: half a cache line per step.
  * 32768 sets (1 MiB) leave tasks without a way of their own rarely, even with
  * tens of thousands of tasks stepping in turn. */
-#define STATE_SETS 32768u
+#define STATE_SETS 65536u
 static struct state_way {
 	uintptr_t task;
 	uint64_t state;
