@@ -1,10 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
 # Put first on PYTHONPATH by `asynctrace run`: enables asynctrace, then runs the
 # sitecustomize this one shadows (Debian ships one), as Python would have.
-import importlib.machinery as _m
-import importlib.util as _u
 import os as _os
 import sys as _sys
+
+# The import system's own modules, always loaded: importing the importlib
+# package would add a dozen modules to every Python we start.
+_m = _sys.modules["_frozen_importlib_external"]
+_u = _sys.modules["_frozen_importlib"]
 
 try:
     import asynctrace._autoload  # noqa: F401  (never raises)

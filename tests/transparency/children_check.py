@@ -1,18 +1,20 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Does every kind of child Python get the asynctrace runtime? Prints one JSON object:
+"""Does every kind of child Python that uses asyncio get the asynctrace runtime? (It
+enables itself at the first `import asyncio`.) Prints one JSON object:
 {"self": bool, "<way of starting a child>": bool, ...}, True = runtime installed there.
 
 Run as `asynctrace run -- PYTHON children_check.py` (expect True everywhere except
 children started with -E/-I, which ignore PYTHONPATH by design) and as plain
 `PYTHON children_check.py` (expect False everywhere).
 """
+import asyncio  # noqa: F401 - the runtime enables itself where asyncio is used (asynctrace._lazy)
 import json
 import multiprocessing
 import os
 import subprocess
 import sys
 
-PROBE = ("import sys; m = sys.modules.get('asynctrace._asynctrace'); "
+PROBE = ("import asyncio, sys; m = sys.modules.get('asynctrace._asynctrace'); "
          "print(bool(m and m.is_installed()))")
 
 

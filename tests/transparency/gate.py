@@ -33,6 +33,10 @@ def _line(fd):
 
 
 def _probes_loaded():
+    # The runtime enables itself at the first `import asyncio`
+    # (asynctrace._lazy); the suite imports it anyway, in every mode.
+    import asyncio  # noqa: F401
+
     mod = sys.modules.get("asynctrace._asynctrace")
     try:
         return bool(mod is not None and mod.is_installed())

@@ -8,11 +8,14 @@ enable() hooks the C implementation of asyncio (_asyncio) in place: task
 types, reprs, exceptions and cancellation are unchanged, and while no tracer is
 attached each hook costs one load and one branch.
 """
-import threading
+import _thread
 
 __all__ = ["enable", "is_enabled"]
 
-_lock = threading.Lock()
+# _thread, not threading: this package is imported at start-up of every
+# Python `asynctrace run` starts (asynctrace._autoload), and threading would
+# bring a dozen modules into programs that never use asyncio.
+_lock = _thread.allocate_lock()
 _enabled = False
 
 
