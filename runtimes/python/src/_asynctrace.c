@@ -1381,7 +1381,8 @@ static uint64_t env_ms(const char *name, uint64_t dflt)
 static int timing_active(void)
 {
 	if (!TIMING_ON()) {
-		T.on = 0;
+		if (T.on)
+			T.on = 0; /* no store per step while nobody times */
 		return 0;
 	}
 	if (!T.on) {
