@@ -8,6 +8,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -116,6 +117,42 @@ class LibraryScan {
   std::map<std::pair<std::string, uint64_t>, std::string> probed_;  // (dev, inode) -> host path, "" = none
 };
 
+// The runtimes installed beside this binary (<dir>/python/<tag>/asynctrace/
+// _asynctrace*.so, what `asynctrace run` loads): attached at start, so that
+// a process started later is traced from its first task.
+std::vector<std::string> bundled_runtimes() {
+  std::vector<std::string> out;
+  char buf[4096];
+  const ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return out;
+  std::string dir(buf, static_cast<size_t>(n));
+  dir = dir.substr(0, dir.rfind('/')) + "/python";
+  DIR* d = opendir(dir.c_str());
+  if (!d) return out;
+  while (const dirent* tag = readdir(d)) {
+    if (tag->d_name[0] == '.') continue;
+    const std::string pkg = dir + "/" + tag->d_name + "/asynctrace";
+    DIR* p = opendir(pkg.c_str());
+    if (!p) continue;
+    while (const dirent* f = readdir(p)) {
+      const std::string name = f->d_name;
+      if (name.rfind("_asynctrace", 0) == 0 && name.size() > 3 && name.compare(name.size() - 3, 3, ".so") == 0)
+        out.push_back(pkg + "/" + name);
+    }
+    closedir(p);
+  }
+  closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+bool under_prefixes(const std::string& path, const std::vector<std::string>& prefixes) {
+  if (prefixes.empty()) return true;
+  for (const std::string& p : prefixes)
+    if (path.rfind(p, 0) == 0) return true;
+  return false;
+}
+
 // The agent's own CPU and memory, from /proc/self.
 AgentSample self_sample(double start_time) {
   AgentSample a;
@@ -195,6 +232,18 @@ int run_agent(const Options& o) {
     server = std::thread([&svr] { svr.listen_after_bind(); });
   }
 
+  std::vector<std::string> initial = o.libraries;
+  for (const std::string& lib : bundled_runtimes())
+    if (under_prefixes(lib, o.library_prefixes)) initial.push_back(lib);
+  for (const std::string& lib : initial) {
+    if (Status st = agent->attach_library(lib); !st.ok()) {
+      // An explicit --library that cannot be attached is an error.
+      if (std::find(o.libraries.begin(), o.libraries.end(), lib) != o.libraries.end()) return fail(st.error());
+      std::cerr << "asynctrace: warning: " << escape_untrusted(st.error().message) << "\n";
+    } else if (o.verbose) {
+      std::cerr << "asynctrace: agent attached '" << escape_untrusted(lib) << "'\n";
+    }
+  }
   LibraryScan libs(o.library_prefixes);
   std::cout << "agent maps=" << agent_pin_dir() << (agent->reused_pins() ? " (reused)" : "");
   if (!o.no_listen) {

@@ -154,6 +154,9 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   agent->add_option("--scan-interval", scan, "How often to look for new probe libraries and exited processes (default 2s)");
   agent->add_option("--library-prefix", o.library_prefixes,
                     "Attach only probe libraries whose path starts with this (repeatable; default: all)");
+  agent->add_option("--library", o.libraries,
+                    "Also attach this probe library at start, before any process maps it (repeatable; the "
+                    "runtimes installed beside asynctrace are attached by default)");
   agent->add_flag("--cleanup", o.cleanup, "Remove the pinned maps a stopped or killed agent left, and exit");
   agent->footer("While the agent runs, pstree/ps/top -p PID answer from its maps without attaching.\n"
                 "SIGTERM detaches the probes and keeps the pinned maps for the next agent.\n\nEXAMPLES:\n"

@@ -47,6 +47,7 @@ struct Options {
   bool cleanup = false;                    // --cleanup: remove the agent's pins and exit
   std::chrono::milliseconds scan{2000};    // how often to look for new probe libraries
   std::vector<std::string> library_prefixes;  // attach only libraries under these paths
+  std::vector<std::string> libraries;      // probe libraries to attach at start (before any process maps them)
 };
 
 // "127.0.0.1:9464", "[::1]:9464", "localhost:0" -> host and port; `loopback`
