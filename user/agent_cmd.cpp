@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <ctime>
 #include <fstream>
 #include <iostream>
@@ -232,19 +233,33 @@ int run_agent(const Options& o) {
     server = std::thread([&svr] { svr.listen_after_bind(); });
   }
 
-  std::vector<std::string> initial = o.libraries;
+  // Prefixes compare with the absolute paths in /proc/PID/maps.
+  std::vector<std::string> prefixes;
+  for (const std::string& p : o.library_prefixes) {
+    std::error_code ec;
+    const auto abs = std::filesystem::absolute(p, ec);
+    prefixes.push_back(ec ? p : abs.lexically_normal().string());
+  }
+  std::vector<std::string> initial;
+  for (const std::string& lib : o.libraries) {
+    std::error_code ec;
+    const auto abs = std::filesystem::absolute(lib, ec);
+    initial.push_back(ec ? lib : abs.lexically_normal().string());
+  }
   for (const std::string& lib : bundled_runtimes())
-    if (under_prefixes(lib, o.library_prefixes)) initial.push_back(lib);
+    if (under_prefixes(lib, prefixes)) initial.push_back(lib);
   for (const std::string& lib : initial) {
     if (Status st = agent->attach_library(lib); !st.ok()) {
       // An explicit --library that cannot be attached is an error.
-      if (std::find(o.libraries.begin(), o.libraries.end(), lib) != o.libraries.end()) return fail(st.error());
+      if (std::find(initial.begin(), initial.begin() + static_cast<std::ptrdiff_t>(o.libraries.size()), lib) !=
+          initial.begin() + static_cast<std::ptrdiff_t>(o.libraries.size()))
+        return fail(st.error());
       std::cerr << "asynctrace: warning: " << escape_untrusted(st.error().message) << "\n";
     } else if (o.verbose) {
       std::cerr << "asynctrace: agent attached '" << escape_untrusted(lib) << "'\n";
     }
   }
-  LibraryScan libs(o.library_prefixes);
+  LibraryScan libs(prefixes);
   std::cout << "agent maps=" << agent_pin_dir() << (agent->reused_pins() ? " (reused)" : "");
   if (!o.no_listen) {
     const bool v6 = o.listen_host.find(':') != std::string::npos;
