@@ -193,6 +193,12 @@ TEST_F(AgentE2E, DiscoversProcessesAndViewsReadItsMaps) {
   ASSERT_EQ(ps.exit_code, 0) << ps.err;
   for (const char* name : {"idle-0", "idle-1", "idle-2"}) EXPECT_NE(ps.out.find(name), std::string::npos) << ps.out;
   EXPECT_EQ(e2e::kernel_hold(before.app.pid()).progs, 0);
+  // top: timing already on (the agent holds timing__on), nothing loaded.
+  auto top = e2e::run({tool(), "-v", "top", "-p", after.pid(), "-n", "1", "-i", "300ms", "--format", "json"});
+  ASSERT_EQ(top.exit_code, 0) << top.err;
+  EXPECT_NE(top.err.find("reading the agent's maps"), std::string::npos) << top.err;
+  EXPECT_NE(top.out.find("idle-1"), std::string::npos) << top.out;
+  EXPECT_EQ(e2e::kernel_hold(after.app.pid()).progs, 0);
 
   // An exited process: its entries leave the maps and the metrics.
   ASSERT_GT(pinned_tasks_of(before.pid()), 0);
