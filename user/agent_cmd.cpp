@@ -184,6 +184,7 @@ struct Published {
   std::vector<ProcessSample> procs;
   size_t libraries = 0;
   double start_time = 0;
+  uint64_t scrapes_openmetrics = 0, scrapes_text = 0;
 };
 
 }  // namespace
@@ -213,8 +214,11 @@ int run_agent(const Options& o) {
     std::string body;
     {
       std::lock_guard lock(pub.mu);
+      ++(f == ExpositionFormat::OpenMetrics ? pub.scrapes_openmetrics : pub.scrapes_text);
       AgentSample self = self_sample(pub.start_time);
       self.libraries = pub.libraries;
+      self.scrapes_openmetrics = pub.scrapes_openmetrics;
+      self.scrapes_text = pub.scrapes_text;
       body = render_metrics(pub.procs, self, f);
     }
     res.set_content(body, content_type(f));

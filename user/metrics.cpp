@@ -210,6 +210,9 @@ std::string render_metrics(const std::vector<ProcessSample>& procs, const AgentS
   w.sample("asynctrace_agent_processes", "", std::to_string(procs.size()));
   w.family("asynctrace_agent_libraries", "gauge", "Probe libraries the agent is attached to.");
   w.sample("asynctrace_agent_libraries", "", std::to_string(self.libraries));
+  w.family("asynctrace_agent_scrapes", "counter", "Scrapes of /metrics answered, by exposition format.");
+  w.sample("asynctrace_agent_scrapes_total", "format=\"openmetrics\"", std::to_string(self.scrapes_openmetrics));
+  w.sample("asynctrace_agent_scrapes_total", "format=\"text\"", std::to_string(self.scrapes_text));
   w.family("process_cpu_seconds", "counter", "CPU time of the agent (user and system).", "seconds");
   w.sample("process_cpu_seconds_total", "", fmt_double(self.cpu_seconds));
   w.family("process_resident_memory_bytes", "gauge", "Resident memory of the agent.", "bytes");

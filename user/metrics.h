@@ -39,6 +39,7 @@ struct AgentSample {
   uint64_t rss_bytes = 0;
   double start_time_seconds = 0;  // since the Unix epoch
   uint64_t libraries = 0;         // probe libraries attached
+  uint64_t scrapes_openmetrics = 0, scrapes_text = 0;  // answered so far, this one included
 };
 
 enum class ExpositionFormat { OpenMetrics, Text };

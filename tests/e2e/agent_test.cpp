@@ -387,6 +387,8 @@ TEST_F(AgentE2E, PrometheusScrapesWhatTheProgramsDid) {
   const std::string om = agent.scrape(true);
   EXPECT_EQ(om.substr(om.size() - 6), "# EOF\n");
   EXPECT_EQ(prom_value(prom_port, "up{job=\"asynctrace\"}"), 1);
+  // Prometheus asked for OpenMetrics and parsed it (it stores what it parsed).
+  EXPECT_GT(prom_value(prom_port, "asynctrace_agent_scrapes_total{job=\"asynctrace\",format=\"openmetrics\"}"), 0);
   EXPECT_EQ(prom_query(prom_port, "scrape_samples_scraped{job=\"asynctrace\"}").size(), 1u);
 
   a.app.wait_exit(30s, nullptr);

@@ -62,6 +62,7 @@ TEST(Metrics, OpenMetricsFamiliesAndSamples) {
   self.cpu_seconds = 1.5;
   self.rss_bytes = 1 << 20;
   self.libraries = 2;
+  self.scrapes_openmetrics = 5;
   const std::string t = render_metrics({sample()}, self, ExpositionFormat::OpenMetrics);
   EXPECT_TRUE(has_line(t, "# TYPE asynctrace_tasks_created counter"));
   EXPECT_TRUE(has_line(t, "asynctrace_tasks_created_total{pid=\"42\",comm=\"svc\"} 120"));
@@ -75,6 +76,8 @@ TEST(Metrics, OpenMetricsFamiliesAndSamples) {
   EXPECT_TRUE(has_line(t, "process_cpu_seconds_total 1.5"));
   EXPECT_TRUE(has_line(t, "process_resident_memory_bytes 1048576"));
   EXPECT_TRUE(has_line(t, "asynctrace_agent_libraries 2"));
+  EXPECT_TRUE(has_line(t, "asynctrace_agent_scrapes_total{format=\"openmetrics\"} 5"));
+  EXPECT_TRUE(has_line(t, "asynctrace_agent_scrapes_total{format=\"text\"} 0"));
   // No task ids anywhere: only pid, comm, state, coroutine, reason, le labels.
   EXPECT_EQ(t.find("task_id"), std::string::npos);
   ASSERT_GE(t.size(), 6u);
