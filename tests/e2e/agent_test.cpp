@@ -46,9 +46,16 @@ std::string python() {
 
 // A traced agent_work.py.
 struct Work {
-  Work(int workers, int steps, int idle, int linger)
-      : app({tool(), "run", "--", python(), e2e::source_dir() + "/tests/programs/agent_work.py",
-             std::to_string(workers), std::to_string(steps), std::to_string(idle), std::to_string(linger)}) {}
+  // python_dir: where `run` finds the runtime ("" = the build's).
+  Work(int workers, int steps, int idle, int linger, const std::string& python_dir = "")
+      : app(argv(workers, steps, idle, linger, python_dir)) {}
+  static std::vector<std::string> argv(int workers, int steps, int idle, int linger, const std::string& dir) {
+    std::vector<std::string> a = {tool(), "run"};
+    if (!dir.empty()) a.insert(a.end(), {"--python-dir", dir});
+    a.insert(a.end(), {"--", python(), e2e::source_dir() + "/tests/programs/agent_work.py", std::to_string(workers),
+                       std::to_string(steps), std::to_string(idle), std::to_string(linger)});
+    return a;
+  }
   bool ready() { return app.wait_line("READY", 30s); }
   json truth() {
     auto line = app.wait_prefix("{\"truth\"", 60s);
@@ -211,6 +218,52 @@ TEST_F(AgentE2E, DiscoversProcessesAndViewsReadItsMaps) {
 
   agent.app.signal(SIGTERM);
   EXPECT_EQ(agent.app.wait_exit(20s, nullptr), 0) << agent.app.stderr_text();
+}
+
+// A runtime outside the agent's install (a copy of the build's, another
+// inode) is found by the /proc scan, attached once, and then covers a
+// process started later from its first task.
+TEST_F(AgentE2E, ScanFindsOtherProbeLibraries) {
+  const std::string copy = "/tmp/asynctrace-agent-scan-" + std::to_string(getpid());
+  fs::remove_all(copy);
+  const std::string tag = e2e::built_pythons().front().first;
+  fs::create_directories(copy);
+  fs::copy(e2e::binary_dir() + "/python/" + tag, copy + "/" + tag, fs::copy_options::recursive);
+  Work before(0, 0, 2, 120, copy);
+  ASSERT_TRUE(before.ready()) << before.app.stderr_text();
+  Agent agent({"--library-prefix", copy});
+  ASSERT_NE(agent.started(), "") << agent.app.stderr_text();
+  std::string m;
+  EXPECT_TRUE(e2e::poll_until(
+      [&] {
+        m = agent.scrape();
+        return tasks_in_state(m, before.pid(), "suspended") == 3;
+      },
+      20s))
+      << m;
+  EXPECT_NE(agent.app.stderr_text().find("agent attached '" + copy + "/" + tag + "/asynctrace/_asynctrace"),
+            std::string::npos)
+      << agent.app.stderr_text();
+  Work after(0, 0, 2, 120, copy);
+  ASSERT_TRUE(after.ready()) << after.app.stderr_text();
+  const json truth = after.truth();
+  ASSERT_FALSE(truth.empty());
+  EXPECT_TRUE(e2e::poll_until(
+      [&] {
+        m = agent.scrape();
+        return sample_value(m, "asynctrace_tasks_created_total{pid=\"" + after.pid() + "\"") ==
+                   truth["created"].get<double>() &&
+               tasks_in_state(m, after.pid(), "suspended") == truth["alive"].get<double>();
+      },
+      20s))
+      << truth << m;
+  agent.app.signal(SIGTERM);
+  EXPECT_EQ(agent.app.wait_exit(20s, nullptr), 0);
+  before.app.signal(SIGKILL);
+  after.app.signal(SIGKILL);
+  before.app.wait_exit(10s, nullptr);
+  after.app.wait_exit(10s, nullptr);
+  fs::remove_all(copy);
 }
 
 TEST_F(AgentE2E, SigtermSigkillRestartAndCleanup) {
