@@ -5,6 +5,7 @@ Each workload runs as
   baseline  python workload.py ...                          (no asynctrace)
   dormant   asynctrace run -- python workload.py ...         (probes loaded, nobody attached)
   attached  the same, with `asynctrace attach -p PID` live before the timed part
+  timing    attached with --timing (per-step timing on: what top/ps --long/an agent cost)
 (plus reference rows on ping-pong: asyncio debug mode, and a bpftrace script
 keeping a task map on the per-event probes), in interleaved order: each
 repetition runs every mode once, rotating the order. Ratios are the median over
@@ -192,11 +193,12 @@ class Runner:
         return env
 
     def start_tracer(self, mode, pid):
-        if mode in ("attached", "per-event"):
+        if mode in ("attached", "per-event", "timing"):
             env = dict(os.environ)
             if mode == "per-event":
                 env["ASYNCTRACE_EVENTS"] = "per-event"
-            t = Proc([self.tool, "attach", "-p", str(pid), "--timeout", "60s"], env=env, tracer=True)
+            extra = ["--timing"] if mode == "timing" else []
+            t = Proc([self.tool, "attach", "-p", str(pid), "--timeout", "60s"] + extra, env=env, tracer=True)
             t.expect(r"^attached pid=", 120)
             return t
         if mode == "bpftrace":
@@ -369,7 +371,7 @@ def overhead(args, runner, pythons):
                "--rounds", str(args.rounds)]
     churn_args = ["churn", "--tasks", str(args.churn_tasks), "--rounds", str(args.rounds)]
     for i, py in enumerate(pythons):
-        modes = ["baseline", "dormant", "attached"]
+        modes = ["baseline", "dormant", "attached"] + ([] if args.no_timing else ["timing"])
         if i == 0 or args.reference_all:
             if not args.no_per_event:
                 modes.append("per-event")
@@ -378,10 +380,12 @@ def overhead(args, runner, pythons):
             if not args.no_bpftrace:
                 modes.append("bpftrace")
         cases.append(("ping-pong", py, modes, "time"))
-        cases.append(("churn", py, ["baseline", "dormant", "attached"], "time"))
+        cases.append(("churn", py, ["baseline", "dormant", "attached"] + ([] if args.no_timing else ["timing"]),
+                      "time"))
     if not args.no_server:
         if DEBIAN_PY in pythons:
-            cases.append(("aiohttp", DEBIAN_PY, ["baseline", "dormant", "attached"], "rps"))
+            cases.append(("aiohttp", DEBIAN_PY, ["baseline", "dormant", "attached"] +
+                          ([] if args.no_timing else ["timing"]), "rps"))
         else:
             log(f"bench: aiohttp server skipped ({DEBIAN_PY} not among --python)")
 
@@ -420,7 +424,7 @@ def overhead(args, runner, pythons):
             tgt = TARGETS.get((wl, mode))
             if mode == "debug":
                 tgt_s, ok = "ref (13-18x)", None
-            elif mode in ("bpftrace", "per-event"):
+            elif mode in ("bpftrace", "per-event", "timing"):
                 tgt_s, ok = "ref", None
             elif tgt is None:
                 tgt_s, ok = "", None
@@ -665,6 +669,7 @@ def main():
                    help="skip the reference row with asynctrace on its per-event probes "
                         "(ASYNCTRACE_EVENTS=per-event: one trap per event, the pre-batch design)")
     p.add_argument("--no-bpftrace", action="store_true")
+    p.add_argument("--no-timing", action="store_true", help="skip the attach --timing rows")
     p.add_argument("--reference-all", action="store_true",
                    help="debug-mode and bpftrace rows on every interpreter (default: the first only)")
     p.add_argument("--pstree-tasks", type=lambda s: [int(x) for x in s.split(",") if x],

@@ -48,6 +48,10 @@ void warn_partial(const ProcCounters& c) {
   if (c.drop_stacks_full)
     std::cerr << "asynctrace: warning: partial view: " << c.drop_stacks_full
               << " stack(s) did not fit the kernel's stack map\n";
+  if (c.drop_events || c.drop_timing_full)
+    std::cerr << "asynctrace: warning: partial timing: " << c.drop_events
+              << " step/sample event(s) lost (events ring full), " << c.drop_timing_full
+              << " task(s) or coroutine(s) without room in the timing maps\n";
   if (c.drop_runtime || c.bad_records)
     std::cerr << "asynctrace: warning: partial view: " << c.drop_runtime
               << " event(s) lost in the runtime's buffer, " << c.bad_records

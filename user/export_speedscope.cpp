@@ -48,14 +48,21 @@ json sampled_profile(const Profile& p) {
 // whole file otherwise, so a broken timeline is repaired rather than trusted:
 // times never go back, a close shuts every frame opened above its frame, a
 // close of a frame not open is dropped, and what is still open closes at the end.
-json evented_profile(const Profile& p, const ProfTimeline& t) {
+// Written as it goes: a timeline may have millions of events, too many for
+// a JSON document in memory.
+void write_evented_profile(const Profile& p, const ProfTimeline& t, std::ostream& out) {
   uint64_t end = p.duration_ns;
   for (const ProfEvent& e : t.events) end = std::max(end, e.at_ns);
-  json events = json::array();
+  char id[32];
+  std::snprintf(id, sizeof id, "0x%llx", static_cast<unsigned long long>(t.task_id));
+  out << "{\"type\":\"evented\",\"name\":" << json("[task] " + escape_untrusted(t.task_name) + " (" + id + ")").dump()
+      << ",\"unit\":\"nanoseconds\",\"startValue\":0,\"endValue\":" << end << ",\"events\":[";
   std::vector<uint32_t> open;
   uint64_t now = 0;
+  bool first = true;
   auto emit = [&](char type, uint64_t at, uint32_t frame) {
-    events.push_back({{"type", std::string(1, type)}, {"at", at}, {"frame", frame}});
+    out << (first ? "" : ",") << "{\"type\":\"" << type << "\",\"at\":" << at << ",\"frame\":" << frame << "}";
+    first = false;
   };
   for (const ProfEvent& e : t.events) {
     if (e.frame >= p.frames.size()) continue;
@@ -77,14 +84,7 @@ json evented_profile(const Profile& p, const ProfTimeline& t) {
     emit('C', end, open.back());
     open.pop_back();
   }
-  char id[32];
-  std::snprintf(id, sizeof id, "0x%llx", static_cast<unsigned long long>(t.task_id));
-  return {{"type", "evented"},
-          {"name", "[task] " + escape_untrusted(t.task_name) + " (" + id + ")"},
-          {"unit", "nanoseconds"},
-          {"startValue", 0},
-          {"endValue", end},
-          {"events", std::move(events)}};
+  out << "]}";
 }
 
 }  // namespace
@@ -97,17 +97,16 @@ void write_speedscope(const Profile& p, std::ostream& out) {
     if (f.line != 0) j["line"] = f.line;
     frames.push_back(std::move(j));
   }
-  json profiles = json::array();
-  profiles.push_back(sampled_profile(p));
-  for (const ProfTimeline& t : p.timelines) profiles.push_back(evented_profile(p, t));
-  json doc = {{"$schema", "https://www.speedscope.app/file-format-schema.json"},
-              {"shared", {{"frames", std::move(frames)}}},
-              {"profiles", std::move(profiles)},
-              {"name", "asynctrace " + std::string(mode_name(p.mode)) + " profile of " +
-                           escape_untrusted(p.comm) + " (pid " + std::to_string(p.pid) + ")"},
-              {"activeProfileIndex", 0},
-              {"exporter", "asynctrace"}};
-  out << doc.dump() << "\n";
+  const std::string name = "asynctrace " + std::string(mode_name(p.mode)) + " profile of " +
+                           escape_untrusted(p.comm) + " (pid " + std::to_string(p.pid) + ")";
+  out << "{\"$schema\":\"https://www.speedscope.app/file-format-schema.json\",\"activeProfileIndex\":0,"
+      << "\"exporter\":\"asynctrace\",\"name\":" << json(name).dump() << ",\"shared\":{\"frames\":" << frames.dump()
+      << "},\"profiles\":[" << sampled_profile(p).dump();
+  for (const ProfTimeline& t : p.timelines) {
+    out << ",";
+    write_evented_profile(p, t, out);
+  }
+  out << "]}\n";
 }
 
 }  // namespace asynctrace

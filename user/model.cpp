@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "model.h"
 
+#include "escape.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <map>
@@ -45,7 +47,9 @@ struct FrameNamer {
     auto it = by_line.find(f.line);
     if (it != by_line.end()) return it->second;
     FrameInfo info = name_frame_uncached(snap, f, &g.unnamed_frames);
-    info.label = labels.emplace(frame_label(info), static_cast<uint32_t>(labels.size())).first->second;
+    const std::string label = frame_label(info);
+    info.shown = escape_untrusted(label);
+    info.label = labels.emplace(label, static_cast<uint32_t>(labels.size())).first->second;
     g.frames.push_back(std::move(info));
     return by_line.emplace(f.line, &g.frames.back()).first->second;
   }
@@ -94,6 +98,7 @@ TaskGraph build_graph(const Snapshot& snap) {
   });
 
   g.tasks.reserve(recs.size());
+  g.index.reserve(recs.size());
   FrameNamer name_frame{snap, g, {}, {}};
   for (const auto* r : recs) {
     TaskNode n;

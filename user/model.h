@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -21,6 +22,7 @@ struct FrameInfo {
   uint32_t line = 0;
   uint32_t label = 0;    // interned frame_label(): equal labels, equal ids (per graph)
   bool unnamed = false;  // code id never registered: funcname is "<code 0x...>"
+  std::string shown{};   // escape_untrusted(frame_label()): what text views print, escaped once
 };
 
 // "funcname file:line" (or "funcname" alone for an unnamed frame), raw bytes:
@@ -42,7 +44,7 @@ struct TaskNode {
   bool nameless = false;
   uint64_t create_ns = 0;      // CLOCK_MONOTONIC when the tracer first saw it
   uint64_t coro_code_id = 0;
-  std::optional<Timing> timing;  // while a tracer holds timing__on
+  std::shared_ptr<const Timing> timing;  // while a tracer holds timing__on
 };
 
 struct AwaitEdge {

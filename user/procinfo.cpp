@@ -80,8 +80,10 @@ bool notes_have_asynctrace(const std::vector<char>& sec) {
 }
 
 struct Mapping {
-  std::string path;
+  std::string path;  // as /proc/PID/maps shows it, " (deleted)" included
   uint64_t inode = 0;
+  std::string range;  // "start-end" of its first mapping (a /proc/PID/map_files entry)
+  bool deleted = false;
 };
 
 // Distinct file-backed mappings of /proc/PID/maps, in first-seen order.
@@ -99,10 +101,11 @@ std::vector<Mapping> mapped_files(const std::string& maps_path) {
     std::string path;
     std::getline(ls >> std::ws, path);
     if (path.empty() || path[0] != '/') continue;
-    // A replaced or deleted file cannot be attached to by path.
-    if (path.size() > 10 && path.compare(path.size() - 10, 10, " (deleted)") == 0) continue;
+    // A file replaced or deleted since it was mapped (a package upgrade
+    // under a running service) is still reachable through map_files.
+    const bool deleted = path.size() > 10 && path.compare(path.size() - 10, 10, " (deleted)") == 0;
     if (!seen.insert(path).second) continue;
-    out.push_back({path, inode});
+    out.push_back({path, inode, addr, deleted});
   }
   return out;
 }
@@ -121,6 +124,7 @@ bool is_libpython(const std::string& path) {
 // plain path if it is the same inode here, else through the target's root
 // (containers, chroots, mount namespaces).
 std::string host_path(const std::string& proc_dir, const Mapping& m) {
+  if (m.deleted) return proc_dir + "/map_files/" + m.range;
   struct stat st {};
   if (stat(m.path.c_str(), &st) == 0 && st.st_ino == m.inode) return m.path;
   return proc_dir + "/root" + m.path;

@@ -19,6 +19,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -395,6 +396,213 @@ std::unordered_map<uint64_t, std::vector<ChainLink>> await_chains(const TaskGrap
 
 }  // namespace
 
+namespace {
+
+// Builds the profile while the events arrive, so memory stays bounded by
+// distinct stacks and live tasks, not by the number of steps: equal stacks
+// with equal labels are merged as they come, timelines stop at kMaxEvents.
+class Recorder {
+ public:
+  static constexpr size_t kMaxEvents = 1'000'000;  // timeline events kept (speedscope)
+
+  Recorder(Profile& p, StackBook& book, uint64_t start_ns) : p_(p), book_(book), start_ns_(start_ns) {}
+
+  void set_chains(std::unordered_map<uint64_t, std::vector<ChainLink>> chains) {
+    for (auto& [id, c] : chains) chains_[id] = std::move(c);
+    cache_.clear();  // prefixes may have changed
+  }
+  void name(uint64_t task, const std::string& n) {
+    std::string& old = names_[task];
+    if (old != n) {
+      old = n;
+      cache_.clear();
+    }
+  }
+  void sample(const StepEvent& s) {
+    samples_.add(s);
+    ++nsamples_;
+  }
+  size_t steps() const { return nsteps_; }
+  size_t samples() const { return nsamples_; }
+  bool timelines_cut() const { return cut_; }
+
+  void step(const StepEvent& ev) {
+    ++nsteps_;
+    if (ev.task_known) name(ev.task_id, ev.task_name);
+    auto during = samples_.take(ev.task_id, ev.start_ns, ev.dur_ns);
+    Last& last = last_[ev.task_id];
+    if (during.empty()) {
+      // The common case, a step without samples: its stacks were built
+      // before for the same (task, stacks), merged by index.
+      Cached& c = cached(ev.task_id, ev.end_stack, ev.start_stack, ev.code_id, false);
+      c.weight->second += ev.dur_ns;
+      if (p_.mode == ProfMode::Wall && last.end_ns && ev.start_ns > last.end_ns)
+        cached(ev.task_id, last.end_stack, 0, ev.code_id, true).weight->second += ev.start_ns - last.end_ns;
+      last = Last{ev.start_ns + ev.dur_ns, ev.end_stack, ev.code_id, ev.completed};
+      if (ev.completed) last_.erase(ev.task_id);
+      timeline(ev, c.opened);
+      return;
+    }
+    const std::string name = task_name(ev.task_id);
+    const std::string coro = coroutine_of(ev.code_id);
+    const auto end_frames = name_frames(book_, book_.stack(ev.end_stack));
+    const auto start_frames = name_frames(book_, book_.stack(ev.start_stack));
+    const auto& coro_frames = end_frames.empty() ? start_frames : end_frames;
+    std::unordered_set<uint64_t> coro_codes;
+    for (const auto& f : end_frames) coro_codes.insert(f.code_id);
+    for (const auto& f : start_frames) coro_codes.insert(f.code_id);
+    const std::vector<uint32_t> base = prefix(ev.task_id, name);
+    // A step's time goes to its samples in equal shares.
+    const uint64_t share = ev.dur_ns / during.size();
+    for (size_t i = 0; i < during.size(); ++i) {
+      std::vector<uint32_t> stack = base;
+      append(stack, name_frames(book_, book_.stack(during[i].stack_id)), &coro_codes);
+      add(std::move(stack), i + 1 == during.size() ? ev.dur_ns - share * (during.size() - 1) : share, name, coro);
+    }
+    // Wall mode: the time since the task's previous step, suspended where
+    // that step left it.
+    if (p_.mode == ProfMode::Wall && last.end_ns && ev.start_ns > last.end_ns)
+      cached(ev.task_id, last.end_stack, 0, ev.code_id, true).weight->second += ev.start_ns - last.end_ns;
+    last = Last{ev.start_ns + ev.dur_ns, ev.end_stack, ev.code_id, ev.completed};
+    if (ev.completed) last_.erase(ev.task_id);
+    timeline(ev, opened(name, coro_frames));
+  }
+
+  // Wall mode: tasks still suspended at the end wait up to the end.
+  void finish(uint64_t end_ns) {
+    if (p_.mode == ProfMode::Wall) {
+      for (const auto& [task, l] : last_) {
+        if (l.completed || end_ns <= l.end_ns) continue;
+        const std::string name = task_name(task);
+        std::vector<uint32_t> stack = prefix(task, name);
+        append(stack, name_frames(book_, book_.stack(l.end_stack)), nullptr);
+        stack.push_back(p_.frame(ProfFrame::Kind::Await, "awaiting"));
+        add(std::move(stack), end_ns - l.end_ns, name, coroutine_of(l.code_id));
+      }
+    }
+    for (auto& [key, weight] : merged_)
+      p_.samples.push_back({key.stack, weight, key.task_name, key.coroutine});
+    merged_.clear();
+  }
+
+ private:
+  struct Key {
+    std::vector<uint32_t> stack;
+    std::string task_name, coroutine;
+    bool operator<(const Key& o) const {
+      return std::tie(stack, task_name, coroutine) < std::tie(o.stack, o.task_name, o.coroutine);
+    }
+  };
+  struct Last {
+    uint64_t end_ns = 0, end_stack = 0, code_id = 0;
+    bool completed = false;
+  };
+  struct Cached {
+    std::map<Key, uint64_t>::iterator weight;  // its entry in merged_
+    std::vector<uint32_t> opened;              // timeline frames, outermost first
+  };
+  struct CacheKey {
+    uint64_t task, end_stack, start_stack;
+    bool await;
+    bool operator==(const CacheKey& o) const {
+      return task == o.task && end_stack == o.end_stack && start_stack == o.start_stack && await == o.await;
+    }
+  };
+  struct CacheHash {
+    size_t operator()(const CacheKey& k) const {
+      uint64_t h = k.task * 0x9E3779B97F4A7C15ull ^ k.end_stack ^ (k.start_stack * 0xff51afd7ed558ccdull);
+      return static_cast<size_t>(h ^ (h >> 29) ^ k.await);
+    }
+  };
+
+  // The merged entry for a step (await: a wait) of `task` at these stacks.
+  Cached& cached(uint64_t task, uint64_t end_stack, uint64_t start_stack, uint64_t code_id, bool await) {
+    const CacheKey key{task, end_stack, start_stack, await};
+    if (auto it = cache_.find(key); it != cache_.end()) return it->second;
+    if (cache_.size() > 100000) cache_.clear();  // bounded: rebuilt on demand
+    const std::string name = task_name(task);
+    const auto end_frames = name_frames(book_, book_.stack(end_stack));
+    const auto start_frames = await ? std::vector<NamedFrame>{} : name_frames(book_, book_.stack(start_stack));
+    const auto& coro_frames = end_frames.empty() ? start_frames : end_frames;
+    std::vector<uint32_t> stack = prefix(task, name);
+    append(stack, coro_frames, nullptr);
+    if (await) stack.push_back(p_.frame(ProfFrame::Kind::Await, "awaiting"));
+    auto w = merged_.try_emplace(Key{std::move(stack), name, coroutine_of(code_id)}, 0).first;
+    return cache_.emplace(key, Cached{w, opened(name, coro_frames)}).first->second;
+  }
+  std::vector<uint32_t> opened(const std::string& name, const std::vector<NamedFrame>& coro_frames) {
+    std::vector<uint32_t> out{p_.frame(ProfFrame::Kind::Task, name)};
+    for (auto f = coro_frames.rbegin(); f != coro_frames.rend(); ++f)
+      out.push_back(p_.frame(ProfFrame::Kind::Coroutine, f->func, f->file, f->line));
+    return out;
+  }
+
+  std::string task_name(uint64_t task) const {
+    const auto it = names_.find(task);
+    return it == names_.end() ? hex_id(task) : it->second;
+  }
+  std::string coroutine_of(uint64_t code_id) {
+    const CodeInfo* c = code_id ? book_.code(code_id) : nullptr;
+    return c ? c->qualname : "";
+  }
+  // Root-first frames of the task's await chain, then the task itself.
+  std::vector<uint32_t> prefix(uint64_t task, const std::string& name) {
+    std::vector<uint32_t> out;
+    if (auto it = chains_.find(task); it != chains_.end()) {
+      for (const ChainLink& l : it->second) {
+        out.push_back(p_.frame(ProfFrame::Kind::Task, l.name));
+        for (auto f = l.frames.rbegin(); f != l.frames.rend(); ++f)
+          out.push_back(p_.frame(ProfFrame::Kind::Coroutine, f->func, f->file, f->line));
+      }
+    }
+    out.push_back(p_.frame(ProfFrame::Kind::Task, name));
+    return out;
+  }
+  // Frames innermost first, appended outermost first; with `coroutines`,
+  // frames of other code are plain functions (sampled inside the step).
+  void append(std::vector<uint32_t>& stack, const std::vector<NamedFrame>& fs,
+              const std::unordered_set<uint64_t>* coroutines) {
+    for (auto f = fs.rbegin(); f != fs.rend(); ++f) {
+      const bool coro = !coroutines || coroutines->count(f->code_id);
+      stack.push_back(p_.frame(coro ? ProfFrame::Kind::Coroutine : ProfFrame::Kind::Function, f->func, f->file, f->line));
+    }
+  }
+  void add(std::vector<uint32_t> stack, uint64_t w, const std::string& name, const std::string& coro) {
+    merged_[Key{std::move(stack), name, coro}] += w;
+  }
+  void timeline(const StepEvent& ev, const std::vector<uint32_t>& opened) {
+    const size_t need = 2 * opened.size();
+    if (events_ + need > kMaxEvents) {
+      cut_ = true;
+      return;
+    }
+    auto [tl, fresh] = timeline_of_.try_emplace(ev.task_id, p_.timelines.size());
+    if (fresh) p_.timelines.push_back({ev.task_id, task_name(ev.task_id), {}});
+    ProfTimeline& line = p_.timelines[tl->second];
+    const uint64_t s = ev.start_ns > start_ns_ ? ev.start_ns - start_ns_ : 0;
+    const uint64_t e = std::max(s, ev.start_ns + ev.dur_ns > start_ns_ ? ev.start_ns + ev.dur_ns - start_ns_ : 0);
+    if (!line.events.empty() && line.events.back().at_ns > s) return;  // overlaps: skip
+    for (uint32_t fr : opened) line.events.push_back({s, fr, true});
+    for (auto fr = opened.rbegin(); fr != opened.rend(); ++fr) line.events.push_back({e, *fr, false});
+    events_ += need;
+  }
+
+  Profile& p_;
+  StackBook& book_;
+  uint64_t start_ns_;
+  SampleBook samples_;
+  std::unordered_map<uint64_t, std::vector<ChainLink>> chains_;
+  std::unordered_map<uint64_t, std::string> names_;
+  std::unordered_map<uint64_t, Last> last_;
+  std::unordered_map<uint64_t, size_t> timeline_of_;
+  std::map<Key, uint64_t> merged_;
+  std::unordered_map<CacheKey, Cached, CacheHash> cache_;
+  size_t events_ = 0, nsteps_ = 0, nsamples_ = 0;
+  bool cut_ = false;
+};
+
+}  // namespace
+
 int run_record(const Options& o) {
   ProfFormat pf = ProfFormat::Folded;
   if (o.prof_format == "speedscope") pf = ProfFormat::Speedscope;
@@ -421,20 +629,24 @@ int run_record(const Options& o) {
   install_stop_handlers();
   const bool progress = isatty(STDERR_FILENO);
   StackBook book(tracer);
-  std::vector<StepEvent> steps, samples;
-  std::unordered_map<uint64_t, std::vector<ChainLink>> chains;
-  std::unordered_map<uint64_t, std::string> names;
+  Profile p;
+  p.mode = o.mode == "wall" ? ProfMode::Wall : ProfMode::Cpu;
+  p.pid = static_cast<uint32_t>(o.pid);
+  p.comm = inspect_process(o.pid).comm;
   const uint64_t start_ns = mono_ns();
+  p.start_ns = start_ns;
+  Recorder rec(p, book, start_ns);
   const auto t0 = std::chrono::steady_clock::now();
   const auto end = t0 + o.duration;
   auto next_look = t0;
   int code = kExitOk;
+  // The task graph, every second: await chains and names for the stacks.
   auto look = [&] {
     auto snap = tracer->snapshot();
     if (!snap.ok()) return;
     const TaskGraph g = build_graph(snap.value());
-    for (auto& [id, c] : await_chains(g, book)) chains[id] = std::move(c);
-    for (const TaskNode& t : g.tasks) names[t.id] = t.name;
+    rec.set_chains(await_chains(g, book));
+    for (const TaskNode& t : g.tasks) rec.name(t.id, t.name);
     book.take(std::move(snap.value()));
   };
   while (!g_stop) {
@@ -445,15 +657,15 @@ int run_record(const Options& o) {
     }
     auto st = tracer->poll_events(
         [&](const StepEvent& ev) {
-          if (ev.task_known) names.try_emplace(ev.task_id, ev.task_name);
-          (ev.type == StepEvent::Type::Sample ? samples : steps).push_back(ev);
+          if (ev.type == StepEvent::Type::Sample) rec.sample(ev);
+          else rec.step(ev);
         },
         100);
     if (!st.ok()) return fail(st.error());
     if (progress) {
       const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       std::fprintf(stderr, "\rrecording pid %d: %.1f / %.1f s, %zu steps, %zu samples  ", o.pid, el,
-                   o.duration.count() / 1e3, steps.size(), samples.size());
+                   o.duration.count() / 1e3, rec.steps(), rec.samples());
     }
     if (std::chrono::steady_clock::now() >= end) break;
     if (!process_alive(o.pid)) {
@@ -465,116 +677,19 @@ int run_record(const Options& o) {
   }
   if (progress) std::fprintf(stderr, "\n");
   const uint64_t end_ns = mono_ns();
-  if (code == kExitOk) look();
-  else book.refresh();
-
-  // Build the profile.
-  Profile p;
-  p.mode = o.mode == "wall" ? ProfMode::Wall : ProfMode::Cpu;
-  p.pid = static_cast<uint32_t>(o.pid);
-  p.comm = inspect_process(o.pid).comm;
-  p.start_ns = start_ns;
   p.duration_ns = end_ns - start_ns;
-  SampleBook sbook;
-  for (const StepEvent& s : samples) sbook.add(s);
-  std::sort(steps.begin(), steps.end(), [](const StepEvent& a, const StepEvent& b) { return a.start_ns < b.start_ns; });
-  std::unordered_map<uint64_t, size_t> timeline_of;
-  std::unordered_map<uint64_t, const StepEvent*> last_step;
-
-  auto coroutine_of = [&](const StepEvent& ev) -> std::string {
-    const CodeInfo* c = ev.code_id ? book.code(ev.code_id) : nullptr;
-    return c ? c->qualname : "";
-  };
-  // Root-first frames of the task's await chain, then the task itself.
-  auto prefix = [&](uint64_t task, const std::string& name) {
-    std::vector<uint32_t> out;
-    if (auto it = chains.find(task); it != chains.end()) {
-      for (const ChainLink& l : it->second) {
-        out.push_back(p.frame(ProfFrame::Kind::Task, l.name));
-        for (auto f = l.frames.rbegin(); f != l.frames.rend(); ++f)
-          out.push_back(p.frame(ProfFrame::Kind::Coroutine, f->func, f->file, f->line));
-      }
-    }
-    out.push_back(p.frame(ProfFrame::Kind::Task, name));
-    return out;
-  };
-  auto append_frames = [&](std::vector<uint32_t>& stack, const std::vector<NamedFrame>& fs,
-                           const std::unordered_set<uint64_t>* coroutines) {
-    for (auto f = fs.rbegin(); f != fs.rend(); ++f) {
-      const bool coro = !coroutines || coroutines->count(f->code_id);
-      stack.push_back(p.frame(coro ? ProfFrame::Kind::Coroutine : ProfFrame::Kind::Function, f->func, f->file, f->line));
-    }
-  };
-  for (const StepEvent& ev : steps) {
-    const std::string name = ev.task_known ? ev.task_name : names.count(ev.task_id) ? names[ev.task_id] : hex_id(ev.task_id);
-    const std::string coro = coroutine_of(ev);
-    const auto end_frames = name_frames(book, book.stack(ev.end_stack));
-    const auto start_frames = name_frames(book, book.stack(ev.start_stack));
-    const auto& coro_frames = end_frames.empty() ? start_frames : end_frames;
-    std::unordered_set<uint64_t> coro_codes;
-    for (const auto& f : end_frames) coro_codes.insert(f.code_id);
-    for (const auto& f : start_frames) coro_codes.insert(f.code_id);
-    const std::vector<uint32_t> base = prefix(ev.task_id, name);
-    const auto during = sbook.take(ev.task_id, ev.start_ns, ev.dur_ns);
-    if (during.empty()) {
-      std::vector<uint32_t> stack = base;
-      append_frames(stack, coro_frames, nullptr);
-      p.samples.push_back({std::move(stack), ev.dur_ns, name, coro});
-    } else {
-      const uint64_t share = ev.dur_ns / during.size();
-      for (size_t i = 0; i < during.size(); ++i) {
-        std::vector<uint32_t> stack = base;
-        append_frames(stack, name_frames(book, book.stack(during[i].stack_id)), &coro_codes);
-        const uint64_t w = i + 1 == during.size() ? ev.dur_ns - share * (during.size() - 1) : share;
-        p.samples.push_back({std::move(stack), w, name, coro});
-      }
-    }
-    // Wall mode: the time since the task's previous step, spent suspended
-    // where that step left it.
-    if (p.mode == ProfMode::Wall) {
-      auto it = last_step.find(ev.task_id);
-      if (it != last_step.end() && ev.start_ns > it->second->start_ns + it->second->dur_ns) {
-        const StepEvent& prev = *it->second;
-        std::vector<uint32_t> stack = base;
-        append_frames(stack, name_frames(book, book.stack(prev.end_stack)), nullptr);
-        stack.push_back(p.frame(ProfFrame::Kind::Await, "awaiting"));
-        p.samples.push_back({std::move(stack), ev.start_ns - (prev.start_ns + prev.dur_ns), name, coro});
-      }
-    }
-    last_step[ev.task_id] = &ev;
-    // Timeline: the step as nested open/close events.
-    auto [tl, fresh] = timeline_of.try_emplace(ev.task_id, p.timelines.size());
-    if (fresh) p.timelines.push_back({ev.task_id, name, {}});
-    ProfTimeline& line = p.timelines[tl->second];
-    const uint64_t s = ev.start_ns > start_ns ? ev.start_ns - start_ns : 0;
-    const uint64_t e = std::max(s, ev.start_ns + ev.dur_ns > start_ns ? ev.start_ns + ev.dur_ns - start_ns : 0);
-    if (!line.events.empty() && line.events.back().at_ns > s) continue;  // overlaps (clock skew): skip
-    std::vector<uint32_t> opened{p.frame(ProfFrame::Kind::Task, name)};
-    for (auto f = coro_frames.rbegin(); f != coro_frames.rend(); ++f)
-      opened.push_back(p.frame(ProfFrame::Kind::Coroutine, f->func, f->file, f->line));
-    for (uint32_t fr : opened) line.events.push_back({s, fr, true});
-    for (auto fr = opened.rbegin(); fr != opened.rend(); ++fr) line.events.push_back({e, *fr, false});
-  }
-  if (p.mode == ProfMode::Wall) {
-    // Tasks still suspended at the end: their last wait, up to the end.
-    for (const auto& [task, ev] : last_step) {
-      if (ev->completed) continue;
-      const uint64_t from = ev->start_ns + ev->dur_ns;
-      if (end_ns <= from) continue;
-      const std::string name = names.count(task) ? names[task] : hex_id(task);
-      std::vector<uint32_t> stack = prefix(task, name);
-      append_frames(stack, name_frames(book, book.stack(ev->end_stack)), nullptr);
-      stack.push_back(p.frame(ProfFrame::Kind::Await, "awaiting"));
-      p.samples.push_back({std::move(stack), end_ns - from, name, coroutine_of(*ev)});
-    }
-  }
+  rec.finish(end_ns);
   std::ostream& out = o.output == "-" ? std::cout : static_cast<std::ostream&>(file);
   write_profile(p, pf, out);
   out.flush();
   if (!out.good()) return fail(Error{kExitInternal, "failed to write output '" + escape_untrusted(o.output) + "'"});
+  if (code == kExitOk) book.refresh(true);
   warn_partial(book.last_snapshot().counters);
-  std::cerr << "asynctrace: recorded " << steps.size() << " step(s), " << samples.size() << " sample(s) of process "
-            << o.pid << " in " << short_duration(end_ns - start_ns) << " to " << escape_untrusted(o.output) << "\n";
+  if (rec.timelines_cut())
+    std::cerr << "asynctrace: warning: timelines cut at " << Recorder::kMaxEvents
+              << " events (speedscope's evented profiles); the sampled profile has every step\n";
+  std::cerr << "asynctrace: recorded " << rec.steps() << " step(s), " << rec.samples() << " sample(s) of process "
+            << o.pid << " in " << short_duration(p.duration_ns) << " to " << escape_untrusted(o.output) << "\n";
   detach_in_background(src.value().tracer);
   return code;
 }
@@ -617,18 +732,44 @@ int run_ps_long(const Options& o) {
   if (f.header.created > f.header.completed && g.tasks.size() >= 50 && f.header.created_per_s > f.header.completed_per_s * 1.1)
     warnings.push_back("tasks are created faster than they complete (" + std::to_string(static_cast<int>(f.header.created_per_s)) +
                        "/s vs " + std::to_string(static_cast<int>(f.header.completed_per_s)) + "/s): a task leak?");
+  // Per coroutine, busiest first (all tasks of it, short-lived ones included).
+  struct CodeRow {
+    std::string name, file;
+    Timing t;
+  };
+  std::vector<CodeRow> codes;
+  for (const auto& [id, t] : later.value().code_timing) {
+    const auto it = snap.code.find(id);
+    codes.push_back({it == snap.code.end() ? "<code " + hex_id(id) + ">" : it->second.qualname,
+                     it == snap.code.end() ? "" : it->second.filename, t});
+  }
+  std::sort(codes.begin(), codes.end(), [](const CodeRow& a, const CodeRow& b) { return a.t.busy_ns > b.t.busy_ns; });
+  auto hist_json = [](const Timing& t) {
+    size_t n = t.hist.size();
+    while (n && !t.hist[n - 1]) --n;
+    return nlohmann::json(std::vector<uint32_t>(t.hist.begin(), t.hist.begin() + static_cast<long>(n)));
+  };
   if (o.format == Format::Json) {
     nlohmann::json j = graph_json(g, false);
-    for (auto& t : j["tasks"]) {
-      const std::string id = t["id"];
-      for (const TopRow& r : f.rows) {
-        if (hex_id(r.id) != id) continue;
-        t["timing"] = r.timed ? nlohmann::json{{"steps", r.steps}, {"busy_ns", r.busy_ns}, {"sched_ns", r.sched_ns},
-                                               {"idle_ns", r.idle_ns}, {"longest_ns", r.longest_ns},
-                                               {"waiting_ns", r.waiting_ns}}
-                              : nlohmann::json(nullptr);
-      }
+    // graph_json lists g.tasks in order.
+    for (size_t i = 0; i < g.tasks.size() && i < j["tasks"].size(); ++i) {
+      const TaskNode& node = g.tasks[i];
+      const auto it = by_id.find(node.id);
+      const TopRow* r = it == by_id.end() ? nullptr : it->second;
+      j["tasks"][i]["timing"] =
+          r && r->timed && node.timing
+              ? nlohmann::json{{"steps", r->steps},         {"busy_ns", r->busy_ns},
+                               {"sched_ns", r->sched_ns},   {"idle_ns", r->idle_ns},
+                               {"longest_ns", r->longest_ns}, {"waiting_ns", r->waiting_ns},
+                               {"hist_log2_us", hist_json(*node.timing)}}
+              : nlohmann::json(nullptr);
     }
+    nlohmann::json cj = nlohmann::json::array();
+    for (const CodeRow& c : codes)
+      cj.push_back({{"coroutine", sanitize_utf8(c.name)}, {"file", sanitize_utf8(c.file)}, {"steps", c.t.steps},
+                    {"busy_ns", c.t.busy_ns}, {"sched_ns", c.t.sched_ns}, {"longest_ns", c.t.max_ns},
+                    {"hist_log2_us", hist_json(c.t)}});
+    j["coroutines"] = std::move(cj);
     nlohmann::json w = nlohmann::json::array();
     for (const std::string& s : warnings) w.push_back(sanitize_utf8(s));
     j["warnings"] = std::move(w);
@@ -642,12 +783,16 @@ int run_ps_long(const Options& o) {
       return s + "\n";
     };
     std::cout << line({{"tid", 10}, {"task id", 16}, {"task name", 20}, {"state", 8}, {"steps", 7}, {"busy", 9},
-                       {"longest", 9}, {"waiting", 9}, {"coroutine stack", 50}, {"awaiter chain", 40},
-                       {"awaiter name", 15}, {"awaiter id", 15}});
+                       {"longest", 9}, {"waiting", 9}, {"created by", 15}, {"coroutine stack", 50},
+                       {"awaiter chain", 40}, {"awaiter name", 15}, {"awaiter id", 15}});
     std::cout << std::string(220, '-') << "\n";
     for (const PsRow& r : build_ps_rows(g)) {
       const TopRow* t = by_id.count(r.task_id) ? by_id[r.task_id] : nullptr;
       const TaskNode* awaiter = g.find(r.awaiter_id);
+      const TaskNode* self = g.find(r.task_id);
+      const TaskNode* creator = self && self->parent_id ? g.find(self->parent_id) : nullptr;
+      const std::string created_by = creator ? escape_untrusted(creator->name)
+                                     : self && self->parent_id ? hex_id(self->parent_id) : "";
       std::cout << line({{std::to_string(r.tid), 10},
                          {hex_id(r.task_id), 16},
                          {escape_untrusted(r.task_name), 20},
@@ -656,10 +801,27 @@ int run_ps_long(const Options& o) {
                          {t && t->timed ? short_duration(t->busy_ns) : "-", 9},
                          {t && t->timed ? short_duration(t->longest_ns) : "-", 9},
                          {!t || !t->waiting_ns ? "-" : t->waiting_ns < 500000000ull ? "<0.5s" : short_duration(t->waiting_ns), 9},
+                         {created_by, 15},
                          {escape_untrusted(r.coroutine_stack), 50},
                          {escape_untrusted(r.awaiter_chain), 40},
                          {awaiter ? escape_untrusted(awaiter->name) : "", 15},
                          {r.awaiter_id ? hex_id(r.awaiter_id) : "", 15}});
+    }
+    if (!codes.empty()) {
+      std::cout << "\n" << line({{"coroutine", 40}, {"steps", 9}, {"busy", 9}, {"longest", 9}, {"steps by duration", 0}});
+      size_t shown = 0;
+      for (const CodeRow& c : codes) {
+        if (++shown > 10) break;
+        std::string dist;
+        for (size_t b = 0; b < c.t.hist.size(); ++b) {
+          if (!c.t.hist[b]) continue;
+          // Bucket b holds [2^b, 2^(b+1)) us; bucket 0 also < 1 us.
+          dist += (dist.empty() ? "" : ", ") + std::string(b ? ">=" : "<") +
+                  short_duration(b ? (1ull << b) * 1000ull : 2000ull) + " " + std::to_string(c.t.hist[b]);
+        }
+        std::cout << line({{escape_untrusted(c.name), 40}, {std::to_string(c.t.steps), 9},
+                           {short_duration(c.t.busy_ns), 9}, {short_duration(c.t.max_ns), 9}, {dist, 0}});
+      }
     }
     if (!warnings.empty()) std::cout << "\n";
     for (const std::string& w : warnings) std::cout << "warning: " << escape_untrusted(w) << "\n";

@@ -123,7 +123,7 @@ void render_node(const TaskGraph& g, const TreeNode& n, const std::string& prefi
     if (n.depth_limit) out << " [tree depth limit: subtree drawn separately]";
     if (n.drawn_above) out << " [subtree drawn above]";
   } else {
-    out << " " << escape_untrusted(frame_label(*n.frame));
+    out << " " << n.frame->shown;
   }
   out << '\n';
   const std::string next = prefix + (last ? "    " : "│   ");
@@ -225,7 +225,14 @@ nlohmann::json counters_json(const ProcCounters& c) {
           {"events_for_unknown_tasks", c.unknown_task},
           {"dropped_in_runtime", c.drop_runtime},
           {"bad_records", c.bad_records},
-          {"dropped_stacks_map_full", c.drop_stacks_full}};
+          {"dropped_stacks_map_full", c.drop_stacks_full},
+          {"dropped_events_ring_full", c.drop_events},
+          {"dropped_timing_map_full", c.drop_timing_full},
+          {"timing", c.timing_since_ns != 0},
+          {"tasks_created", c.tasks_created},
+          {"tasks_completed", c.tasks_completed},
+          {"steps", c.steps},
+          {"busy_ns", c.busy_ns}};
 }
 
 }  // namespace
@@ -254,6 +261,14 @@ std::string render_stats(const TaskGraph& g) {
   row("dropped: runtime buffer", c.drop_runtime);
   row("malformed batch records", c.bad_records);
   row("dropped: stack map full", c.drop_stacks_full);
+  row("dropped: events ring full", c.drop_events);
+  row("dropped: timing map full", c.drop_timing_full);
+  if (c.timing_since_ns) {
+    row("tasks created (timing)", c.tasks_created);
+    row("tasks completed (timing)", c.tasks_completed);
+    row("steps (timing)", c.steps);
+    row("busy ns (timing)", c.busy_ns);
+  }
   out += ljust("view", 28) + (complete(c) ? "complete" : "partial") + "\n";
   return out;
 }

@@ -276,6 +276,31 @@ TEST(BadInput, ModuleFileNameWithControlCharactersIsEscaped) {
 
 // ---- faults -----------------------------------------------------------------
 
+// The runtime's module file replaced under a running program (a package
+// upgrade): the process still maps the old, deleted file; it is traced
+// through /proc/PID/map_files, with the same tree as before.
+TEST(Faults, RuntimeFileReplacedWhileRunning) {
+  const std::string dir = tmp_path("pydir");
+  ASSERT_EQ(e2e::run({"cp", "-r", e2e::binary_dir() + "/python", dir}).exit_code, 0);
+  e2e::Program prog({tool(), "run", "--python-dir", dir, "--", kPy, e2e::source_dir() + "/examples/demo.py"});
+  ASSERT_TRUE(prog.wait_line("serving", 60s)) << prog.stderr_text();
+  const std::string pid = std::to_string(prog.pid());
+  auto before = e2e::run({tool(), "pstree", "-p", pid});
+  ASSERT_EQ(before.exit_code, 0) << before.err;
+  // Replace the module the way package managers do: a new file renamed over it.
+  auto mv = e2e::run({"sh", "-c", "for f in " + dir + "/cp311/asynctrace/_asynctrace*.so; do cp \"$f\" \"$f.new\" && mv \"$f.new\" \"$f\"; done"});
+  ASSERT_EQ(mv.exit_code, 0) << mv.err;
+  ASSERT_TRUE(has(e2e::read_file("/proc/" + pid + "/maps"), "_asynctrace.cpython-311-x86_64-linux-gnu.so (deleted)"));
+  auto after = e2e::run({tool(), "pstree", "-p", pid});
+  EXPECT_EQ(after.exit_code, 0) << after.err;
+  EXPECT_EQ(e2e::tree_paths(after.out), e2e::tree_paths(before.out)) << after.out;
+  prog.signal(SIGTERM);
+  std::string out;
+  prog.wait_exit(30s, &out);
+  expect_released(prog.pid());
+  e2e::run({"rm", "-rf", dir});
+}
+
 // Several tracers on one process at once: three one-shot views started
 // together (each attaches; one replay serves all), then a holder, a second
 // `attach` (refused at once: one line, exit 7) and views from the pins

@@ -289,3 +289,149 @@ TEST(Timing, TopRedrawsInPlaceInATerminal) {
 }
 
 }  // namespace
+
+namespace {
+
+// Every format, recorded from a real process: the format's own checker
+// accepts it (tests/profile/validate_one.py) and the busy tasks are in it.
+TEST(Timing, RecordWritesEveryFormatValid) {
+  const auto pythons = e2e::built_pythons();
+  ASSERT_FALSE(pythons.empty());
+  Shapes s(pythons.front().second);
+  ASSERT_TRUE(s.ready()) << s.app.stderr_text();
+  for (const std::string fmt : {"speedscope", "pprof", "svg", "html", "folded"}) {
+    SCOPED_TRACE(fmt);
+    const std::string out = "/tmp/asynctrace-e2e-" + std::to_string(getpid()) + "." + fmt;
+    auto rec = e2e::run({tool(), "record", "-p", s.pid(), "-d", "1500ms", "-f", fmt, "-o", out});
+    ASSERT_EQ(rec.exit_code, 0) << rec.err;
+    auto v = e2e::run({"/usr/bin/python3", e2e::source_dir() + "/tests/profile/validate_one.py", fmt, out,
+                       e2e::source_dir() + "/tests/third_party", "burner", "burn_cpu", "blocker"});
+    EXPECT_EQ(v.exit_code, 0) << v.out << v.err;
+    unlink(out.c_str());
+  }
+  s.truth();
+  EXPECT_TRUE(e2e::wait_kernel_released(s.app.pid()).empty());
+}
+
+// Ctrl-C ends a recording early and still writes a complete file.
+TEST(Timing, RecordInterruptedWritesAValidFile) {
+  const auto pythons = e2e::built_pythons();
+  ASSERT_FALSE(pythons.empty());
+  Shapes s(pythons.front().second);
+  ASSERT_TRUE(s.ready()) << s.app.stderr_text();
+  const std::string out = "/tmp/asynctrace-e2e-" + std::to_string(getpid()) + "-int.speedscope.json";
+  e2e::Program rec({tool(), "record", "-p", s.pid(), "-d", "60s", "-f", "speedscope", "-o", out});
+  std::this_thread::sleep_for(2500ms);
+  rec.signal(SIGINT);
+  std::string o;
+  EXPECT_EQ(rec.wait_exit(20s, &o), 0) << rec.stderr_text();
+  auto v = e2e::run({"/usr/bin/python3", e2e::source_dir() + "/tests/profile/validate_one.py", "speedscope", out,
+                     e2e::source_dir() + "/tests/third_party", "burner"});
+  EXPECT_EQ(v.exit_code, 0) << v.out << v.err;
+  unlink(out.c_str());
+  s.truth();
+  EXPECT_TRUE(e2e::wait_kernel_released(s.app.pid()).empty());
+}
+
+// Bad output path: one line, exit 2, nothing attached, nothing left behind.
+TEST(Timing, RecordToAnUnwritablePathFailsBeforeAttaching) {
+  const auto pythons = e2e::built_pythons();
+  ASSERT_FALSE(pythons.empty());
+  Shapes s(pythons.front().second);
+  ASSERT_TRUE(s.ready()) << s.app.stderr_text();
+  auto rec = e2e::run({tool(), "record", "-p", s.pid(), "-d", "1s", "-o", "/nonexistent-dir/x.folded"});
+  EXPECT_EQ(rec.exit_code, 2) << rec.err;
+  EXPECT_EQ(std::count(rec.err.begin(), rec.err.end(), '\n'), 1) << rec.err;
+  EXPECT_NE(rec.err.find("/nonexistent-dir/x.folded"), std::string::npos) << rec.err;
+  EXPECT_TRUE(e2e::kernel_hold(s.app.pid()).empty());
+  s.truth();
+}
+
+}  // namespace
+
+namespace {
+
+// ps --long: timing per task and per coroutine, with the step histograms:
+// the burner's 200 ms steps are in bucket 17 ([131, 262) ms).
+TEST(Timing, PsLongHasHistogramsPerTaskAndCoroutine) {
+  const auto pythons = e2e::built_pythons();
+  ASSERT_FALSE(pythons.empty());
+  Shapes s(pythons.front().second);
+  ASSERT_TRUE(s.ready()) << s.app.stderr_text();
+  auto ps = e2e::run({tool(), "ps", "-p", s.pid(), "--long", "--format", "json"});
+  ASSERT_EQ(ps.exit_code, 0) << ps.err;
+  const json j = json::parse(ps.out);
+  const json* burner = nullptr;
+  for (const auto& t : j.at("tasks"))
+    if (t.at("name") == "burner") burner = &t;
+  ASSERT_TRUE(burner) << ps.out.substr(0, 3000);
+  ASSERT_FALSE(burner->at("timing").is_null()) << burner->dump();
+  const json& h = burner->at("timing").at("hist_log2_us");
+  ASSERT_EQ(h.size(), 18u) << burner->dump();
+  EXPECT_GE(h.at(17).get<int>(), 1) << burner->dump();
+  EXPECT_EQ(h.at(17).get<uint64_t>(), burner->at("timing").at("steps").get<uint64_t>()) << burner->dump();
+  bool code_seen = false;
+  for (const auto& c : j.at("coroutines")) {
+    if (c.at("coroutine") != "burner") continue;
+    code_seen = true;
+    EXPECT_NEAR(c.at("longest_ns").get<double>(), 200e6, 30e6) << c.dump();
+  }
+  EXPECT_TRUE(code_seen) << j.at("coroutines").dump();
+  // Text: the columns and the per-coroutine table. (Creators are known
+  // only for tasks created while traced: these all predate the attach.)
+  auto text = e2e::run({tool(), "ps", "-p", s.pid(), "--long"});
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("created by"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("steps by duration"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find(">=131.1ms"), std::string::npos) << text.out;
+  s.truth();
+}
+
+}  // namespace
+
+namespace {
+
+std::string hex(uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "0x%lx", static_cast<unsigned long>(v));
+  return b;
+}
+
+// Creation lineage (Go's "created by"): each task created while traced
+// knows the task that was running when it was created.
+TEST(Timing, TasksKnowTheirCreator) {
+  for (const auto& [tag, py] : e2e::built_pythons()) {
+    SCOPED_TRACE(py);
+    e2e::Program app({tool(), "run", "--", py, e2e::source_dir() + "/tests/programs/lineage.py"});
+    ASSERT_TRUE(app.wait_line("WAITING", 30s)) << app.stderr_text();
+    const std::string pid = std::to_string(app.pid());
+    e2e::Program holder({tool(), "attach", "-p", pid});
+    ASSERT_TRUE(holder.wait_prefix("attached pid=", 30s).has_value()) << holder.stderr_text();
+    app.signal(SIGUSR2);
+    auto line = app.wait_prefix("{", 30s);
+    ASSERT_TRUE(line.has_value()) << app.stderr_text();
+    const json ids = json::parse(*line);
+    auto ps = e2e::run({tool(), "ps", "-p", pid, "--format", "json"});
+    ASSERT_EQ(ps.exit_code, 0) << ps.err;
+    std::map<std::string, std::string> parent_of;
+    std::string seen;
+    const json view = json::parse(ps.out);  // (a temporary's member would dangle in the loop)
+    for (const auto& t : view.at("tasks")) {
+      parent_of[t.at("id").get<std::string>()] = t.at("parent_id").get<std::string>();
+      seen += t.at("id").get<std::string>() + " " + t.at("name").get<std::string>() + " <- " +
+              t.at("parent_id").get<std::string>() + "\n";
+    }
+    auto id_of = [&](const char* name) { return hex(ids.at(name).get<uint64_t>()); };
+    EXPECT_EQ(parent_of[id_of("child")], id_of("spawner")) << seen << ids.dump();
+    EXPECT_EQ(parent_of[id_of("grandchild")], id_of("child"));
+    EXPECT_EQ(parent_of[id_of("leaf-0")], id_of("child"));
+    EXPECT_EQ(parent_of[id_of("leaf-1")], id_of("child"));
+    holder.signal(SIGINT);
+    std::string o;
+    EXPECT_EQ(holder.wait_exit(30s, &o), 0) << holder.stderr_text();
+    app.signal(SIGUSR1);
+    EXPECT_EQ(app.wait_exit(30s, &o), 0) << app.stderr_text();
+  }
+}
+
+}  // namespace

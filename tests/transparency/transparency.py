@@ -3,7 +3,8 @@
 
     plain     PYTHON gate.py ... -- -m test test_asyncio
     probes    asynctrace run -- PYTHON gate.py ...      (runtime in every child Python too)
-    attached  as probes, and `asynctrace attach -p PID` live before the first test
+    attached  as probes, and `asynctrace attach --timing -p PID` live before the first test
+              (ASYNCTRACE_SLOW_MS=1: end stacks and loop-thread samples for most steps)
 
 All three run sequentially in one process (the attached tracer sees every test),
 with the same random seed and the same harness (gate.py records every test case's
@@ -233,6 +234,12 @@ class Run:
                 "0" if self.mode == "plain" else "1", "--"] + self.test_args
         if self.mode != "plain":
             argv = [self.tool, "run", "--"] + argv
+        if self.mode == "attached":
+            # The tracer holds timing__on (attach --timing): every step is
+            # timed, and with a 1 ms slow floor most steps of the suite also
+            # send their end stack, and the watcher samples the loop thread
+            # (taking the GIL) during any step past 1 ms.
+            env = dict(env, ASYNCTRACE_SLOW_MS="1")
         workdir = tempfile.mkdtemp(prefix=f"transparency-{self.mode}-")
         with open(self.log, "wb") as logf:
             logf.write(("$ " + " ".join(argv) + "\n").encode())
@@ -266,6 +273,10 @@ class Run:
                 if attach.poll() is not None:
                     raise HarnessError(self._tracer_gone(attach))
                 self.stats = self._stats(pid)
+                # attach --timing: the runtime must have timed the suite's
+                # steps, or the attached run proves nothing about timing.
+                if not self.stats["counters"].get("steps"):
+                    raise HarnessError("attached: no timed steps in `asynctrace stats` (attach --timing)")
             os.write(g_w, b"exit\n")
             try:
                 self.rc = proc.wait(120)
@@ -328,7 +339,7 @@ class Run:
     def _attach(self, pid):
         self.attach_log = os.path.join(self.dir, "attach.log")
         errf = open(self.attach_log, "wb")
-        a = spawn([self.tool, "attach", "-p", str(pid)], sig=signal.SIGTERM, stdin=subprocess.DEVNULL,
+        a = spawn([self.tool, "attach", "--timing", "-p", str(pid)], sig=signal.SIGTERM, stdin=subprocess.DEVNULL,
                   stdout=subprocess.PIPE, stderr=errf)
         errf.close()
         deadline = time.monotonic() + 60
@@ -565,6 +576,7 @@ def one_python(py, tool, out_root, quick, tests, timeout):
     extra = [("tracer events (stats)", lambda r: str(r.stats["counters"]["events"]) if r.stats else "-"),
              ("tracer drops", lambda r: str(sum(v for k, v in r.stats["counters"].items()
                                                 if k.startswith("dropped"))) if r.stats else "-"),
+             ("timed steps (stats)", lambda r: str(r.stats["counters"].get("steps", 0)) if r.stats else "-"),
              ("python children sampled", lambda r: str(r.audit.summary()["python_children"])),
              ("  runtime loaded", lambda r: str(r.audit.summary()["runtime_loaded"])),
              ("  on PYTHONPATH, not seen yet", lambda r: str(r.audit.summary()["on_path_not_seen_loaded"])),

@@ -45,9 +45,9 @@ Snapshot snap_at(uint64_t busy_a, uint64_t busy_b, uint64_t loop_busy, uint64_t 
   s.counters.steps = created * 3;
   s.counters.step_max[0] = {101, 200'000'000};
   auto a = rec(0xa0, "alpha", 100 * kSec);
-  a.timing = timing(10, busy_a, 200'000'000, 100 * kSec + busy_a);
+  a.timing = std::make_shared<const Timing>(timing(10, busy_a, 200'000'000, 100 * kSec + busy_a));
   auto b = rec(0xb0, "beta\x1b[31m", 100 * kSec);
-  b.timing = timing(50, busy_b, 1'000'000, 101 * kSec);
+  b.timing = std::make_shared<const Timing>(timing(50, busy_b, 1'000'000, 101 * kSec));
   auto c = rec(0xc0, "gamma", 100 * kSec);  // never stepped since timing began
   s.tasks = {a, b, c};
   return s;

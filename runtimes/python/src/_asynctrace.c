@@ -421,7 +421,7 @@ static int fresh_erase(PyObject *task)
 /* Two-way sets of (task, state hash), 32 bytes: half a cache line per step.
  * 32768 sets (1 MiB) leave tasks without a way of their own rarely, even with
  * tens of thousands of tasks stepping in turn. */
-#define STATE_SETS 32768u
+#define STATE_SETS 65536u
 static struct state_way {
 	uintptr_t task;
 	uint64_t state;
@@ -1152,9 +1152,12 @@ static unsigned hist_bucket(uint64_t ns)
 	return b < ASYNCTRACE_HIST_BUCKETS ? b : ASYNCTRACE_HIST_BUCKETS - 1;
 }
 
+struct cstat;
+
 struct tstat {
 	uintptr_t task;      /* 0: empty */
 	uint64_t code;       /* coroutine code id */
+	struct cstat *c;     /* its coroutine's entry (T.c never moves), or NULL */
 	uint64_t ready_ns;   /* runnable since (0: unknown or not runnable) */
 	uint64_t busy, sched, max, last_end; /* deltas, except last_end */
 	uint64_t end_stack;  /* where it last suspended (steps__on or slow steps) */
@@ -1175,6 +1178,7 @@ static struct {
 	int on;                 /* a timing session runs (GIL) */
 	struct tstat *t;        /* open addressing, linear probing, cap a power of 2 */
 	size_t cap, n;
+	uint64_t gen;           /* bumped whenever entries move (grow, delete) */
 	uintptr_t *dirty;       /* tasks with deltas, maybe stale */
 	size_t ndirty, dirty_cap;
 	struct cstat *c;        /* CODE_SLOTS, never shrinks */
@@ -1219,6 +1223,7 @@ static int tstat_grow(void)
 	free(T.t);
 	T.t = t;
 	T.cap = cap;
+	T.gen++;
 	return 0;
 }
 
@@ -1233,6 +1238,8 @@ static uint64_t task_code_id(PyObject *task)
 	return id;
 }
 
+static struct cstat *cstat_get(uint64_t code);
+
 static struct tstat *tstat_get(PyObject *task)
 {
 	struct tstat *e = tstat_find(task);
@@ -1246,7 +1253,7 @@ static struct tstat *tstat_get(PyObject *task)
 	size_t i = tstat_home((uintptr_t)task, T.cap);
 	while (T.t[i].task)
 		i = (i + 1) & (T.cap - 1);
-	T.t[i] = (struct tstat){ .task = (uintptr_t)task, .code = code };
+	T.t[i] = (struct tstat){ .task = (uintptr_t)task, .code = code, .c = code ? cstat_get(code) : NULL };
 	T.n++;
 	return &T.t[i];
 }
@@ -1268,6 +1275,7 @@ static void tstat_del(PyObject *task)
 	}
 	T.t[i].task = 0;
 	T.n--;
+	T.gen++;
 }
 
 static struct cstat *cstat_get(uint64_t code)
@@ -1382,6 +1390,7 @@ static int timing_active(void)
 		T.n = T.ndirty = 0;
 		if (T.c)
 			memset(T.c, 0, CODE_SLOTS * sizeof *T.c);
+		T.gen++;
 		T.cdirty = 0;
 		T.created = T.completed = T.steps = T.busy = T.max_window = T.full = 0;
 		T.period = env_ms("ASYNCTRACE_TIMING_MS", 200);
@@ -1418,6 +1427,8 @@ static struct step_slot *my_step_slot(void)
 struct step_clock {
 	uint64_t start, sched;
 	struct step_slot *slot; /* NULL: not sampled (nested step, or no slot) */
+	size_t idx;             /* the task's entry in T.t, valid while T.gen == gen */
+	uint64_t gen;
 };
 
 static void timing_begin(PyObject *task, struct step_clock *sc)
@@ -1429,6 +1440,8 @@ static void timing_begin(PyObject *task, struct step_clock *sc)
 	struct tstat *e = tstat_get(task);
 	sc->start = now_ns();
 	sc->sched = e && e->ready_ns && sc->start > e->ready_ns ? sc->start - e->ready_ns : 0;
+	sc->gen = T.gen;
+	sc->idx = e ? (size_t)(e - T.t) : (size_t)-1;
 	if (e)
 		e->ready_ns = 0;
 	struct step_slot *s = my_step_slot();
@@ -1500,9 +1513,11 @@ static void timing_end(PyObject *task, struct step_clock *sc)
 	T.busy += dur;
 	if (dur > T.max_window)
 		T.max_window = dur;
-	struct tstat *e = tstat_find(task);
+	/* The entry found at the step's start, unless entries moved since. */
+	struct tstat *e = sc->gen == T.gen && sc->idx < T.cap && T.t[sc->idx].task == (uintptr_t)task
+				  ? &T.t[sc->idx] : tstat_find(task);
 	uint64_t code = e ? e->code : 0;
-	struct cstat *c = code ? cstat_get(code) : NULL;
+	struct cstat *c = e ? e->c : NULL;
 	if (c) {
 		c->steps++;
 		c->busy += dur;
@@ -1693,9 +1708,11 @@ static void timing_watch(long long poll_ns)
 		PyGILState_Release(g);
 		s->last_sample_ns = now_ns();
 	}
-	if (T.on && T.ndirty && now > T.last_drain + 2 * T.period) {
+	/* A loop that runs no step (idle, or blocked in one) still reports: the
+	 * session starts here, and deltas do not wait for its next step. */
+	if (!T.on || (T.ndirty && now > T.last_drain + 2 * T.period)) {
 		PyGILState_STATE g = PyGILState_Ensure();
-		if (T.on && TIMING_ON())
+		if (timing_active())
 			timing_drain(now_ns());
 		PyGILState_Release(g);
 	}
