@@ -39,6 +39,38 @@ uint64_t mono_now_ns() {
   return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
 }
 
+// Start time of a process (clock ticks after boot, /proc/PID/stat field 22):
+// with the pid, it names one process; 0 if unreadable.
+uint64_t start_ticks(uint32_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto rp = s.rfind(')');
+  if (rp == std::string::npos || rp + 2 >= s.size()) return 0;
+  std::istringstream ls(s.substr(rp + 2));
+  std::string f;
+  for (int i = 3; i < 22 && ls >> f; ++i) {
+  }
+  uint64_t t = 0;
+  ls >> t;
+  return t;
+}
+
+// CLOCK_BOOTTIME (process start times) minus CLOCK_MONOTONIC (BPF times).
+uint64_t boot_minus_mono_ns() {
+  timespec b{}, m{};
+  clock_gettime(CLOCK_BOOTTIME, &b);
+  clock_gettime(CLOCK_MONOTONIC, &m);
+  const auto ns = [](const timespec& t) {
+    return static_cast<uint64_t>(t.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(t.tv_nsec);
+  };
+  return ns(b) > ns(m) ? ns(b) - ns(m) : 0;  // equal without a suspend, but read one after the other
+}
+
+// /proc start times are truncated to clock ticks: a task of the process is
+// never created before the truncated start. The slack covers reading the two
+// clocks one after the other.
+constexpr uint64_t kStartSlackNs = 1'000'000;
+
 std::string read_comm(uint32_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/comm");
   std::string line;
@@ -276,7 +308,7 @@ int run_agent(const Options& o) {
   auto next_gc = Clock::now() + std::chrono::seconds(10);
   std::unordered_map<uint32_t, LoopMark> marks;
   uint64_t last_sample_ns = mono_now_ns();
-  std::unordered_map<uint32_t, std::string> comms;
+  std::unordered_map<uint32_t, uint64_t> starts;  // pid -> start time of the process we hold state of
   int code = kExitOk;
   while (!g_stop) {
     const auto now = Clock::now();
@@ -301,15 +333,34 @@ int run_agent(const Options& o) {
     std::vector<ProcessSample> samples;
     const uint64_t now_ns = mono_now_ns();
     std::unordered_map<uint32_t, LoopMark> next_marks;
+    std::vector<uint32_t> reused;
     for (const Snapshot& s : snaps.value()) {
       if (!process_alive(static_cast<pid_t>(s.pid))) {
         dead.push_back(s.pid);
         continue;
       }
-      auto c = comms.find(s.pid);
-      if (c == comms.end()) c = comms.emplace(s.pid, read_comm(s.pid)).first;
+      // A pid that exited and came back as another process between two
+      // passes: the old entries go, and the new process replays its own.
+      // Seen by its start time changing, or, if we never saw the old one
+      // alive, by tasks created before the process started.
+      const uint64_t start = start_ticks(s.pid);
+      auto [st, fresh] = starts.try_emplace(s.pid, start);
+      bool stale = !fresh && start && st->second != start;
+      st->second = start;
+      if (!stale && fresh && start) {
+        const uint64_t start_ns = start * (1'000'000'000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK)));
+        const uint64_t offset = boot_minus_mono_ns();
+        const uint64_t start_mono = start_ns > offset ? start_ns - offset : 0;
+        for (const TaskRecord& t : s.tasks)
+          if (t.create_ns && t.create_ns + kStartSlackNs < start_mono) stale = true;
+      }
+      if (stale) {
+        reused.push_back(s.pid);
+        continue;
+      }
       auto m = marks.find(s.pid);
-      samples.push_back(sample_process(s, c->second, m == marks.end() ? nullptr : &m->second, now_ns, last_sample_ns));
+      samples.push_back(sample_process(s, read_comm(s.pid), m == marks.end() ? nullptr : &m->second, now_ns,
+                                       last_sample_ns));
       next_marks[s.pid] = LoopMark{s.counters.busy_ns, s.counters.loop_at_ns};
     }
     // Keep the old mark while the runtime sent no newer LOOP record.
@@ -319,9 +370,21 @@ int run_agent(const Options& o) {
     }
     marks = std::move(next_marks);
     last_sample_ns = now_ns;
+    agent->withdraw_requests();
+    dead.insert(dead.end(), reused.begin(), reused.end());
     if (Status st = agent->forget(dead); !st.ok())
       std::cerr << "asynctrace: warning: " << st.error().message << "\n";
-    for (uint32_t pid : dead) comms.erase(pid);
+    for (uint32_t pid : dead) {
+      if (std::find(reused.begin(), reused.end(), pid) == reused.end()) starts.erase(pid);
+      marks.erase(pid);
+    }
+    for (uint32_t pid : reused) {
+      if (o.verbose) std::cerr << "asynctrace: pid " << pid << " is a new process: entries of the old one removed\n";
+      const ProcInfo info = inspect_process(static_cast<pid_t>(pid));
+      if (info.kind != ProcKind::Probed) continue;
+      if (Status st = agent->request_replay(info); !st.ok() && o.verbose)
+        std::cerr << "asynctrace: " << st.error().message << "\n";
+    }
     if (now >= next_gc) {
       next_gc = now + std::chrono::seconds(10);
       for (const ProcessSample& p : samples) (void)agent->gc(p.pid);  // best effort: costs memory only

@@ -1013,6 +1013,7 @@ class AgentImpl final : public Agent {
   AgentImpl(asynctrace_bpf* skel, int lock_fd, bool reused) : skel_(skel), lock_fd_(lock_fd), reused_(reused) {}
   ~AgentImpl() override {
     // Links go (the probes detach); the pinned maps stay for the next agent.
+    for (const auto& r : requests_) link_fds_.push_back(r.first);
     std::reverse(link_fds_.begin(), link_fds_.end());
     close_links_concurrently(link_fds_);
     if (noop_fd_ >= 0) close(noop_fd_);
@@ -1085,6 +1086,31 @@ class AgentImpl final : public Agent {
 
   Status gc(uint32_t pid) override { return gc_stacks(pid, fds()); }
 
+  Status request_replay(const ProcInfo& proc) override {
+    if (proc.kind != ProcKind::Probed) return proc_error(proc);
+    const std::string& binary = proc.probe_lib_host.empty() ? proc.probe_lib : proc.probe_lib_host;
+    auto sites = usdt::read_sites(binary, "asynctrace");
+    if (!sites.ok()) return sites.error();
+    const int fd = usdt::request_replay(proc.pid, binary, proc.probe_lib, sites.value(), noop_fd_, true);
+    if (fd < 0)
+      return Error{kExitTracing, "failed to request a replay from process " + std::to_string(proc.pid) + ": " +
+                                     std::strerror(-fd)};
+    requests_.emplace_back(fd, std::chrono::steady_clock::now());
+    return ok_status();
+  }
+
+  void withdraw_requests() override {
+    // The runtime polls its semaphores every few ms: a second is plenty.
+    const auto old = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+    std::vector<int> done;
+    std::erase_if(requests_, [&](const auto& r) {
+      if (r.second > old) return false;
+      done.push_back(r.first);
+      return true;
+    });
+    close_links_concurrently(done);
+  }
+
  private:
   MapFds fds() const {
     return MapFds{bpf_map__fd(skel_->maps.tasks),  bpf_map__fd(skel_->maps.codes),
@@ -1099,6 +1125,7 @@ class AgentImpl final : public Agent {
   std::vector<int> link_fds_;
   std::unordered_map<std::string, int> spec_ids_;
   std::set<std::pair<uint64_t, uint64_t>> libs_;  // (st_dev, st_ino) attached
+  std::vector<std::pair<int, std::chrono::steady_clock::time_point>> requests_;  // replay request links
 };
 
 }  // namespace

@@ -113,6 +113,11 @@ class Agent {
   virtual Status gc(uint32_t pid) = 0;
   // True if the maps were pinned by an earlier agent and reused.
   virtual bool reused_pins() const = 0;
+  // Asks the runtime of `proc` for a full replay (a pid reused by a new
+  // process whose entries were just forgotten). The request is withdrawn at
+  // the next call to withdraw_requests() made a second or more later.
+  virtual Status request_replay(const ProcInfo& proc) = 0;
+  virtual void withdraw_requests() = 0;
 };
 
 // Takes the lock (refusing with kExitTracing if another agent holds it),

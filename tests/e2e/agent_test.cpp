@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <set>
@@ -69,9 +70,13 @@ struct Work {
 struct Agent {
   explicit Agent(const std::vector<std::string>& extra = {}) : app(argv(extra)) {}
   static std::vector<std::string> argv(const std::vector<std::string>& extra) {
-    std::vector<std::string> a = {tool(), "agent", "--listen", "127.0.0.1:0", "--scan-interval", "500ms",
-                                  "--library-prefix", e2e::binary_dir() + "/python"};
-    a.insert(a.end(), extra.begin(), extra.end());
+    std::vector<std::string> a = {tool()};
+    for (const std::string& e : extra)
+      if (e == "-v") a.push_back(e);  // global: before the command
+    a.insert(a.end(), {"agent", "--listen", "127.0.0.1:0", "--scan-interval", "500ms", "--library-prefix",
+                       e2e::binary_dir() + "/python"});
+    for (const std::string& e : extra)
+      if (e != "-v") a.push_back(e);
     return a;
   }
   // Waits for the "agent maps=... metrics=URL" line; returns it.
@@ -264,6 +269,53 @@ TEST_F(AgentE2E, ScanFindsOtherProbeLibraries) {
   before.app.wait_exit(10s, nullptr);
   after.app.wait_exit(10s, nullptr);
   fs::remove_all(copy);
+}
+
+// A pid that comes back as another process: the first one's tasks go, the
+// second one's are all there. (Had the agent never seen the first alive, the
+// second's start time, later than the first's tasks, tells too, unless both
+// fall in one 10 ms clock tick.) The pid is reused on purpose through
+// /proc/sys/kernel/ns_last_pid (a busy machine may take it first: retried).
+TEST_F(AgentE2E, ReusedPidGetsFreshState) {
+  Agent agent({"-v"});
+  ASSERT_NE(agent.started(), "") << agent.app.stderr_text();
+  std::unique_ptr<Work> first, second;
+  pid_t pid = 0;
+  for (int attempt = 0; attempt < 5 && !second; ++attempt) {
+    first = std::make_unique<Work>(0, 0, 3, 120);
+    ASSERT_TRUE(first->ready()) << first->app.stderr_text();
+    // Seen alive by the agent (in its metrics): it knows the first start time.
+    ASSERT_TRUE(e2e::poll_until(
+        [&] { return pinned_tasks_of(first->pid()) == 4 && tasks_in_state(agent.scrape(), first->pid(), "suspended") == 4; },
+        10s));
+    pid = first->app.pid();
+    first->app.signal(SIGKILL);
+    first->app.wait_exit(10s, nullptr);
+    {
+      std::ofstream last("/proc/sys/kernel/ns_last_pid");
+      last << pid - 1;
+    }
+    auto w = std::make_unique<Work>(0, 0, 1, 120);
+    if (w->app.pid() == pid) second = std::move(w);
+  }
+  ASSERT_TRUE(second) << "could not get pid " << pid << " again";
+  ASSERT_TRUE(second->ready()) << second->app.stderr_text();
+  std::string m;
+  EXPECT_TRUE(e2e::poll_until(
+      [&] {
+        m = agent.scrape();
+        return pinned_tasks_of(second->pid()) == 2 && tasks_in_state(m, second->pid(), "suspended") == 2;
+      },
+      15s))
+      << pinned_tasks_of(second->pid()) << "\n" << m << agent.app.stderr_text()
+      << e2e::run({"bpftool", "map", "dump", "pinned", std::string(kPins) + "/tasks"}).out.substr(0, 3000)
+      << "\nstat: " << e2e::read_file("/proc/" + second->pid() + "/stat");
+  auto r = e2e::run({tool(), "ps", "-p", second->pid()});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("idle-0"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("idle-2"), std::string::npos) << r.out;
+  agent.app.signal(SIGTERM);
+  EXPECT_EQ(agent.app.wait_exit(20s, nullptr), 0);
 }
 
 TEST_F(AgentE2E, SigtermSigkillRestartAndCleanup) {
