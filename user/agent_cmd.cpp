@@ -227,10 +227,10 @@ int run_agent(const Options& o) {
     std::cout << "removed " << agent_pin_dir() << " and " << agent_lock_path() << "\n";
     return kExitOk;
   }
-  auto started = start_agent(o.verbose);
-  if (!started.ok()) return fail(started.error());
-  std::unique_ptr<Agent> agent = std::move(started.value());
-  install_stop_handlers();
+  // Refusals first, so that a second agent or a busy port pins nothing.
+  if (Status st = check_privileges(); !st.ok()) return fail(st.error());
+  if (agent_running())
+    return fail(Error{kExitTracing, "failed to start the agent: another agent holds '" + agent_lock_path() + "'"});
 
   Published pub;
   pub.start_time = static_cast<double>(std::time(nullptr));
@@ -266,8 +266,12 @@ int run_agent(const Options& o) {
     if (port <= 0)
       return fail(Error{kExitUsage, "failed to listen on '" + o.listen_host + ":" + std::to_string(o.listen_port) +
                                         "': " + std::strerror(errno) + " (another exporter on that port? see --listen)"});
-    server = std::thread([&svr] { svr.listen_after_bind(); });
   }
+  auto started = start_agent(o.verbose);
+  if (!started.ok()) return fail(started.error());
+  std::unique_ptr<Agent> agent = std::move(started.value());
+  install_stop_handlers();
+  if (!o.no_listen) server = std::thread([&svr] { svr.listen_after_bind(); });
 
   // Prefixes compare with the absolute paths in /proc/PID/maps.
   std::vector<std::string> prefixes;
