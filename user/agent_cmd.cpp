@@ -3,6 +3,7 @@
 // once for every process (loader.cpp's Agent), forgets processes that exited,
 // and serves the maps as OpenMetrics (metrics.cpp) over cpp-httplib.
 #include <dirent.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -313,6 +314,15 @@ int run_agent(const Options& o) {
   std::unordered_map<uint32_t, LoopMark> marks;
   uint64_t last_sample_ns = mono_now_ns();
   std::unordered_map<uint32_t, uint64_t> starts;  // pid -> start time of the process we hold state of
+  // pid -> fd on /proc/PID/maps, opened on the program we hold state of: it
+  // reads nothing once exec() replaced that program (or the pid is reused).
+  std::unordered_map<uint32_t, int> images;
+  auto drop_image = [&images](uint32_t pid) {
+    auto it = images.find(pid);
+    if (it == images.end()) return;
+    close(it->second);
+    images.erase(it);
+  };
   int code = kExitOk;
   while (!g_stop) {
     const auto now = Clock::now();
@@ -358,7 +368,15 @@ int run_agent(const Options& o) {
         for (const TaskRecord& t : s.tasks)
           if (t.create_ns && t.create_ns + kStartSlackNs < start_mono) stale = true;
       }
+      auto img = images.find(s.pid);
+      if (img == images.end()) {
+        const int fd = open(("/proc/" + std::to_string(s.pid) + "/maps").c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) images.emplace(s.pid, fd);
+      } else if (char c; pread(img->second, &c, 1, 0) == 0 && process_alive(static_cast<pid_t>(s.pid))) {
+        stale = true;  // exec(), or another process with this pid
+      }
       if (stale) {
+        drop_image(s.pid);
         reused.push_back(s.pid);
         continue;
       }
@@ -379,11 +397,14 @@ int run_agent(const Options& o) {
     if (Status st = agent->forget(dead); !st.ok())
       std::cerr << "asynctrace: warning: " << st.error().message << "\n";
     for (uint32_t pid : dead) {
-      if (std::find(reused.begin(), reused.end(), pid) == reused.end()) starts.erase(pid);
+      if (std::find(reused.begin(), reused.end(), pid) == reused.end()) {
+        starts.erase(pid);
+        drop_image(pid);
+      }
       marks.erase(pid);
     }
     for (uint32_t pid : reused) {
-      if (o.verbose) std::cerr << "asynctrace: pid " << pid << " is a new process: entries of the old one removed\n";
+      if (o.verbose) std::cerr << "asynctrace: pid " << pid << " runs a new program: entries of the old one removed\n";
       const ProcInfo info = inspect_process(static_cast<pid_t>(pid));
       if (info.kind != ProcKind::Probed) continue;
       if (Status st = agent->request_replay(info); !st.ok() && o.verbose)
@@ -405,6 +426,7 @@ int run_agent(const Options& o) {
     svr.stop();
     server.join();
   }
+  for (const auto& [pid, fd] : images) close(fd);
   agent.reset();  // probes detach; the pinned maps stay
   return code;
 }

@@ -318,6 +318,34 @@ TEST_F(AgentE2E, ReusedPidGetsFreshState) {
   EXPECT_EQ(agent.app.wait_exit(20s, nullptr), 0);
 }
 
+// A process that exec()s a new asyncio program: the old program's tasks go,
+// the new one's come (its runtime is asked for a replay).
+TEST_F(AgentE2E, ExecReplacesTheProgramsState) {
+  Agent agent;
+  ASSERT_NE(agent.started(), "") << agent.app.stderr_text();
+  e2e::Program app({tool(), "run", "--", python(), e2e::source_dir() + "/tests/programs/execer.py"});
+  ASSERT_TRUE(app.wait_line("READY", 30s)) << app.stderr_text();
+  const std::string pid = std::to_string(app.pid());
+  ASSERT_TRUE(e2e::poll_until([&] { return tasks_in_state(agent.scrape(), pid, "suspended") == 4; }, 10s))
+      << agent.scrape();
+  app.signal(SIGUSR2);
+  ASSERT_TRUE(app.wait_line("AFTER READY", 30s)) << app.stderr_text();
+  std::string m;
+  EXPECT_TRUE(e2e::poll_until(
+      [&] {
+        m = agent.scrape();
+        return tasks_in_state(m, pid, "suspended") == 3 && pinned_tasks_of(pid) == 3;
+      },
+      15s))
+      << m << pinned_tasks_of(pid);
+  auto r = e2e::run({tool(), "ps", "-p", pid});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("after-1"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("before-"), std::string::npos) << r.out;
+  agent.app.signal(SIGTERM);
+  EXPECT_EQ(agent.app.wait_exit(20s, nullptr), 0);
+}
+
 TEST_F(AgentE2E, SigtermSigkillRestartAndCleanup) {
   Work work(0, 0, 2, 300);
   ASSERT_TRUE(work.ready()) << work.app.stderr_text();
