@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -25,6 +26,7 @@ EXAMPLES:
   sudo asynctrace top -p 1234               # live per-task busy/idle/steps
   sudo asynctrace slow -p 1234 -t 50ms      # steps that blocked the loop, with stacks
   sudo asynctrace record -p 1234 -d 30s -o app.svg -f svg   # task-aware flame graph
+  sudo asynctrace agent                     # every process, metrics on 127.0.0.1:9464
 )";
 
 void add_target_options(CLI::App* cmd, Options& o, std::string& fmt, std::string& timeout) {
@@ -141,6 +143,28 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   record->footer("EXAMPLES:\n  sudo asynctrace record -p 1234 -d 30s -o app.svg -f svg\n"
                  "  sudo asynctrace record -p 1234 -o app.speedscope.json -f speedscope --mode wall\n"
                  "  sudo asynctrace record -p 1234 -o - -f folded | flamegraph.pl > app.svg\n");
+  auto* agent = app.add_subcommand(
+      "agent", "Trace every process with asynctrace probes, keep their state pinned, serve OpenMetrics");
+  std::string listen = "127.0.0.1:9464", scan = "2s";
+  bool listen_any = false;
+  agent->add_option("--listen", listen,
+                    "Metrics endpoint HOST:PORT (default 127.0.0.1:9464; port 0: any free port; 'none': no endpoint)");
+  agent->add_flag("--listen-any", listen_any,
+                  "Allow a --listen address that is not loopback (the metrics name processes and coroutines)");
+  agent->add_option("--scan-interval", scan, "How often to look for new probe libraries and exited processes (default 2s)");
+  agent->add_option("--library-prefix", o.library_prefixes,
+                    "Attach only probe libraries whose path starts with this (repeatable; default: all)");
+  agent->add_option("--library", o.libraries,
+                    "Also attach this probe library at start, before any process maps it (repeatable; the "
+                    "runtimes installed beside asynctrace are attached by default)");
+  agent->add_flag("--cleanup", o.cleanup, "Remove the pinned maps a stopped or killed agent left, and exit");
+  agent->footer("While the agent runs, pstree/ps/top -p PID answer from its maps without attaching.\n"
+                "SIGTERM detaches the probes and keeps the pinned maps for the next agent.\n\nEXAMPLES:\n"
+                "  sudo asynctrace agent\n"
+                "  sudo asynctrace agent --listen 127.0.0.1:9500\n"
+                "  sudo asynctrace agent --listen 0.0.0.0:9464 --listen-any\n"
+                "  curl -s http://127.0.0.1:9464/metrics | grep asynctrace_tasks\n"
+                "  sudo asynctrace agent --cleanup          # after a crash: remove the pins\n");
   for (auto* c : {pstree, ps}) c->fallthrough();
 
   std::vector<const char*> argv;
@@ -172,6 +196,7 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   else if (top->parsed()) o.command = Command::Top;
   else if (slow->parsed()) o.command = Command::Slow;
   else if (record->parsed()) o.command = Command::Record;
+  else if (agent->parsed()) o.command = Command::Agent;
   else {
     r.out = app.help();
     r.exit_code = kExitUsage;
@@ -223,8 +248,70 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
       return r;
     }
   }
+  if (o.command == Command::Agent) {
+    auto ds = parse_duration(scan);
+    if (!ds || ds->count() < 100) return bad_duration("--scan-interval", scan, "1s or 5s (100ms at least)");
+    o.scan = *ds;
+    if (listen == "none") {
+      o.no_listen = true;
+    } else {
+      auto addr = parse_listen(listen);
+      if (!addr) {
+        r.exit_code = kExitUsage;
+        r.err = "asynctrace: error: --listen: invalid address '" + listen + "' (HOST:PORT, e.g. 127.0.0.1:9464)";
+        return r;
+      }
+      if (!addr->loopback && !listen_any) {
+        r.exit_code = kExitUsage;
+        r.err = "asynctrace: error: --listen: '" + listen +
+                "' is not a loopback address; the metrics name processes and coroutines: add --listen-any to "
+                "serve them beyond this host";
+        return r;
+      }
+      o.listen_host = addr->host;
+      o.listen_port = addr->port;
+    }
+  }
   r.options = o;
   return r;
+}
+
+std::optional<ListenAddress> parse_listen(const std::string& text) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon + 1 >= text.size() || text.size() > 300) return std::nullopt;
+  ListenAddress a;
+  std::string host = text.substr(0, colon);
+  const std::string port = text.substr(colon + 1);
+  if (port.size() > 5 || !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return std::nullopt;
+  const long p = std::stol(port);
+  if (p > 65535) return std::nullopt;
+  a.port = static_cast<uint16_t>(p);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+    if (host.empty() || host.find_first_not_of("0123456789abcdefABCDEF:.") != std::string::npos) return std::nullopt;
+    a.loopback = host == "::1";
+  } else if (host == "localhost") {
+    a.loopback = true;
+  } else {
+    int parts = 0, first = -1;
+    size_t i = 0;
+    while (i <= host.size()) {
+      size_t j = host.find('.', i);
+      if (j == std::string::npos) j = host.size();
+      const std::string oct = host.substr(i, j - i);
+      if (oct.empty() || oct.size() > 3 ||
+          !std::all_of(oct.begin(), oct.end(), [](char c) { return c >= '0' && c <= '9'; }) || std::stoi(oct) > 255)
+        return std::nullopt;
+      if (parts == 0) first = std::stoi(oct);
+      ++parts;
+      i = j + 1;
+    }
+    if (parts != 4) return std::nullopt;
+    a.loopback = first == 127;
+  }
+  a.host = host;
+  return a;
 }
 
 }  // namespace asynctrace

@@ -13,7 +13,7 @@
 
 namespace asynctrace {
 
-enum class Command { Pstree, Ps, Stats, Attach, Run, Top, Slow, Record, Version };
+enum class Command { Pstree, Ps, Stats, Attach, Run, Top, Slow, Record, Agent, Version };
 enum class Format { Text, Json };
 
 struct Options {
@@ -40,7 +40,24 @@ struct Options {
   std::string mode = "cpu";                // cpu or wall
   bool long_format = false;                // ps --long: timing columns and warnings
   bool timing = false;                     // attach --timing: hold timing__on too
+  // agent
+  std::string listen_host = "127.0.0.1";   // --listen HOST:PORT (metrics endpoint)
+  uint16_t listen_port = 9464;             // 0: any free port (printed)
+  bool no_listen = false;                  // --listen none: no endpoint
+  bool cleanup = false;                    // --cleanup: remove the agent's pins and exit
+  std::chrono::milliseconds scan{2000};    // how often to look for new probe libraries
+  std::vector<std::string> library_prefixes;  // attach only libraries under these paths
+  std::vector<std::string> libraries;      // probe libraries to attach at start (before any process maps them)
 };
+
+// "127.0.0.1:9464", "[::1]:9464", "localhost:0" -> host and port; `loopback`
+// says whether the host is a loopback address. nullopt on garbage.
+struct ListenAddress {
+  std::string host;
+  uint16_t port = 0;
+  bool loopback = false;
+};
+std::optional<ListenAddress> parse_listen(const std::string& text);
 
 struct ParseResult {
   std::optional<Options> options;  // set when a command should run

@@ -57,4 +57,7 @@ int run_slow(const Options& o);
 int run_record(const Options& o);
 int run_ps_long(const Options& o);
 
+// The agent (agent_cmd.cpp).
+int run_agent(const Options& o);
+
 }  // namespace asynctrace

@@ -405,6 +405,8 @@ int run_command(const Options& o) {
       return run_slow(o);
     case Command::Record:
       return run_record(o);
+    case Command::Agent:
+      return run_agent(o);
   }
   return kExitInternal;
 }

@@ -24,6 +24,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
+#include <set>
 #include <mutex>
 #include <string_view>
 #include <system_error>
@@ -382,6 +384,65 @@ void close_links_concurrently(const std::vector<int>& fds) {
   for (std::thread& t : threads) t.join();
 }
 
+// Attaches the programs of `path` to every site of `binary` (pid 0: every
+// process mapping it, now and later), one link per probe in kAttachOrder.
+// Spec ids are shared through `spec_ids` (argument string -> id), so several
+// binaries can use one object's __bpf_usdt_specs map.
+Status attach_sites_multi(asynctrace_bpf* skel, EventPath path, const std::string& binary,
+                          const std::vector<usdt::Site>& sites, pid_t pid,
+                          std::unordered_map<std::string, int>& spec_ids, std::vector<int>& link_fds) {
+  bpf_map* specs = bpf_object__find_map_by_name(skel->obj, "__bpf_usdt_specs");
+  if (!specs || bpf_map__value_size(specs) != sizeof(usdt::Spec))
+    return Error{kExitInternal,
+                 "failed to find BPF map '__bpf_usdt_specs': missing or not the layout of "
+                 "libbpf 1.1's usdt.bpf.h"};
+  const int specs_fd = bpf_map__fd(specs);
+
+  struct ProbeSites {
+    std::vector<unsigned long> offsets, sema_offsets;
+    std::vector<uint64_t> cookies;
+  };
+  std::array<ProbeSites, kAttachOrder.size()> per_slot;
+  for (size_t i = 0; i < kAttachOrder.size(); ++i) {
+    const ProbeSlot& slot = kAttachOrder[i];
+    if (!(slot.paths & path)) continue;
+    for (const usdt::Site& site : sites) {
+      if (site.name != slot.probe) continue;
+      auto [it, fresh] = spec_ids.try_emplace(site.args, static_cast<int>(spec_ids.size()));
+      if (fresh) {
+        auto spec = usdt::parse_args(site.args);
+        if (!spec.ok()) {
+          spec_ids.erase(it);
+          return attach_error(EINVAL, slot.probe, binary, pid, spec.error().message);
+        }
+        if (static_cast<uint32_t>(it->second) >= bpf_map__max_entries(specs))
+          return attach_error(E2BIG, slot.probe, binary, pid, "more distinct USDT argument specs than "
+                                                              "BPF map '__bpf_usdt_specs' holds");
+        const __u32 key = static_cast<__u32>(it->second);
+        if (bpf_map_update_elem(specs_fd, &key, &spec.value(), BPF_ANY) != 0)
+          return Error{kExitTracing, "failed to update BPF map '__bpf_usdt_specs': " + reason(errno)};
+      }
+      per_slot[i].offsets.push_back(site.offset);
+      per_slot[i].sema_offsets.push_back(site.sema_offset);
+      per_slot[i].cookies.push_back(static_cast<uint64_t>(it->second));
+    }
+    if (per_slot[i].offsets.empty() && slot.required)
+      return attach_error(ENOENT, slot.probe, binary, pid, "no such USDT probe in the binary");
+  }
+
+  for (size_t i = 0; i < kAttachOrder.size(); ++i) {
+    const ProbeSites& ps = per_slot[i];
+    if (ps.offsets.empty()) continue;  // the runtime has no such site
+    const int fd = usdt::create_uprobe_multi_link(bpf_program__fd(kAttachOrder[i].prog(skel)), binary,
+                                                  pid, ps.offsets, ps.sema_offsets, ps.cookies);
+    if (fd < 0)
+      return attach_error(-fd, kAttachOrder[i].probe, binary, pid,
+                          std::string("uprobe_multi link: ") + std::strerror(-fd));
+    link_fds.push_back(fd);
+  }
+  return ok_status();
+}
+
 class BpfTracer final : public Tracer {
  public:
   BpfTracer(pid_t pid, asynctrace_bpf* skel, AttachMode mode, EventPath path, std::string mapped_path)
@@ -505,54 +566,9 @@ Status BpfTracer::attach_per_site(const std::string& binary) {
 // link, so nothing is attached half-way for those.
 Status BpfTracer::attach_multi(const std::string& binary, const Sites& sites) {
   if (!sites.ok()) return sites.error();
-
-  bpf_map* specs = bpf_object__find_map_by_name(skel_->obj, "__bpf_usdt_specs");
-  if (!specs || bpf_map__value_size(specs) != sizeof(usdt::Spec))
-    return Error{kExitInternal,
-                 "failed to find BPF map '__bpf_usdt_specs': missing or not the layout of "
-                 "libbpf 1.1's usdt.bpf.h"};
-  const int specs_fd = bpf_map__fd(specs);
-  std::unordered_map<std::string, int> spec_ids;  // argument string -> spec id
-
-  struct ProbeSites {
-    std::vector<unsigned long> offsets, sema_offsets;
-    std::vector<uint64_t> cookies;
-  };
-  std::array<ProbeSites, kAttachOrder.size()> per_slot;
-  for (size_t i = 0; i < kAttachOrder.size(); ++i) {
-    const ProbeSlot& slot = kAttachOrder[i];
-    if (!(slot.paths & path_)) continue;
-    for (const usdt::Site& site : sites.value()) {
-      if (site.name != slot.probe) continue;
-      auto [it, fresh] = spec_ids.try_emplace(site.args, static_cast<int>(spec_ids.size()));
-      if (fresh) {
-        auto spec = usdt::parse_args(site.args);
-        if (!spec.ok()) return attach_error(EINVAL, slot.probe, binary, pid_, spec.error().message);
-        if (static_cast<uint32_t>(it->second) >= bpf_map__max_entries(specs))
-          return attach_error(E2BIG, slot.probe, binary, pid_, "more distinct USDT argument specs than "
-                                                               "BPF map '__bpf_usdt_specs' holds");
-        const __u32 key = static_cast<__u32>(it->second);
-        if (bpf_map_update_elem(specs_fd, &key, &spec.value(), BPF_ANY) != 0)
-          return Error{kExitTracing, "failed to update BPF map '__bpf_usdt_specs': " + reason(errno)};
-      }
-      per_slot[i].offsets.push_back(site.offset);
-      per_slot[i].sema_offsets.push_back(site.sema_offset);
-      per_slot[i].cookies.push_back(static_cast<uint64_t>(it->second));
-    }
-    if (per_slot[i].offsets.empty() && slot.required)
-      return attach_error(ENOENT, slot.probe, binary, pid_, "no such USDT probe in the binary");
-  }
-
-  for (size_t i = 0; i < kAttachOrder.size(); ++i) {
-    const ProbeSites& ps = per_slot[i];
-    if (ps.offsets.empty()) continue;  // the runtime has no such site
-    const int fd = usdt::create_uprobe_multi_link(bpf_program__fd(kAttachOrder[i].prog(skel_)), binary,
-                                                  pid_, ps.offsets, ps.sema_offsets, ps.cookies);
-    if (fd < 0)
-      return attach_error(-fd, kAttachOrder[i].probe, binary, pid_,
-                          std::string("uprobe_multi link: ") + std::strerror(-fd));
-    link_fds_.push_back(fd);
-  }
+  std::unordered_map<std::string, int> spec_ids;
+  if (Status st = attach_sites_multi(skel_, path_, binary, sites.value(), pid_, spec_ids, link_fds_); !st.ok())
+    return st;
   // replay__end rising starts the replay, unless another tracer already
   // holds it (its semaphore counts processes, not tracers): a request probe
   // covers that case. Both rising at once still make one replay.
@@ -743,15 +759,14 @@ class PinnedTracer final : public Tracer {
 
 }  // namespace
 
-Result<std::unique_ptr<Tracer>> open_pinned(pid_t pid, const ProcInfo* proc, bool verbose) {
-  if (!pin_holder_alive(pid)) {
-    remove_stale(pid);
-    return std::unique_ptr<Tracer>{};
-  }
+namespace {
+
+// The pinned maps of `dir`, in kPinnedMaps order.
+Result<std::array<int, kNumPinned>> open_pinned_fds(const std::string& dir) {
   std::array<int, kNumPinned> fds;
   fds.fill(-1);
   for (size_t i = 0; i < kNumPinned; ++i) {
-    const std::string path = pin_dir(pid) + "/" + kPinnedMaps[i];
+    const std::string path = dir + "/" + kPinnedMaps[i];
     fds[i] = bpf_obj_get(path.c_str());
     if (fds[i] < 0) {
       const int err = errno;
@@ -759,6 +774,33 @@ Result<std::unique_ptr<Tracer>> open_pinned(pid_t pid, const ProcInfo* proc, boo
       return Error{err == EPERM || err == EACCES ? kExitPrivilege : kExitTracing,
                    "failed to open pinned BPF map '" + path + "': " + std::strerror(err)};
     }
+  }
+  return fds;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Tracer>> open_pinned(pid_t pid, const ProcInfo* proc, bool verbose) {
+  std::array<int, kNumPinned> fds;
+  if (!pin_holder_alive(pid)) {
+    remove_stale(pid);
+    // The agent's maps, if it knows this process (it has a procs entry once
+    // the process's probes fired, at the latest at its replay).
+    if (!agent_running()) return std::unique_ptr<Tracer>{};
+    auto agent_fds = open_pinned_fds(agent_pin_dir());
+    if (!agent_fds.ok()) return agent_fds.error();
+    fds = agent_fds.value();
+    at_proc p{};
+    const __u32 key = static_cast<__u32>(pid);
+    if (bpf_map_lookup_elem(fds[2], &key, &p) != 0 || !agent_running()) {
+      for (int fd : fds) close(fd);
+      return std::unique_ptr<Tracer>{};
+    }
+    if (verbose) std::fprintf(stderr, "asynctrace: reading the agent's maps in '%s'\n", agent_pin_dir().c_str());
+  } else {
+    auto pid_fds = open_pinned_fds(pin_dir(pid));
+    if (!pid_fds.ok()) return pid_fds.error();
+    fds = pid_fds.value();
   }
   auto tracer = std::make_unique<PinnedTracer>(pid, fds);
   if (proc && proc->kind == ProcKind::Probed) {
@@ -905,6 +947,286 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
     tracer->keep_modes(std::move(modes.value()));
   }
   return std::unique_ptr<Tracer>(std::move(tracer));
+}
+
+// ---- the agent -------------------------------------------------------------
+
+std::string agent_pin_dir() { return "/sys/fs/bpf/asynctrace/agent"; }
+std::string agent_lock_path() { return "/run/asynctrace/agent.lock"; }
+
+bool agent_running() {
+  const int lock = open(agent_lock_path().c_str(), O_RDONLY | O_CLOEXEC);
+  if (lock < 0) return false;
+  const bool held = flock(lock, LOCK_SH | LOCK_NB) != 0;
+  close(lock);
+  return held;
+}
+
+namespace {
+
+// Every process's snapshot from one pass over the maps, stacks and per-task
+// timing left out.
+Result<std::vector<Snapshot>> read_all(const MapFds& m) {
+  std::map<uint32_t, SnapshotDecoder> decs;
+  auto dec = [&decs](uint32_t pid) -> SnapshotDecoder& { return decs.try_emplace(pid, pid).first->second; };
+  Status st = for_each_entry<__u32, at_proc>(m.procs, "procs",
+                                             [&](const __u32& pid, const at_proc& p) { dec(pid).set_proc(p); });
+  if (!st.ok()) return st.error();
+  bool may_repeat = false;
+  st = for_each_entry<at_task_key, at_task>(
+      m.tasks, "tasks",
+      [&](const at_task_key& k, const at_task& t) {
+        SnapshotDecoder& d = dec(k.pid);
+        if (may_repeat) d.allow_repeats();
+        d.add_task(k, t);
+      },
+      &may_repeat);
+  if (!st.ok()) return st.error();
+  st = for_each_entry<at_code_key, at_code>(m.codes, "codes",
+                                            [&](const at_code_key& k, const at_code& c) { dec(k.pid).add_code(k, c); });
+  if (!st.ok()) return st.error();
+  st = for_each_entry<at_code_key, at_timing>(
+      m.code_timing, "code_timing", [&](const at_code_key& k, const at_timing& t) { dec(k.pid).add_code_timing(k, t); });
+  if (!st.ok()) return st.error();
+  std::vector<Snapshot> out;
+  out.reserve(decs.size());
+  for (auto& [pid, d] : decs) out.push_back(std::move(d).finish());
+  return out;
+}
+
+// Deletes the entries of a map whose key's pid is in `pids` (all if null).
+template <class K, class V>
+Status delete_pids(int fd, const char* name, const std::unordered_set<uint32_t>* pids) {
+  std::vector<K> dead;
+  Status st = for_each_entry<K, V>(fd, name, [&](const K& k, const V&) {
+    uint32_t pid;
+    std::memcpy(&pid, &k, sizeof pid);  // every key starts with the pid
+    if (!pids || pids->count(pid)) dead.push_back(k);
+  });
+  if (!st.ok()) return st;
+  for (const K& k : dead) bpf_map_delete_elem(fd, &k);
+  return ok_status();
+}
+
+class AgentImpl final : public Agent {
+ public:
+  AgentImpl(asynctrace_bpf* skel, int lock_fd, bool reused) : skel_(skel), lock_fd_(lock_fd), reused_(reused) {}
+  ~AgentImpl() override {
+    // Links go (the probes detach); the pinned maps stay for the next agent.
+    for (const auto& r : requests_) link_fds_.push_back(r.first);
+    std::reverse(link_fds_.begin(), link_fds_.end());
+    close_links_concurrently(link_fds_);
+    if (noop_fd_ >= 0) close(noop_fd_);
+    asynctrace_bpf__destroy(skel_);
+    unlink(agent_lock_path().c_str());
+    close(lock_fd_);
+  }
+
+  Status init() {
+    noop_fd_ = usdt::load_noop_program();
+    if (noop_fd_ < 0) return Error{kExitTracing, "failed to load the no-op BPF program: " + reason(errno)};
+    if (reused_) {
+      // Tasks that ended while no agent ran would stay forever: the live
+      // tasks come back whole with the replay every process makes when the
+      // new links raise its replay__end semaphore. Codes, coroutine timing
+      // and counters are kept.
+      const MapFds m = fds();
+      if (Status st = delete_pids<at_task_key, at_task>(m.tasks, "tasks", nullptr); !st.ok()) return st;
+      if (Status st = delete_pids<at_task_key, at_timing>(m.timing, "timing", nullptr); !st.ok()) return st;
+      if (Status st = delete_pids<at_stack_key, at_stack>(m.stacks, "stacks", nullptr); !st.ok()) return st;
+    }
+    return ok_status();
+  }
+
+  Status attach_library(const std::string& path) override {
+    struct stat st {};
+    if (stat(path.c_str(), &st) != 0)
+      return Error{kExitTracing, "failed to stat probe library '" + path + "': " + std::strerror(errno)};
+    const auto id = std::make_pair(static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino));
+    if (libs_.count(id)) return ok_status();
+    auto sites = usdt::read_sites(path, "asynctrace");
+    if (!sites.ok()) return sites.error();
+    // Marked first: a library that fails half-way is not retried every scan.
+    libs_.insert(id);
+    const EventPath ep = choose_event_path(sites);
+    if (Status s = attach_sites_multi(skel_, ep, path, sites.value(), 0, spec_ids_, link_fds_); !s.ok()) return s;
+    for (const usdt::Site& site : sites.value()) {
+      if (site.name != "timing__on" || !site.sema_offset) continue;
+      const int fd = usdt::create_uprobe_multi_link(noop_fd_, path, 0, {site.offset}, {site.sema_offset}, {0});
+      if (fd < 0)
+        return attach_error(-fd, "timing__on", path, 0, std::string("uprobe_multi link: ") + std::strerror(-fd));
+      link_fds_.push_back(fd);
+      break;
+    }
+    return ok_status();
+  }
+
+  size_t libraries() const override { return libs_.size(); }
+  bool reused_pins() const override { return reused_; }
+
+  Result<std::vector<Snapshot>> snapshots() const override { return read_all(fds()); }
+
+  Status forget(const std::vector<uint32_t>& pids) override {
+    if (pids.empty()) return ok_status();
+    const std::unordered_set<uint32_t> set(pids.begin(), pids.end());
+    const MapFds m = fds();
+    Status st = delete_pids<at_task_key, at_task>(m.tasks, "tasks", &set);
+    if (st.ok()) st = delete_pids<at_task_key, at_timing>(m.timing, "timing", &set);
+    if (st.ok()) st = delete_pids<at_code_key, at_code>(m.codes, "codes", &set);
+    if (st.ok()) st = delete_pids<at_code_key, at_timing>(m.code_timing, "code_timing", &set);
+    if (st.ok()) st = delete_pids<at_stack_key, at_stack>(m.stacks, "stacks", &set);
+    if (!st.ok()) return st;
+    // procs last: a reader that finds no procs entry does not use our maps.
+    for (uint32_t pid : pids) {
+      const __u32 key = pid;
+      bpf_map_delete_elem(m.procs, &key);
+    }
+    return ok_status();
+  }
+
+  Status gc(uint32_t pid) override { return gc_stacks(pid, fds()); }
+
+  Status request_replay(const ProcInfo& proc) override {
+    if (proc.kind != ProcKind::Probed) return proc_error(proc);
+    const std::string& binary = proc.probe_lib_host.empty() ? proc.probe_lib : proc.probe_lib_host;
+    auto sites = usdt::read_sites(binary, "asynctrace");
+    if (!sites.ok()) return sites.error();
+    const int fd = usdt::request_replay(proc.pid, binary, proc.probe_lib, sites.value(), noop_fd_, true);
+    if (fd < 0)
+      return Error{kExitTracing, "failed to request a replay from process " + std::to_string(proc.pid) + ": " +
+                                     std::strerror(-fd)};
+    requests_.emplace_back(fd, std::chrono::steady_clock::now());
+    return ok_status();
+  }
+
+  void withdraw_requests() override {
+    // The runtime polls its semaphores every few ms: a second is plenty.
+    const auto old = std::chrono::steady_clock::now() - std::chrono::seconds(1);
+    std::vector<int> done;
+    std::erase_if(requests_, [&](const auto& r) {
+      if (r.second > old) return false;
+      done.push_back(r.first);
+      return true;
+    });
+    close_links_concurrently(done);
+  }
+
+ private:
+  MapFds fds() const {
+    return MapFds{bpf_map__fd(skel_->maps.tasks),  bpf_map__fd(skel_->maps.codes),
+                  bpf_map__fd(skel_->maps.procs),  bpf_map__fd(skel_->maps.stacks),
+                  bpf_map__fd(skel_->maps.timing), bpf_map__fd(skel_->maps.code_timing)};
+  }
+
+  asynctrace_bpf* skel_;
+  int lock_fd_;
+  bool reused_;
+  int noop_fd_ = -1;
+  std::vector<int> link_fds_;
+  std::unordered_map<std::string, int> spec_ids_;
+  std::set<std::pair<uint64_t, uint64_t>> libs_;  // (st_dev, st_ino) attached
+  std::vector<std::pair<int, std::chrono::steady_clock::time_point>> requests_;  // replay request links
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Agent>> start_agent(bool verbose) {
+  if (Status st = check_privileges(); !st.ok()) return st.error();
+  {
+    std::lock_guard lock(g_log_mu);
+    g_verbose = verbose;
+    g_last_libbpf_warning.clear();
+  }
+  libbpf_set_print(libbpf_log);
+  if (std::string why; !usdt::uprobe_multi_supported(&why))
+    return Error{kExitTracing, "failed to start the agent: " + why +
+                                   " (the agent attaches by library, for every process, with uprobe_multi links)"};
+  if (Status st = make_private_dir("/run/asynctrace"); !st.ok()) return st.error();
+  const std::string lock_path = agent_lock_path();
+  const int lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd < 0)
+    return Error{kExitTracing, "failed to open lock '" + lock_path + "': " + std::strerror(errno)};
+  if (Status st = make_private(lock_path, false); !st.ok()) {
+    close(lock_fd);
+    return st.error();
+  }
+  if (flock(lock_fd, LOCK_EX | LOCK_NB) != 0) {
+    close(lock_fd);
+    return Error{kExitTracing, "failed to start the agent: another agent holds '" + lock_path + "'"};
+  }
+  auto fail_unlocked = [&](Error e) {
+    close(lock_fd);
+    return e;
+  };
+  if (Status st = ensure_bpffs(); !st.ok()) return fail_unlocked(st.error());
+  if (Status st = make_private_dir("/sys/fs/bpf/asynctrace"); !st.ok()) return fail_unlocked(st.error());
+  const std::string dir = agent_pin_dir();
+  if (Status st = make_private_dir(dir); !st.ok()) return fail_unlocked(st.error());
+  struct stat pst {};
+  const bool reused = stat((dir + "/tasks").c_str(), &pst) == 0;
+
+  const char* btf_env = std::getenv("ASYNCTRACE_BTF_PATH");
+  const std::string btf_path = btf_env && *btf_env ? btf_env : "";
+  LIBBPF_OPTS(bpf_object_open_opts, open_opts);
+  open_opts.btf_custom_path = btf_path.empty() ? nullptr : btf_path.c_str();
+  asynctrace_bpf* skel = asynctrace_bpf__open_opts(&open_opts);
+  if (!skel) return fail_unlocked(Error{kExitTracing, "failed to open BPF object 'asynctrace': " + reason(errno)});
+  auto destroy = [&](Error e) {
+    asynctrace_bpf__destroy(skel);
+    return fail_unlocked(std::move(e));
+  };
+  skel->rodata->target_tgid = 0;       // every process the uprobes fire in
+  skel->rodata->require_begin = true;  // our runtimes have replay__begin
+  skel->rodata->forward_events = false;
+  if (bpf_map__set_max_entries(skel->maps.events, static_cast<__u32>(getpagesize())) != 0)
+    return destroy(Error{kExitTracing, "failed to size BPF map 'events': " + reason(errno)});
+  bpf_map* maps[] = {skel->maps.tasks,  skel->maps.codes,  skel->maps.procs,
+                     skel->maps.stacks, skel->maps.timing, skel->maps.code_timing};
+  static_assert(std::size(maps) == kNumPinned);
+  // libbpf reuses a compatible map pinned at the path, or creates and pins it.
+  for (size_t i = 0; i < kNumPinned; ++i) {
+    const std::string path = dir + "/" + kPinnedMaps[i];
+    if (bpf_map__set_pin_path(maps[i], path.c_str()) != 0)
+      return destroy(Error{kExitTracing, "failed to set pin path of BPF map '" + path + "': " + reason(errno)});
+  }
+  for (const ProbeSlot& slot : kAttachOrder) {
+    if (int err = bpf_program__set_expected_attach_type(slot.prog(skel),
+                                                        static_cast<bpf_attach_type>(usdt::kAttachUprobeMulti));
+        err)
+      return destroy(Error{kExitInternal, std::string("failed to set attach type of BPF program '") +
+                                              bpf_program__name(slot.prog(skel)) + "': " + reason(err)});
+  }
+  if (int err = asynctrace_bpf__load(skel); err) {
+    std::string msg = "failed to load BPF object 'asynctrace': " + reason(err);
+    if (reused) msg += "; the pinned maps in '" + dir + "' may be of another version: 'asynctrace agent --cleanup' removes them";
+    else if (!verbose) msg += "; rerun with --verbose for the verifier log";
+    return destroy(Error{(err == -EPERM || err == -EACCES) ? kExitPrivilege : kExitTracing, msg});
+  }
+  for (const char* m : kPinnedMaps)
+    if (Status st = make_private(dir + "/" + m, false); !st.ok()) return destroy(st.error());
+  auto agent = std::make_unique<AgentImpl>(skel, lock_fd, reused);
+  if (Status st = agent->init(); !st.ok()) return st.error();
+  if (verbose)
+    std::fprintf(stderr, "asynctrace: agent maps %s '%s'\n", reused ? "reused from" : "pinned in", dir.c_str());
+  return std::unique_ptr<Agent>(std::move(agent));
+}
+
+Status cleanup_agent() {
+  if (Status st = check_privileges(); !st.ok()) return st;
+  if (agent_running())
+    return Error{kExitTracing, "failed to clean up the agent's pins: an agent is running (stop it first: "
+                               "systemctl stop asynctrace-agent, or kill -TERM its pid)"};
+  const std::string dir = agent_pin_dir();
+  for (const char* m : kPinnedMaps) {
+    const std::string path = dir + "/" + m;
+    if (unlink(path.c_str()) != 0 && errno != ENOENT)
+      return Error{kExitTracing, "failed to remove pin '" + path + "': " + std::strerror(errno)};
+  }
+  if (rmdir(dir.c_str()) != 0 && errno != ENOENT)
+    return Error{kExitTracing, "failed to remove directory '" + dir + "': " + std::strerror(errno)};
+  if (unlink(agent_lock_path().c_str()) != 0 && errno != ENOENT)
+    return Error{kExitTracing, "failed to remove lock '" + agent_lock_path() + "': " + std::strerror(errno)};
+  return ok_status();
 }
 
 }  // namespace asynctrace

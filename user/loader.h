@@ -75,13 +75,57 @@ bool pin_holder_alive(pid_t pid);
 // those maps (nothing loaded). With `proc`, it also asks the runtime for a
 // replay (fresh stacks), which wait_replay() waits for; a timeout there is a
 // warning: the held maps are still a valid, if stackless, view. Null when
-// nobody holds the maps; stale pins of a killed holder are removed.
+// nobody holds the maps; stale pins of a killed holder are removed. Without
+// a per-process holder, a running agent's maps serve (filtered to `pid`), if
+// the agent knows the process.
 Result<std::unique_ptr<Tracer>> open_pinned(pid_t pid, const ProcInfo* proc, bool verbose = false);
 
 // Removes every pin whose `asynctrace attach` is gone (killed with SIGKILL):
 // run at the start of each tracing command, so a killed holder leaves nothing
 // in the kernel beyond the next asynctrace invocation.
 void sweep_stale_pins();
+
+// ---- the agent (asynctrace agent, docs/agent.md) ------------------------------
+// One BPF object for the whole host: its programs attached to every process
+// that maps an asynctrace probe library (by library file, not by pid), its
+// maps pinned under agent_pin_dir(), held by a flock on agent_lock_path().
+// The pins outlive the agent (a restarted one reuses them); the links do not.
+std::string agent_pin_dir();    // /sys/fs/bpf/asynctrace/agent
+std::string agent_lock_path();  // /run/asynctrace/agent.lock
+
+// True while an agent runs (its lock is held).
+bool agent_running();
+
+class Agent {
+ public:
+  virtual ~Agent() = default;
+  // Attaches the probes of one library file for every process mapping it,
+  // now and later (existing processes replay their live tasks at once). A
+  // file already attached (same device and inode) is skipped.
+  virtual Status attach_library(const std::string& path) = 0;
+  virtual size_t libraries() const = 0;
+  // One pass over the maps: every process's snapshot. Stacks and per-task
+  // timing are left out (the metrics need neither).
+  virtual Result<std::vector<Snapshot>> snapshots() const = 0;
+  // Removes every map entry of these pids (processes that exited).
+  virtual Status forget(const std::vector<uint32_t>& pids) = 0;
+  // Frees interned stacks no task refers to any more.
+  virtual Status gc(uint32_t pid) = 0;
+  // True if the maps were pinned by an earlier agent and reused.
+  virtual bool reused_pins() const = 0;
+  // Asks the runtime of `proc` for a full replay (a pid reused by a new
+  // process whose entries were just forgotten). The request is withdrawn at
+  // the next call to withdraw_requests() made a second or more later.
+  virtual Status request_replay(const ProcInfo& proc) = 0;
+  virtual void withdraw_requests() = 0;
+};
+
+// Takes the lock (refusing with kExitTracing if another agent holds it),
+// loads the object reusing pinned maps if present, pins them, holds timing.
+Result<std::unique_ptr<Agent>> start_agent(bool verbose);
+
+// Removes the agent's pins and lock file; kExitTracing if an agent runs.
+Status cleanup_agent();
 
 // Open, configure, load, attach: probes attached in the order the ABI requires
 // (replay__end last). Errors carry exit codes kExitPrivilege / kExitTracing / ...

@@ -69,9 +69,13 @@ Result<TimingSource> open_timing(const Options& o, const TraceModes& modes) {
     auto pinned = open_pinned(o.pid, &info, o.verbose);
     if (!pinned.ok()) return pinned.error();
     if (pinned.value()) {
-      auto hold = hold_modes(info, true, modes.steps);
-      if (!hold.ok()) return hold.error();
-      src.hold = std::move(hold.value());
+      // The agent holds timing__on for every process already.
+      const bool agent_maps = !pin_holder_alive(o.pid) && agent_running();
+      if (!agent_maps || modes.steps) {
+        auto hold = hold_modes(info, true, modes.steps);
+        if (!hold.ok()) return hold.error();
+        src.hold = std::move(hold.value());
+      }
       if (auto st = pinned.value()->wait_replay(o.timeout); !st.ok() && st.error().code != kExitReplayTimeout)
         return st.error();
       src.tracer = std::move(pinned.value());

@@ -146,3 +146,64 @@ TEST(Cli, TimingCommands) {
     EXPECT_NE(h.out.find("EXAMPLES:"), std::string::npos) << cmd;
   }
 }
+
+namespace asynctrace {
+namespace {
+
+TEST(CliAgent, DefaultsAndFlags) {
+  auto r = parse_cli({"asynctrace", "agent"});
+  ASSERT_TRUE(r.options) << r.err;
+  EXPECT_EQ(r.options->command, Command::Agent);
+  EXPECT_EQ(r.options->listen_host, "127.0.0.1");
+  EXPECT_EQ(r.options->listen_port, 9464);
+  EXPECT_EQ(r.options->scan, std::chrono::milliseconds(2000));
+  auto c = parse_cli({"asynctrace", "agent", "--cleanup"});
+  ASSERT_TRUE(c.options);
+  EXPECT_TRUE(c.options->cleanup);
+  auto l = parse_cli({"asynctrace", "agent", "--listen", "[::1]:0", "--library-prefix", "/opt/a",
+                      "--library-prefix", "/opt/b", "--scan-interval", "500ms"});
+  ASSERT_TRUE(l.options) << l.err;
+  EXPECT_EQ(l.options->listen_host, "::1");
+  EXPECT_EQ(l.options->listen_port, 0);
+  EXPECT_EQ(l.options->library_prefixes, (std::vector<std::string>{"/opt/a", "/opt/b"}));
+  EXPECT_EQ(l.options->scan, std::chrono::milliseconds(500));
+  auto n = parse_cli({"asynctrace", "agent", "--listen", "none"});
+  ASSERT_TRUE(n.options);
+  EXPECT_TRUE(n.options->no_listen);
+}
+
+TEST(CliAgent, NonLoopbackNeedsListenAny) {
+  auto r = parse_cli({"asynctrace", "agent", "--listen", "0.0.0.0:9464"});
+  EXPECT_FALSE(r.options);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("not a loopback address"), std::string::npos);
+  EXPECT_EQ(r.err.find('\n'), std::string::npos);
+  auto ok = parse_cli({"asynctrace", "agent", "--listen", "0.0.0.0:9464", "--listen-any"});
+  ASSERT_TRUE(ok.options) << ok.err;
+  EXPECT_EQ(ok.options->listen_host, "0.0.0.0");
+  for (const char* bad : {"9464", "127.0.0.1:", "127.0.0.1:70000", "1.2.3:80", "256.0.0.1:80", "[]:80",
+                          "127.0.0.1:-1", "host name:80"}) {
+    auto b = parse_cli({"asynctrace", "agent", "--listen", bad});
+    EXPECT_FALSE(b.options) << bad;
+    EXPECT_EQ(b.exit_code, 2) << bad;
+  }
+  EXPECT_FALSE(parse_cli({"asynctrace", "agent", "--scan-interval", "10ms"}).options);
+}
+
+TEST(CliAgent, ParseListen) {
+  EXPECT_TRUE(parse_listen("127.1.2.3:1")->loopback);
+  EXPECT_TRUE(parse_listen("localhost:9464")->loopback);
+  EXPECT_FALSE(parse_listen("10.0.0.1:9464")->loopback);
+  EXPECT_FALSE(parse_listen("[::]:9464")->loopback);
+  EXPECT_EQ(parse_listen("127.0.0.1:65535")->port, 65535);
+}
+
+TEST(CliAgent, HelpEndsWithExamples) {
+  auto r = parse_cli({"asynctrace", "agent", "--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("EXAMPLES:"), std::string::npos);
+  EXPECT_NE(r.out.find("--cleanup"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace asynctrace
