@@ -45,6 +45,8 @@ def enable():
         finally:
             _discover.close_awaitables(points)
             finish()
+            # The sample task completed under the hooks: not the program's.
+            _asynctrace._timing_restart()
         del points, samples
         _discover.wrap_taskgroup(_asynctrace)
 

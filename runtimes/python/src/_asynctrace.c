@@ -2442,6 +2442,16 @@ static PyObject *m_ring_stats(PyObject *mod, PyObject *arg)
 			     (unsigned long long)(atomic_load(&R.pub) - atomic_load(&R.tail)));
 }
 
+/* enable() after its own sample objects are gone: timing counts start anew
+ * (a session restarts at the next hook), so they are the program's alone. */
+static PyObject *m_timing_restart(PyObject *mod, PyObject *arg)
+{
+	(void)mod;
+	(void)arg;
+	T.on = 0;
+	Py_RETURN_NONE;
+}
+
 static PyObject *m_is_installed(PyObject *mod, PyObject *arg)
 {
 	(void)mod;
@@ -2714,6 +2724,7 @@ static PyObject *m_after_fork_child(PyObject *mod, PyObject *arg)
 static PyMethodDef methods[] = {
 	{ "_install", m_install, METH_VARARGS, "Hook _asyncio (called by asynctrace.enable())." },
 	{ "is_installed", m_is_installed, METH_NOARGS, NULL },
+	{ "_timing_restart", m_timing_restart, METH_NOARGS, NULL },
 	{ "ring_stats", m_ring_stats, METH_NOARGS, "Counters of the batch path (records written and saved)." },
 	{ "layout", m_layout, METH_NOARGS, "Field positions the hooks read directly (None: getters)." },
 	{ "semaphores", m_semaphores, METH_NOARGS, "Current USDT semaphore values." },
