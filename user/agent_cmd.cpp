@@ -34,12 +34,6 @@
 namespace asynctrace {
 namespace {
 
-uint64_t mono_now_ns() {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
-
 // Start time of a process (clock ticks after boot, /proc/PID/stat field 22):
 // with the pid, it names one process; 0 if unreadable.
 uint64_t start_ticks(uint32_t pid) {
@@ -312,7 +306,7 @@ int run_agent(const Options& o) {
   auto next_scan = Clock::now();
   auto next_gc = Clock::now() + std::chrono::seconds(10);
   std::unordered_map<uint32_t, LoopMark> marks;
-  uint64_t last_sample_ns = mono_now_ns();
+  uint64_t last_sample_ns = monotonic_ns();
   std::unordered_map<uint32_t, uint64_t> starts;  // pid -> start time of the process we hold state of
   // pid -> fd on /proc/PID/maps, opened on the program we hold state of: it
   // reads nothing once exec() replaced that program (or the pid is reused).
@@ -345,7 +339,7 @@ int run_agent(const Options& o) {
     // process whose runtime replays into fresh entries).
     std::vector<uint32_t> dead;
     std::vector<ProcessSample> samples;
-    const uint64_t now_ns = mono_now_ns();
+    const uint64_t now_ns = monotonic_ns();
     std::unordered_map<uint32_t, LoopMark> next_marks;
     std::vector<uint32_t> reused;
     for (const Snapshot& s : snaps.value()) {

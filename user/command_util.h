@@ -15,6 +15,10 @@
 
 namespace asynctrace {
 
+// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns() and of the runtime's
+// timing records.
+uint64_t monotonic_ns();
+
 // One line on stderr; returns the error's exit code.
 int fail(const Error& e);
 

@@ -34,12 +34,6 @@
 namespace asynctrace {
 namespace {
 
-uint64_t mono_ns() {
-  timespec t{};
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return static_cast<uint64_t>(t.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(t.tv_nsec);
-}
-
 Error exited(pid_t pid) {
   return Error{kExitProcessExited, "process " + std::to_string(pid) + " exited while traced"};
 }
@@ -118,7 +112,7 @@ int run_top(const Options& o) {
     }
     auto snap = src.value().tracer->snapshot();
     if (!snap.ok()) return fail(snap.error());
-    const uint64_t now = mono_ns();
+    const uint64_t now = monotonic_ns();
     const TaskGraph g = build_graph(snap.value());
     const TopFrame f = model.update(g, now, topts);
     if (o.format == Format::Json) {
@@ -633,7 +627,7 @@ int run_record(const Options& o) {
   p.mode = o.mode == "wall" ? ProfMode::Wall : ProfMode::Cpu;
   p.pid = static_cast<uint32_t>(o.pid);
   p.comm = inspect_process(o.pid).comm;
-  const uint64_t start_ns = mono_ns();
+  const uint64_t start_ns = monotonic_ns();
   p.start_ns = start_ns;
   Recorder rec(p, book, start_ns);
   const auto t0 = std::chrono::steady_clock::now();
@@ -676,7 +670,7 @@ int run_record(const Options& o) {
     }
   }
   if (progress) std::fprintf(stderr, "\n");
-  const uint64_t end_ns = mono_ns();
+  const uint64_t end_ns = monotonic_ns();
   p.duration_ns = end_ns - start_ns;
   rec.finish(end_ns);
   std::ostream& out = o.output == "-" ? std::cout : static_cast<std::ostream&>(file);
@@ -710,7 +704,7 @@ int run_ps_long(const Options& o) {
   topts.stuck_ns = static_cast<uint64_t>(o.stuck.count()) * 1'000'000ull;
   auto first = src.value().tracer->snapshot();
   if (!first.ok()) return fail(first.error());
-  (void)model.update(build_graph(first.value()), mono_ns(), topts);
+  (void)model.update(build_graph(first.value()), monotonic_ns(), topts);
   nap(o.interval);
   if (!process_alive(o.pid)) return fail(exited(o.pid));
   auto later = src.value().tracer->snapshot();
@@ -724,7 +718,7 @@ int run_ps_long(const Options& o) {
     if (auto it = timed.find(r.id); it != timed.end()) r.timing = it->second->timing;
   snap.counters = later.value().counters;
   const TaskGraph g = build_graph(snap);
-  const TopFrame f = model.update(g, mono_ns(), topts);
+  const TopFrame f = model.update(g, monotonic_ns(), topts);
   warn_partial(g.counters);
   std::unordered_map<uint64_t, const TopRow*> by_id;
   for (const TopRow& r : f.rows) by_id[r.id] = &r;
