@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <map>
 #include <set>
+#include <tuple>
 #include <utility>
 
 namespace asynctrace {
@@ -81,25 +82,40 @@ TaskGraph build_graph(const Snapshot& snap) {
   g.counters = snap.counters;
 
   // Threads in the order their first task was created; tasks by creation order.
-  std::vector<const TaskRecord*> recs;
-  recs.reserve(snap.tasks.size());
-  for (const auto& t : snap.tasks) recs.push_back(&t);
   std::map<uint32_t, uint64_t> first_seq;
-  for (const auto* r : recs) {
-    auto [it, fresh] = first_seq.emplace(r->tid, r->seq);
-    if (!fresh) it->second = std::min(it->second, r->seq);
+  for (const auto& r : snap.tasks) {
+    auto [it, fresh] = first_seq.emplace(r.tid, r.seq);
+    if (!fresh) it->second = std::min(it->second, r.seq);
   }
-  std::sort(recs.begin(), recs.end(), [&](const TaskRecord* a, const TaskRecord* b) {
-    const uint64_t ta = first_seq[a->tid], tb = first_seq[b->tid];
-    if (ta != tb) return ta < tb;
-    if (a->tid != b->tid) return a->tid < b->tid;
-    if (a->seq != b->seq) return a->seq < b->seq;
-    return a->id < b->id;
+  // The sort key of each task computed once (not a map lookup per comparison).
+  struct Keyed {
+    uint64_t thread_seq, seq, id;
+    uint32_t tid;
+    const TaskRecord* r;
+  };
+  std::vector<Keyed> keyed;
+  keyed.reserve(snap.tasks.size());
+  for (const auto& r : snap.tasks) keyed.push_back({first_seq[r.tid], r.seq, r.id, r.tid, &r});
+  std::sort(keyed.begin(), keyed.end(), [](const Keyed& a, const Keyed& b) {
+    return std::tie(a.thread_seq, a.tid, a.seq, a.id) < std::tie(b.thread_seq, b.tid, b.seq, b.id);
   });
+  std::vector<const TaskRecord*> recs;
+  recs.reserve(keyed.size());
+  for (const Keyed& k : keyed) recs.push_back(k.r);
 
   g.tasks.reserve(recs.size());
   g.index.reserve(recs.size());
   FrameNamer name_frame{snap, g, {}, {}};
+  // Tasks created together wait at the same place: the previous task's
+  // named stack serves the next one with the same frames.
+  const std::vector<Frame>* last_frames = nullptr;
+  const std::vector<const FrameInfo*>* last_stack = nullptr;
+  auto same = [](const std::vector<Frame>& a, const std::vector<Frame>& b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i)
+      if (a[i].code_id != b[i].code_id || a[i].line != b[i].line) return false;
+    return true;
+  };
   for (const auto* r : recs) {
     TaskNode n;
     n.id = r->id;
@@ -117,10 +133,16 @@ TaskGraph build_graph(const Snapshot& snap) {
     n.create_ns = r->create_ns;
     n.coro_code_id = r->coro_code_id;
     n.timing = r->timing;
-    n.stack.reserve(r->frames.size());
-    for (const auto& f : r->frames) n.stack.push_back(name_frame(f));
+    if (last_frames && same(*last_frames, r->frames)) {
+      n.stack = *last_stack;
+    } else {
+      n.stack.reserve(r->frames.size());
+      for (const auto& f : r->frames) n.stack.push_back(name_frame(f));
+    }
     g.index.emplace(n.id, g.tasks.size());
     g.tasks.push_back(std::move(n));
+    last_frames = &r->frames;
+    last_stack = &g.tasks.back().stack;  // stable: g.tasks was reserved
   }
 
   // Edges: direct awaits (from the awaiter's state) and explicit edges
