@@ -162,6 +162,7 @@ Snapshot SnapshotDecoder::finish() && {
     if (it == stacks_.end()) continue;
     const at_stack& s = it->second;
     TaskRecord& r = snap_.tasks[i];
+    r.stack_id = stack_ids_[i];
     const uint32_t n = std::min<uint32_t>(s.nframes, AT_MAX_FRAMES);
     r.frames.reserve(n);
     for (uint32_t f = 0; f < n; f++) {

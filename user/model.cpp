@@ -108,9 +108,13 @@ TaskGraph build_graph(const Snapshot& snap) {
   FrameNamer name_frame{snap, g, {}, {}};
   // Tasks created together wait at the same place: the previous task's
   // named stack serves the next one with the same frames.
-  const std::vector<Frame>* last_frames = nullptr;
+  const TaskRecord* last = nullptr;
   const std::vector<const FrameInfo*>* last_stack = nullptr;
-  auto same = [](const std::vector<Frame>& a, const std::vector<Frame>& b) {
+  auto same = [](const TaskRecord& x, const TaskRecord& y) {
+    // Interned stacks: equal ids, equal frames (without touching them).
+    if (x.stack_id && y.stack_id) return x.stack_id == y.stack_id;
+    const std::vector<Frame>& a = x.frames;
+    const std::vector<Frame>& b = y.frames;
     if (a.size() != b.size()) return false;
     for (size_t i = 0; i < a.size(); ++i)
       if (a[i].code_id != b[i].code_id || a[i].line != b[i].line) return false;
@@ -133,7 +137,7 @@ TaskGraph build_graph(const Snapshot& snap) {
     n.create_ns = r->create_ns;
     n.coro_code_id = r->coro_code_id;
     n.timing = r->timing;
-    if (last_frames && same(*last_frames, r->frames)) {
+    if (last && same(*last, *r)) {
       n.stack = *last_stack;
     } else {
       n.stack.reserve(r->frames.size());
@@ -141,7 +145,7 @@ TaskGraph build_graph(const Snapshot& snap) {
     }
     g.index.emplace(n.id, g.tasks.size());
     g.tasks.push_back(std::move(n));
-    last_frames = &r->frames;
+    last = r;
     last_stack = &g.tasks.back().stack;  // stable: g.tasks was reserved
   }
 

@@ -62,6 +62,7 @@ struct TaskRecord {
   AwaitKind awaiting_kind = AwaitKind::None;
   std::vector<Awaiter> awaited_by;  // explicit edges (gather, TaskGroup, shield)
   std::vector<Frame> frames;        // innermost first
+  uint64_t stack_id = 0;            // the kernel's interned stack (equal ids, equal frames); 0: none
   bool frames_truncated = false;
   bool awaiters_truncated = false;
   // While a tracer holds timing__on. Shared, not inline: records are moved
