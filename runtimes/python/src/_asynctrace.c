@@ -411,62 +411,82 @@ static int fresh_erase(PyObject *task)
 }
 
 /*
- * What the last STEP record of each task said, as a 64-bit hash of (task,
- * awaited, kind), direct-mapped by task: a step that leaves a task in the
- * state tracers already have (a loop of sleep(0), a worker waiting again on
- * the same queue future) writes nothing. A collision between two tasks only
- * costs a record; equal hashes of different states are as unlikely as any
- * 64-bit hash collision. Eight bytes a slot keep the table cache-resident.
+ * What the last STEP record of each task said, as a 32-bit hash of
+ * (awaited, kind): a step that leaves a task in the state tracers already
+ * have (a loop of sleep(0), a worker waiting again on the same queue future)
+ * writes nothing. A collision between two tasks only costs a record; equal
+ * hashes of a task's two successive states (2^-32) would hide one change
+ * until the next.
+ *
+ * Located by address, not hashed: looking a task up is a cache miss per step
+ * unless tasks that run one after the other share cache lines, and tasks
+ * created together lie together (176-384 bytes apart, by version and
+ * program). A two-way set of 8-byte entries covers 256 bytes of address
+ * space (two tasks at most), four sets a cache line: 1 KiB, ~5 tasks created
+ * in a row (10,000 tasks: ~1,900 lines instead of 10,000). Entry: a tag (the
+ * address bits the set does not say) << 32 | state (0: empty).
  */
-/* Two-way sets of (task, state hash), 32 bytes: half a cache line per step.
- * 32768 sets (1 MiB) leave tasks without a way of their own rarely, even with
- * tens of thousands of tasks stepping in turn. */
-#define STATE_SETS 65536u
-static struct state_way {
-	uintptr_t task;
-	uint64_t state;
-} last_state[STATE_SETS][2] __attribute__((aligned(32)));
+#define STATE_SET_SHIFT 8
+#define STATE_SET_BITS 18
+#define STATE_SETS (1u << STATE_SET_BITS) /* 4 MiB (touched lines only): 64 MiB of addresses */
+static uint64_t last_state[STATE_SETS][2] __attribute__((aligned(64)));
 
-static struct state_way *state_set(PyObject *task)
+struct state_ref {
+	uint64_t *set;
+	uint32_t tag;
+};
+
+static struct state_ref state_set(PyObject *task)
 {
-	uintptr_t h = (uintptr_t)task >> 4;
-	h *= 0x9E3779B97F4A7C15ull;
-	return last_state[(h >> 40) & (STATE_SETS - 1)];
+	uintptr_t a = (uintptr_t)task;
+	uintptr_t hi = a >> (STATE_SET_SHIFT + STATE_SET_BITS);
+	uintptr_t lo = (a >> 4) & ((1u << (STATE_SET_SHIFT - 4)) - 1); /* objects are 16-aligned */
+	return (struct state_ref){ last_state[(a >> STATE_SET_SHIFT) & (STATE_SETS - 1)],
+				   (uint32_t)((hi << (STATE_SET_SHIFT - 4)) | lo) };
 }
 
 /* The low bit of a way's state says "tracers have this task's current stack"
  * (a STACK record was sent and the task has not run since): a refresh replay
  * skips those tasks, frames walk included. */
-#define STATE_STACK_SENT 1ull
+#define STATE_STACK_SENT 1u
 
-static uint64_t state_hash(PyObject *awaited, int kind)
+static uint32_t state_hash(PyObject *awaited, int kind)
 {
 	uint64_t h = ((uint64_t)(uintptr_t)awaited ^ 0x9E3779B97F4A7C15ull) * 0xff51afd7ed558ccdull;
 	h ^= (uint64_t)kind * 0xc4ceb9fe1a85ec53ull;
 	h ^= h >> 33;
-	h &= ~STATE_STACK_SENT;
-	return h ? h : 2;
+	uint32_t s = (uint32_t)(h ^ (h >> 32)) & ~STATE_STACK_SENT;
+	return s ? s : 2;
+}
+
+static uint32_t way_state(struct state_ref r, int w) { return (uint32_t)r.set[w]; }
+
+static void way_put(struct state_ref r, int w, uint32_t state)
+{
+	r.set[w] = (uint64_t)r.tag << 32 | state;
 }
 
 /* The task's way in its set, -1 if it has none. */
-static int state_way_of(struct state_way *set, PyObject *task)
+static int state_way_of(struct state_ref r)
 {
-	return set[0].task == (uintptr_t)task ? 0 : set[1].task == (uintptr_t)task ? 1 : -1;
+	for (int w = 0; w < 2; w++)
+		if ((uint32_t)(r.set[w] >> 32) == r.tag && (uint32_t)r.set[w])
+			return w;
+	return -1;
 }
 
-static int state_take_way(struct state_way *set, PyObject *task, uint64_t h)
+/* A way for the task: an empty one, else either (by the state's bits). */
+static int state_take_way(struct state_ref r, uint32_t h)
 {
-	int w = !set[0].task ? 0 : !set[1].task ? 1 : (int)((h >> 1) & 1);
-	set[w].task = (uintptr_t)task;
-	return w;
+	return !(uint32_t)r.set[0] ? 0 : !(uint32_t)r.set[1] ? 1 : (int)((h >> 1) & 1);
 }
 
 static void forget_step(PyObject *task)
 {
-	struct state_way *set = state_set(task);
-	for (int w = 0; w < 2; w++)
-		if (set[w].task == (uintptr_t)task)
-			set[w].task = 0;
+	struct state_ref r = state_set(task);
+	int w = state_way_of(r);
+	if (w >= 0)
+		r.set[w] = 0;
 }
 
 /* Forget what tracers were told (a replay re-tells everything). */
@@ -474,12 +494,13 @@ static void last_step_clear(void) { memset(last_state, 0, sizeof last_state); }
 
 static void rec_step(PyObject *task, PyObject *awaited, int kind)
 {
-	struct state_way *set = state_set(task);
-	uint64_t h = state_hash(awaited, kind);
-	int w = state_way_of(set, task);
-	if (w >= 0 && (set[w].state & ~STATE_STACK_SENT) == h) {
+	struct state_ref set = state_set(task);
+	uint32_t h = state_hash(awaited, kind);
+	int w = state_way_of(set);
+	if (w >= 0 && (way_state(set, w) & ~STATE_STACK_SENT) == h) {
 		RS.same_state++;
-		set[w].state = h; /* it ran: the stack tracers have is stale */
+		if (way_state(set, w) != h)
+			way_put(set, w, h); /* it ran: the stack tracers have is stale */
 		return; /* same state as the last record: nothing new to tell */
 	}
 	struct asynctrace_rec *r = ring_reserve(1);
@@ -488,8 +509,8 @@ static void rec_step(PyObject *task, PyObject *awaited, int kind)
 	*r = (struct asynctrace_rec){ .type = ASYNCTRACE_REC_STEP, .kind = (uint8_t)kind, .nslots = 1,
 				      .a = (uint64_t)(uintptr_t)task, .b = (uint64_t)(uintptr_t)awaited };
 	if (w < 0)
-		w = state_take_way(set, task, h); /* an empty way, else either */
-	set[w].state = h;
+		w = state_take_way(set, h);
+	way_put(set, w, h);
 	ring_commit(1);
 }
 
@@ -1050,12 +1071,12 @@ static void rec_stack(PyObject *task, PyObject *awaited, int kind, size_t nframe
 	memset(&r[1], 0, (size_t)(n - 1) * sizeof(*r));
 	memcpy(&r[1], tls_frames, nframes * sizeof(struct asynctrace_frame));
 	if (kind != ASYNCTRACE_AWAIT_RUNNING) {
-		struct state_way *set = state_set(task);
-		uint64_t h = state_hash(awaited, kind);
-		int w = state_way_of(set, task);
+		struct state_ref set = state_set(task);
+		uint32_t h = state_hash(awaited, kind);
+		int w = state_way_of(set);
 		if (w < 0)
-			w = state_take_way(set, task, h);
-		set[w].state = h | STATE_STACK_SENT;
+			w = state_take_way(set, h);
+		way_put(set, w, h | STATE_STACK_SENT);
 	}
 	ring_commit(n);
 	timing_stack_sent(task, id);
@@ -2211,14 +2232,14 @@ static PyObject *weak_target(PyObject *o)
 /* Tracers have this pending task's current stack and await state. */
 static int stack_known(PyObject *task)
 {
-	struct state_way *set = state_set(task);
-	int w = state_way_of(set, task);
-	if (w < 0 || !(set[w].state & STATE_STACK_SENT) || !L.ok)
+	struct state_ref set = state_set(task);
+	int w = state_way_of(set);
+	if (w < 0 || !(way_state(set, w) & STATE_STACK_SENT) || !L.ok)
 		return 0;
 	PyObject *wt = field(task, L.waiter);
 	if (wt == Py_None)
 		wt = NULL;
-	return (set[w].state & ~STATE_STACK_SENT) == state_hash(wt, await_kind_of(wt));
+	return (way_state(set, w) & ~STATE_STACK_SENT) == state_hash(wt, await_kind_of(wt));
 }
 
 /* The parent task of the TaskGroup owning `task` (new ref), or NULL: the
