@@ -25,6 +25,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "agent_profiler.h"
 #include "command_util.h"
 #include "escape.h"
 #include "loader.h"
@@ -212,6 +213,7 @@ struct Published {
   size_t libraries = 0;
   double start_time = 0;
   uint64_t scrapes_openmetrics = 0, scrapes_text = 0;
+  AgentSample profiles;  // the periodic profiles' counters, when on
 };
 
 }  // namespace
@@ -246,6 +248,10 @@ int run_agent(const Options& o) {
       self.libraries = pub.libraries;
       self.scrapes_openmetrics = pub.scrapes_openmetrics;
       self.scrapes_text = pub.scrapes_text;
+      self.profiling = pub.profiles.profiling;
+      self.profiles_written = pub.profiles.profiles_written;
+      self.profiles_pushed = pub.profiles.profiles_pushed;
+      self.profile_errors = pub.profiles.profile_errors;
       body = render_metrics(pub.procs, self, f);
     }
     res.set_content(body, content_type(f));
@@ -261,6 +267,11 @@ int run_agent(const Options& o) {
     if (port <= 0)
       return fail(Error{kExitUsage, "failed to listen on '" + o.listen_host + ":" + std::to_string(o.listen_port) +
                                         "': " + std::strerror(errno) + " (another exporter on that port? see --listen)"});
+  }
+  std::unique_ptr<Profiler> profiler;
+  if (!o.profile_dir.empty() || !o.profile_push.empty()) {
+    profiler = std::make_unique<Profiler>(o);
+    if (Status st = profiler->start(); !st.ok()) return fail(st.error());
   }
   auto started = start_agent(o.verbose);
   if (!started.ok()) return fail(started.error());
@@ -404,6 +415,11 @@ int run_agent(const Options& o) {
       if (Status st = agent->request_replay(info); !st.ok() && o.verbose)
         std::cerr << "asynctrace: " << st.error().message << "\n";
     }
+    if (profiler) {
+      std::vector<std::pair<uint32_t, std::string>> procs;
+      for (const ProcessSample& p : samples) procs.emplace_back(p.pid, p.comm);
+      profiler->tick(procs);
+    }
     if (now >= next_gc) {
       next_gc = now + std::chrono::seconds(10);
       for (const ProcessSample& p : samples) (void)agent->gc(p.pid);  // best effort: costs memory only
@@ -412,6 +428,7 @@ int run_agent(const Options& o) {
       std::lock_guard lock(pub.mu);
       pub.procs = std::move(samples);
       pub.libraries = agent->libraries();
+      if (profiler) profiler->fill(pub.profiles);
     }
     for (int i = 0; i < 10 && !g_stop; ++i) usleep(100 * 1000);
   }
@@ -421,6 +438,7 @@ int run_agent(const Options& o) {
     server.join();
   }
   for (const auto& [pid, fd] : images) close(fd);
+  if (profiler) profiler->stop();  // recordings end before the probes detach
   agent.reset();  // probes detach; the pinned maps stay
   return code;
 }

@@ -140,6 +140,9 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   record->add_option("-m,--mode", o.mode, "cpu: time in steps (default); wall: also time awaiting, by await site")
       ->check(CLI::IsMember({"cpu", "wall"}));
   record->add_option("--timeout", timeout, "How long to wait for the runtime to report its live tasks (default 2s)");
+  // The agent's periodic profiles: one recording, a file in the chosen
+  // format and the pprof it pushes. Not for users: hidden from the help.
+  record->add_option("--also-pprof", o.also_pprof, "Also write the profile as pprof to this file")->group("");
   record->footer("EXAMPLES:\n  sudo asynctrace record -p 1234 -d 30s -o app.svg -f svg\n"
                  "  sudo asynctrace record -p 1234 -o app.speedscope.json -f speedscope --mode wall\n"
                  "  sudo asynctrace record -p 1234 -o - -f folded | flamegraph.pl > app.svg\n");
@@ -158,11 +161,33 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
                     "Also attach this probe library at start, before any process maps it (repeatable; the "
                     "runtimes installed beside asynctrace are attached by default)");
   agent->add_flag("--cleanup", o.cleanup, "Remove the pinned maps a stopped or killed agent left, and exit");
+  std::string prof_every = "60s", prof_duration = "10s";
+  bool push_any = false;
+  auto* p_dir = agent->add_option("--profile-dir", o.profile_dir,
+                                  "Write a task-aware profile of every traced process to DIR/<pid>-<comm>/ "
+                                  "every --profile-every (docs/agent.md)");
+  auto* p_push = agent->add_option("--profile-push", o.profile_push,
+                                   "Push each periodic profile (pprof) to this Pyroscope-compatible ingest URL, "
+                                   "e.g. http://127.0.0.1:4040/ingest");
+  auto* p_any = agent->add_flag("--push-any", push_any, "Allow a --profile-push host that is not loopback");
+  auto* p_every = agent->add_option("--profile-every", prof_every, "One profile per process this often (default 60s)");
+  auto* p_dur = agent->add_option("--profile-duration", prof_duration,
+                                  "Each profile records this long (default 10s; less than --profile-every)");
+  auto* p_fmt = agent->add_option("--profile-format", o.profile_format,
+                                  "Format of the files in --profile-dir: pprof (default), folded, speedscope, svg, html")
+                    ->check(CLI::IsMember({"folded", "speedscope", "svg", "html", "pprof"}));
+  auto* p_mode = agent->add_option("--profile-mode", o.profile_mode, "cpu (default) or wall, as record --mode")
+                     ->check(CLI::IsMember({"cpu", "wall"}));
+  auto* p_keep = agent->add_option("--profile-keep", o.profile_keep,
+                                   "Files kept per process in --profile-dir, the oldest removed (default 10)")
+                     ->check(CLI::Range(1, 100000));
   agent->footer("While the agent runs, pstree/ps/top -p PID answer from its maps without attaching.\n"
                 "SIGTERM detaches the probes and keeps the pinned maps for the next agent.\n\nEXAMPLES:\n"
                 "  sudo asynctrace agent\n"
                 "  sudo asynctrace agent --listen 127.0.0.1:9500\n"
                 "  sudo asynctrace agent --listen 0.0.0.0:9464 --listen-any\n"
+                "  sudo asynctrace agent --profile-dir /var/lib/asynctrace/profiles --profile-every 5m\n"
+                "  sudo asynctrace agent --profile-push http://127.0.0.1:4040/ingest\n"
                 "  curl -s http://127.0.0.1:9464/metrics | grep asynctrace_tasks\n"
                 "  sudo asynctrace agent --cleanup          # after a crash: remove the pins\n");
   for (auto* c : {pstree, ps}) c->fallthrough();
@@ -271,9 +296,73 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
       o.listen_host = addr->host;
       o.listen_port = addr->port;
     }
+    auto usage = [&r](const std::string& msg) {
+      r.exit_code = kExitUsage;
+      r.err = "asynctrace: error: " + msg;
+      return r;
+    };
+    const bool profiling = p_dir->count() || p_push->count();
+    for (const auto* opt : {p_every, p_dur, p_mode, p_any})
+      if (opt->count() && !profiling)
+        return usage(opt->get_name() + ": periodic profiles need --profile-dir or --profile-push");
+    for (const auto* opt : {p_fmt, p_keep})
+      if (opt->count() && !p_dir->count())
+        return usage(opt->get_name() + ": applies to --profile-dir (pushed profiles are pprof)");
+    if (p_dir->count() && o.profile_dir.empty()) return usage("--profile-dir: a directory is required");
+    if (profiling) {
+      auto de = parse_duration(prof_every);
+      if (!de || de->count() < 1000) return bad_duration("--profile-every", prof_every, "60s or 5m (1s at least)");
+      auto dd = parse_duration(prof_duration);
+      if (!dd || dd->count() < 100) return bad_duration("--profile-duration", prof_duration, "10s (100ms at least)");
+      if (*dd >= *de)
+        return usage("--profile-duration: " + prof_duration + " is not shorter than --profile-every " + prof_every +
+                     " (one recording per process at a time)");
+      o.profile_every = *de;
+      o.profile_duration = *dd;
+    }
+    if (p_push->count()) {
+      auto url = parse_push_url(o.profile_push);
+      if (!url)
+        return usage("--profile-push: invalid URL '" + o.profile_push +
+                     "' (http://HOST[:PORT]/PATH, e.g. http://127.0.0.1:4040/ingest)");
+      if (!url->loopback && !push_any)
+        return usage("--profile-push: '" + o.profile_push +
+                     "' is not a loopback address; profiles name processes and functions: add --push-any to "
+                     "send them beyond this host");
+      o.push_host = url->host;
+      o.push_port = url->port;
+      o.push_path = url->path;
+    }
   }
   r.options = o;
   return r;
+}
+
+std::optional<PushUrl> parse_push_url(const std::string& text) {
+  const std::string scheme = "http://";
+  if (text.size() > 2000 || text.rfind(scheme, 0) != 0) return std::nullopt;
+  const std::string rest = text.substr(scheme.size());
+  const auto slash = rest.find('/');
+  std::string authority = rest.substr(0, slash);
+  PushUrl u;
+  u.path = slash == std::string::npos ? "/" : rest.substr(slash);
+  // No query or fragment (the agent adds its own query), no user info, no
+  // bytes a request line cannot carry.
+  if (authority.empty() || authority.find('@') != std::string::npos) return std::nullopt;
+  for (const char c : u.path)
+    if (c == '?' || c == '#' || static_cast<unsigned char>(c) <= 0x20 || static_cast<unsigned char>(c) >= 0x7f)
+      return std::nullopt;
+  // Without a port: the default one, through parse_listen's host checks.
+  const bool bracketed = !authority.empty() && authority.front() == '[';
+  const auto colon = authority.rfind(':');
+  const bool has_port = colon != std::string::npos && (!bracketed || colon > authority.find(']'));
+  if (!has_port) authority += ":80";
+  auto a = parse_listen(authority);
+  if (!a || a->port == 0) return std::nullopt;
+  u.host = a->host;
+  u.port = a->port;
+  u.loopback = a->loopback;
+  return u;
 }
 
 std::optional<ListenAddress> parse_listen(const std::string& text) {

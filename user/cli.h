@@ -48,6 +48,19 @@ struct Options {
   std::chrono::milliseconds scan{2000};    // how often to look for new probe libraries
   std::vector<std::string> library_prefixes;  // attach only libraries under these paths
   std::vector<std::string> libraries;      // probe libraries to attach at start (before any process maps them)
+  // agent: periodic profiles (docs/agent.md); off unless a directory or a push URL is given
+  std::string profile_dir;                 // --profile-dir: DIR/<pid>-<comm>/<UTC time>.<ext>
+  std::string profile_push;                // --profile-push: Pyroscope-compatible ingest URL, as given
+  std::string push_host;                   // parsed from it
+  uint16_t push_port = 80;
+  std::string push_path = "/ingest";
+  std::chrono::milliseconds profile_every{60000};     // one recording per process this often
+  std::chrono::milliseconds profile_duration{10000};  // each this long (< profile_every)
+  std::string profile_format = "pprof";   // of the files in profile_dir
+  std::string profile_mode = "cpu";       // cpu or wall
+  uint32_t profile_keep = 10;             // files kept per process directory
+  // record: also write the profile as pprof here (the agent pushes it)
+  std::string also_pprof;
 };
 
 // "127.0.0.1:9464", "[::1]:9464", "localhost:0" -> host and port; `loopback`
@@ -58,6 +71,17 @@ struct ListenAddress {
   bool loopback = false;
 };
 std::optional<ListenAddress> parse_listen(const std::string& text);
+
+// "http://127.0.0.1:4040/ingest" -> host, port (80 if absent), path ("/"
+// if absent), loopback as parse_listen says. Plain http only; nullopt on
+// garbage (https, user info, a query or fragment).
+struct PushUrl {
+  std::string host;
+  uint16_t port = 80;
+  std::string path = "/";
+  bool loopback = false;
+};
+std::optional<PushUrl> parse_push_url(const std::string& text);
 
 struct ParseResult {
   std::optional<Options> options;  // set when a command should run

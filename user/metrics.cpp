@@ -213,6 +213,16 @@ std::string render_metrics(const std::vector<ProcessSample>& procs, const AgentS
   w.family("asynctrace_agent_scrapes", "counter", "Scrapes of /metrics answered, by exposition format.");
   w.sample("asynctrace_agent_scrapes_total", "format=\"openmetrics\"", std::to_string(self.scrapes_openmetrics));
   w.sample("asynctrace_agent_scrapes_total", "format=\"text\"", std::to_string(self.scrapes_text));
+  if (self.profiling) {
+    w.family("asynctrace_agent_profiles_written", "counter", "Periodic profiles written to the profile directory.");
+    w.sample("asynctrace_agent_profiles_written_total", "", std::to_string(self.profiles_written));
+    w.family("asynctrace_agent_profiles_pushed", "counter", "Periodic profiles the ingest URL accepted.");
+    w.sample("asynctrace_agent_profiles_pushed_total", "", std::to_string(self.profiles_pushed));
+    w.family("asynctrace_agent_profile_errors", "counter", "Periodic profiles lost, by reason.");
+    for (const auto& [reason, n] : self.profile_errors)
+      w.sample("asynctrace_agent_profile_errors_total", "reason=\"" + escape_label_value(reason) + "\"",
+               std::to_string(n));
+  }
   w.family("process_cpu_seconds", "counter", "CPU time of the agent (user and system).", "seconds");
   w.sample("process_cpu_seconds_total", "", fmt_double(self.cpu_seconds));
   w.family("process_resident_memory_bytes", "gauge", "Resident memory of the agent.", "bytes");

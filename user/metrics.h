@@ -40,6 +40,10 @@ struct AgentSample {
   double start_time_seconds = 0;  // since the Unix epoch
   uint64_t libraries = 0;         // probe libraries attached
   uint64_t scrapes_openmetrics = 0, scrapes_text = 0;  // answered so far, this one included
+  // Periodic profiles (--profile-dir/--profile-push): families shown only when on.
+  bool profiling = false;
+  uint64_t profiles_written = 0, profiles_pushed = 0;
+  std::vector<std::pair<std::string, uint64_t>> profile_errors;  // reason -> count
 };
 
 enum class ExpositionFormat { OpenMetrics, Text };

@@ -150,8 +150,21 @@ class StackBook {
   }
   const CodeInfo* code(uint64_t id) {
     auto it = code_.find(id);
+    if (it != code_.end() || !id || !code_tried_.insert(id).second) return it == code_.end() ? nullptr : &it->second;
+    // A code the runtime registered before this tracer attached, while
+    // another holder (the agent, an `attach`) kept its session going: the
+    // runtime does not send it again, but that holder's maps have it.
+    if (refresh(true)) it = code_.find(id);
+    if (it == code_.end() && holder_) {
+      auto snap = holder_->snapshot();
+      if (snap.ok())
+        for (auto& [cid, c] : snap.value().code) code_.try_emplace(cid, std::move(c));
+      it = code_.find(id);
+    }
     return it == code_.end() ? nullptr : &it->second;
   }
+  // The maps of a holder of the process (open_pinned), for codes ours lack.
+  void set_holder(std::unique_ptr<Tracer> t) { holder_ = std::move(t); }
   // Reads the maps once more (at most every 50 ms); false if nothing new.
   bool refresh(bool force = false) {
     const auto now = std::chrono::steady_clock::now();
@@ -174,6 +187,8 @@ class StackBook {
   std::unordered_map<uint64_t, StackInfo> stacks_;
   std::unordered_map<uint64_t, CodeInfo> code_;
   std::unordered_set<uint64_t> tried_;  // ids a forced refresh looked for
+  std::unordered_set<uint64_t> code_tried_;
+  std::unique_ptr<Tracer> holder_;
   Snapshot last_snapshot_;
   std::chrono::steady_clock::time_point last_{};
 };
@@ -611,11 +626,22 @@ int run_record(const Options& o) {
       return fail(Error{kExitUsage, "failed to open output '" + escape_untrusted(o.output) +
                                         "': " + std::strerror(errno)});
   }
+  std::ofstream also;
+  if (!o.also_pprof.empty()) {
+    also.open(o.also_pprof, std::ios::binary | std::ios::trunc);
+    if (!also)
+      return fail(Error{kExitUsage, "failed to open output '" + escape_untrusted(o.also_pprof) +
+                                        "': " + std::strerror(errno)});
+  }
   auto src = open_timing(o, TraceModes{true, true, true});
   if (!src.ok()) {
     if (o.output != "-") {
       file.close();
       unlink(o.output.c_str());
+    }
+    if (also.is_open()) {
+      also.close();
+      unlink(o.also_pprof.c_str());
     }
     return fail(src.error());
   }
@@ -623,6 +649,9 @@ int run_record(const Options& o) {
   install_stop_handlers();
   const bool progress = isatty(STDERR_FILENO);
   StackBook book(tracer);
+  // Nothing loaded, no replay asked: only read when a code is missing.
+  if (auto held = open_pinned(o.pid, nullptr, o.verbose); held.ok() && held.value())
+    book.set_holder(std::move(held.value()));
   Profile p;
   p.mode = o.mode == "wall" ? ProfMode::Wall : ProfMode::Cpu;
   p.pid = static_cast<uint32_t>(o.pid);
@@ -677,6 +706,12 @@ int run_record(const Options& o) {
   write_profile(p, pf, out);
   out.flush();
   if (!out.good()) return fail(Error{kExitInternal, "failed to write output '" + escape_untrusted(o.output) + "'"});
+  if (also.is_open()) {
+    write_profile(p, ProfFormat::Pprof, also);
+    also.flush();
+    if (!also.good())
+      return fail(Error{kExitInternal, "failed to write output '" + escape_untrusted(o.also_pprof) + "'"});
+  }
   if (code == kExitOk) book.refresh(true);
   warn_partial(book.last_snapshot().counters);
   if (rec.timelines_cut())

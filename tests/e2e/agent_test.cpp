@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -561,3 +562,126 @@ TEST_F(AgentE2E, PrometheusScrapesWhatTheProgramsDid) {
 }
 
 }  // namespace
+
+namespace {
+
+// Regular files in `dir` whose names end with `suffix` and do not start with '.'.
+std::vector<std::string> files_ending(const std::string& dir, const std::string& suffix) {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string n = e.path().filename();
+    if (n[0] != '.' && n.size() > suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0)
+      out.push_back(e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// Processes whose command line is `... record -p PID ...`.
+int recorders_of(const std::string& pid) {
+  int n = 0;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator("/proc", ec)) {
+    const std::string cmd = e2e::read_file(e.path().string() + "/cmdline");
+    if (cmd.find(std::string("record\0-p\0", 10) + pid + std::string("\0", 1)) != std::string::npos) ++n;
+  }
+  return n;
+}
+
+}  // namespace
+
+// Periodic profiles (issue 6): a folded file per period in DIR/<pid>-<comm>/
+// with the busy task's stacks, at most --profile-keep of them, and the same
+// recording pushed as pprof to a fake Pyroscope ingest endpoint the way its
+// HTTP API asks; SIGTERM ends it all, nothing of the recordings left.
+TEST_F(AgentE2E, PeriodicProfilesWrittenAndPushed) {
+  const std::string dir = "/tmp/asynctrace-agent-profiles-" + std::to_string(getpid());
+  const std::string got = dir + "-ingest";
+  fs::remove_all(dir);
+  fs::remove_all(got);
+  fs::create_directories(got);
+  e2e::Program ingest({python(), e2e::source_dir() + "/tests/e2e/fake_ingest.py", got});
+  auto port = ingest.wait_prefix("PORT ", 10s);
+  ASSERT_TRUE(port) << ingest.stderr_text();
+  e2e::Program traced({tool(), "run", "--", python(), e2e::source_dir() + "/tests/programs/time_shapes.py", "120"});
+  ASSERT_TRUE(traced.wait_prefix("{\"ready\"", 30s)) << traced.stderr_text();
+  const std::string pid = std::to_string(traced.pid());
+  Agent agent({"--profile-dir", dir, "--profile-every", "3s", "--profile-duration", "1s", "--profile-format",
+               "folded", "--profile-keep", "2", "--profile-push",
+               "http://127.0.0.1:" + port->substr(5) + "/ingest"});
+  ASSERT_NE(agent.started(), "") << agent.app.stderr_text();
+
+  // A folded profile of the traced process, with the busy task's stacks.
+  std::string proc_dir;
+  std::vector<std::string> folded;
+  ASSERT_TRUE(e2e::poll_until(
+      [&] {
+        std::error_code ec;
+        for (const auto& e : fs::directory_iterator(dir, ec))
+          if (e.path().filename().string().rfind(pid + "-", 0) == 0) proc_dir = e.path();
+        folded = proc_dir.empty() ? folded : files_ending(proc_dir, ".folded");
+        return !folded.empty();
+      },
+      15s))
+      << agent.app.stderr_text();
+  EXPECT_EQ(fs::status(dir).permissions() & fs::perms::all, fs::perms::owner_all);
+  EXPECT_EQ(fs::status(proc_dir).permissions() & fs::perms::all, fs::perms::owner_all);
+  EXPECT_TRUE(std::regex_match(fs::path(folded[0]).filename().string(),
+                               std::regex(R"(\d{8}T\d{6}\.\d{3}Z\.folded)")))
+      << folded[0];
+  const std::string text = e2e::read_file(folded[0]);
+  bool burner_stack = false;  // one stack with the task and the function it burns CPU in
+  std::istringstream lines(text);
+  for (std::string l; std::getline(lines, l);)
+    burner_stack = burner_stack || (l.find("burner") != std::string::npos && l.find("burn_cpu") != std::string::npos);
+  EXPECT_TRUE(burner_stack) << text.substr(0, 2000);
+  auto check = e2e::run({python(), e2e::source_dir() + "/tests/profile/validate_one.py", "folded", folded[0],
+                         e2e::source_dir() + "/tests/third_party", "burner", "burn_cpu"});
+  EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
+
+  // The push: Pyroscope's ingest API with a gzipped pprof in the `profile` field.
+  ASSERT_TRUE(e2e::poll_until([&] { return fs::exists(got + "/1.target"); }, 10s)) << agent.app.stderr_text();
+  const std::string target = e2e::read_file(got + "/1.target");
+  EXPECT_EQ(target.rfind("/ingest?", 0), 0u) << target;
+  EXPECT_NE(target.find("name=asynctrace."), std::string::npos) << target;
+  EXPECT_NE(target.find("%7Bpid%3D" + pid + "%2Ccomm%3D"), std::string::npos) << target;
+  EXPECT_NE(target.find("&format=pprof"), std::string::npos) << target;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(target, m, std::regex(R"(&from=(\d+)&until=(\d+))"))) << target;
+  const long long from = std::stoll(m[1].str()), until = std::stoll(m[2].str()), now = std::time(nullptr);
+  EXPECT_LE(from, until);
+  EXPECT_LE(until - from, 5);
+  EXPECT_LE(now - from, 60);
+  EXPECT_EQ(e2e::read_file(got + "/1.ctype").rfind("multipart/form-data", 0), 0u);
+  const std::string pprof = e2e::read_file(got + "/1.part.profile");
+  ASSERT_GE(pprof.size(), 2u);
+  EXPECT_EQ(pprof.substr(0, 2), "\x1f\x8b");  // gzip
+  auto valid = e2e::run({python(), e2e::source_dir() + "/tests/profile/validate_one.py", "pprof",
+                         got + "/1.part.profile", e2e::source_dir() + "/tests/third_party", "burner", "burn_cpu"});
+  EXPECT_EQ(valid.exit_code, 0) << valid.out << valid.err;
+  EXPECT_NE(e2e::read_file(got + "/1.part.sample_type_config").find("\"cpu\""), std::string::npos);
+
+  // Retention: after a third profile, two files stay; the counters say so.
+  std::string metrics;
+  ASSERT_TRUE(e2e::poll_until(
+      [&] {
+        metrics = agent.scrape();
+        return sample_value(metrics, "asynctrace_agent_profiles_written_total ") >= 3;
+      },
+      15s))
+      << metrics << agent.app.stderr_text();
+  EXPECT_EQ(files_ending(proc_dir, ".folded").size(), 2u);
+  EXPECT_GE(sample_value(metrics, "asynctrace_agent_profiles_pushed_total "), 1);
+  EXPECT_EQ(sample_value(metrics, "asynctrace_agent_profile_errors_total{reason=\"record_failed\"} "), 0) << metrics;
+
+  // SIGTERM: exit 0, no recorder left, nothing of theirs in the kernel.
+  agent.app.signal(SIGTERM);
+  EXPECT_EQ(agent.app.wait_exit(20s, nullptr), 0) << agent.app.stderr_text();
+  EXPECT_TRUE(e2e::poll_until([&] { return recorders_of(pid) == 0; }, 5s));
+  auto held = e2e::wait_kernel_released(traced.pid(), 20s);
+  EXPECT_TRUE(held.empty()) << held.detail;
+  EXPECT_TRUE(files_ending(proc_dir, ".part").empty());
+  fs::remove_all(dir);
+  fs::remove_all(got);
+}

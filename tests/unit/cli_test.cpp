@@ -198,6 +198,106 @@ TEST(CliAgent, ParseListen) {
   EXPECT_EQ(parse_listen("127.0.0.1:65535")->port, 65535);
 }
 
+TEST(CliAgent, PeriodicProfiles) {
+  auto off = parse_cli({"asynctrace", "agent"});
+  ASSERT_TRUE(off.options);
+  EXPECT_EQ(off.options->profile_dir, "");
+  EXPECT_EQ(off.options->profile_push, "");
+  auto d = parse_cli({"asynctrace", "agent", "--profile-dir", "/var/lib/p"});
+  ASSERT_TRUE(d.options) << d.err;
+  EXPECT_EQ(d.options->profile_dir, "/var/lib/p");
+  EXPECT_EQ(d.options->profile_every, std::chrono::milliseconds(60000));
+  EXPECT_EQ(d.options->profile_duration, std::chrono::milliseconds(10000));
+  EXPECT_EQ(d.options->profile_format, "pprof");
+  EXPECT_EQ(d.options->profile_mode, "cpu");
+  EXPECT_EQ(d.options->profile_keep, 10u);
+  auto all = parse_cli({"asynctrace", "agent", "--profile-dir", "p", "--profile-every", "3s", "--profile-duration",
+                        "1s", "--profile-format", "folded", "--profile-mode", "wall", "--profile-keep", "3",
+                        "--profile-push", "http://127.0.0.1:4040/ingest"});
+  ASSERT_TRUE(all.options) << all.err;
+  EXPECT_EQ(all.options->profile_every, std::chrono::milliseconds(3000));
+  EXPECT_EQ(all.options->profile_duration, std::chrono::milliseconds(1000));
+  EXPECT_EQ(all.options->profile_format, "folded");
+  EXPECT_EQ(all.options->profile_mode, "wall");
+  EXPECT_EQ(all.options->profile_keep, 3u);
+  EXPECT_EQ(all.options->push_host, "127.0.0.1");
+  EXPECT_EQ(all.options->push_port, 4040);
+  EXPECT_EQ(all.options->push_path, "/ingest");
+  auto push = parse_cli({"asynctrace", "agent", "--profile-push", "http://[::1]/", "--profile-every", "5m"});
+  ASSERT_TRUE(push.options) << push.err;
+  EXPECT_EQ(push.options->push_host, "::1");
+  EXPECT_EQ(push.options->push_port, 80);
+  EXPECT_EQ(push.options->profile_every, std::chrono::milliseconds(300000));
+  auto any = parse_cli({"asynctrace", "agent", "--profile-push", "http://10.1.2.3:4040/ingest", "--push-any"});
+  ASSERT_TRUE(any.options) << any.err;
+  EXPECT_EQ(any.options->push_host, "10.1.2.3");
+}
+
+TEST(CliAgent, PeriodicProfileErrorsAreOneLine) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--profile-every", "30s"}, "--profile-every: periodic profiles need --profile-dir or --profile-push"},
+      {{"--profile-duration", "1s"}, "--profile-duration: periodic profiles need"},
+      {{"--profile-mode", "wall"}, "--profile-mode: periodic profiles need"},
+      {{"--push-any"}, "--push-any: periodic profiles need"},
+      {{"--profile-push", "http://127.0.0.1/i", "--profile-format", "svg"}, "--profile-format: applies to --profile-dir"},
+      {{"--profile-push", "http://127.0.0.1/i", "--profile-keep", "3"}, "--profile-keep: applies to --profile-dir"},
+      {{"--profile-dir", ""}, "--profile-dir: a directory is required"},
+      {{"--profile-dir", "d", "--profile-every", "500ms"}, "--profile-every: invalid duration '500ms'"},
+      {{"--profile-dir", "d", "--profile-every", "soon"}, "--profile-every: invalid duration 'soon'"},
+      {{"--profile-dir", "d", "--profile-duration", "10ms"}, "--profile-duration: invalid duration '10ms'"},
+      {{"--profile-dir", "d", "--profile-duration", "0"}, "--profile-duration: invalid duration"},
+      {{"--profile-dir", "d", "--profile-every", "10s", "--profile-duration", "10s"},
+       "--profile-duration: 10s is not shorter than --profile-every 10s"},
+      {{"--profile-dir", "d", "--profile-format", "png"}, "--profile-format"},
+      {{"--profile-dir", "d", "--profile-mode", "io"}, "--profile-mode"},
+      {{"--profile-dir", "d", "--profile-keep", "0"}, "--profile-keep"},
+      {{"--profile-push", "https://127.0.0.1/ingest"}, "--profile-push: invalid URL"},
+      {{"--profile-push", "127.0.0.1:4040"}, "--profile-push: invalid URL"},
+      {{"--profile-push", "http://127.0.0.1:4040/ingest?x=1"}, "--profile-push: invalid URL"},
+      {{"--profile-push", "http://u@127.0.0.1/ingest"}, "--profile-push: invalid URL"},
+      {{"--profile-push", "http://127.0.0.1:0/ingest"}, "--profile-push: invalid URL"},
+      {{"--profile-push", "http://127.0.0.1:99999/ingest"}, "--profile-push: invalid URL"},
+      {{"--profile-push", "http://pyroscope:4040/ingest"}, "--profile-push: invalid URL"},
+      {{"--profile-push", "http://10.1.2.3:4040/ingest"}, "is not a loopback address"},
+  };
+  for (const auto& [extra, expect] : cases) {
+    std::vector<std::string> args = {"asynctrace", "agent"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto r = parse_cli(args);
+    EXPECT_FALSE(r.options) << expect;
+    EXPECT_EQ(r.exit_code, 2) << expect;
+    EXPECT_NE(r.err.find(expect), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find('\n'), std::string::npos) << r.err;
+  }
+}
+
+TEST(CliAgent, ParsePushUrl) {
+  auto u = parse_push_url("http://localhost:4040/ingest");
+  ASSERT_TRUE(u);
+  EXPECT_TRUE(u->loopback);
+  EXPECT_EQ(u->path, "/ingest");
+  auto bare = parse_push_url("http://127.0.0.1");
+  ASSERT_TRUE(bare);
+  EXPECT_EQ(bare->port, 80);
+  EXPECT_EQ(bare->path, "/");
+  auto v6 = parse_push_url("http://[::1]:4040/a/b");
+  ASSERT_TRUE(v6);
+  EXPECT_EQ(v6->host, "::1");
+  EXPECT_EQ(v6->port, 4040);
+  EXPECT_EQ(v6->path, "/a/b");
+  EXPECT_FALSE(parse_push_url("http://[::1/x"));
+  EXPECT_FALSE(parse_push_url("http:///ingest"));
+  EXPECT_FALSE(parse_push_url("http://127.0.0.1/in gest"));
+}
+
+TEST(CliRecord, AlsoPprofIsHidden) {
+  auto r = parse_cli({"asynctrace", "record", "-p", "1", "-o", "a.folded", "--also-pprof", "a.pb.gz"});
+  ASSERT_TRUE(r.options) << r.err;
+  EXPECT_EQ(r.options->also_pprof, "a.pb.gz");
+  auto h = parse_cli({"asynctrace", "record", "--help"});
+  EXPECT_EQ(h.out.find("also-pprof"), std::string::npos);
+}
+
 TEST(CliAgent, HelpEndsWithExamples) {
   auto r = parse_cli({"asynctrace", "agent", "--help"});
   EXPECT_EQ(r.exit_code, 0);

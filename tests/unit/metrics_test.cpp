@@ -186,3 +186,26 @@ TEST(Metrics, SampleFromSnapshot) {
 
 }  // namespace
 }  // namespace asynctrace
+
+namespace asynctrace {
+namespace {
+
+TEST(Metrics, ProfileFamiliesOnlyWhenProfiling) {
+  AgentSample self;
+  const std::string off = render_metrics({}, self, ExpositionFormat::OpenMetrics);
+  EXPECT_EQ(off.find("asynctrace_agent_profile"), std::string::npos);
+  self.profiling = true;
+  self.profiles_written = 3;
+  self.profiles_pushed = 2;
+  self.profile_errors = {{"push_failed", 1}, {"record_failed", 0}};
+  for (const auto f : {ExpositionFormat::OpenMetrics, ExpositionFormat::Text}) {
+    const std::string t = render_metrics({}, self, f);
+    EXPECT_TRUE(has_line(t, "asynctrace_agent_profiles_written_total 3")) << t;
+    EXPECT_TRUE(has_line(t, "asynctrace_agent_profiles_pushed_total 2")) << t;
+    EXPECT_TRUE(has_line(t, "asynctrace_agent_profile_errors_total{reason=\"push_failed\"} 1")) << t;
+    EXPECT_TRUE(has_line(t, "asynctrace_agent_profile_errors_total{reason=\"record_failed\"} 0")) << t;
+  }
+}
+
+}  // namespace
+}  // namespace asynctrace
