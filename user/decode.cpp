@@ -126,7 +126,15 @@ void SnapshotDecoder::add_task(const at_task_key& k, const at_task& t) {
 }
 
 void SnapshotDecoder::add_stack(const at_stack_key& k, const at_stack& s) {
-  if (k.pid == snap_.pid) stacks_.emplace(k.stack_id, s);
+  if (k.pid != snap_.pid || snap_.stacks.count(k.stack_id)) return;
+  StackInfo& info = snap_.stacks[k.stack_id];
+  const uint32_t n = std::min<uint32_t>(s.nframes, AT_MAX_FRAMES);
+  info.frames.reserve(n);
+  for (uint32_t f = 0; f < n; f++) {
+    info.frames.push_back({s.frames[f].code_id, s.frames[f].line});
+    // ASYNCTRACE_FRAME_TRUNCATED: the runtime itself cut the stack here.
+    if (s.frames[f].flags & 1u) info.truncated = true;
+  }
 }
 
 void SnapshotDecoder::add_code(const at_code_key& k, const at_code& c) {
@@ -145,31 +153,16 @@ void SnapshotDecoder::add_code_timing(const at_code_key& k, const at_timing& t) 
 }
 
 Snapshot SnapshotDecoder::finish() && {
-  for (const auto& [id, s] : stacks_) {
-    StackInfo& info = snap_.stacks[id];
-    const uint32_t n = std::min<uint32_t>(s.nframes, AT_MAX_FRAMES);
-    info.frames.reserve(n);
-    for (uint32_t f = 0; f < n; f++) {
-      info.frames.push_back({s.frames[f].code_id, s.frames[f].line});
-      if (s.frames[f].flags & 1u) info.truncated = true;
-    }
-  }
   if (!timing_.empty())
     for (TaskRecord& r : snap_.tasks)
       if (auto it = timing_.find(r.id); it != timing_.end()) r.timing = std::make_shared<const Timing>(it->second);
   for (size_t i = 0; i < snap_.tasks.size(); ++i) {
-    const auto it = stack_ids_[i] ? stacks_.find(stack_ids_[i]) : stacks_.end();
-    if (it == stacks_.end()) continue;
-    const at_stack& s = it->second;
+    const auto it = stack_ids_[i] ? snap_.stacks.find(stack_ids_[i]) : snap_.stacks.end();
+    if (it == snap_.stacks.end()) continue;
     TaskRecord& r = snap_.tasks[i];
     r.stack_id = stack_ids_[i];
-    const uint32_t n = std::min<uint32_t>(s.nframes, AT_MAX_FRAMES);
-    r.frames.reserve(n);
-    for (uint32_t f = 0; f < n; f++) {
-      r.frames.push_back({s.frames[f].code_id, s.frames[f].line});
-      // ASYNCTRACE_FRAME_TRUNCATED: the runtime itself cut the stack here.
-      if (s.frames[f].flags & 1u) r.frames_truncated = true;
-    }
+    r.frames = it->second.frames;
+    if (it->second.truncated) r.frames_truncated = true;
   }
   // Sort positions, then move each record once: records are large, and
   // std::sort would move them O(n log n) times (100,000 tasks: ~2M moves).

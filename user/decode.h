@@ -41,7 +41,6 @@ class SnapshotDecoder {
  private:
   Snapshot snap_;
   std::vector<uint64_t> stack_ids_;  // parallel to snap_.tasks
-  std::unordered_map<uint64_t, at_stack> stacks_;
   std::unordered_map<uint64_t, Timing> timing_;
   std::unordered_set<uint64_t> seen_;
   bool dedupe_ = false;

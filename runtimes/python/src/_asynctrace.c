@@ -1631,11 +1631,16 @@ static void timing_completed(PyObject *task)
 #define DONE_SLOTS 4096u
 static struct { uintptr_t fut; uint64_t ns; } done_at[DONE_SLOTS];
 
+static size_t done_slot(PyObject *fut)
+{
+	return (size_t)(((uint64_t)(uintptr_t)fut >> 4) * 0x9E3779B97F4A7C15ull >> 40) & (DONE_SLOTS - 1);
+}
+
 static void timing_note_done(PyObject *fut)
 {
 	if (!T.on)
 		return;
-	size_t i = (size_t)(((uint64_t)(uintptr_t)fut >> 4) * 0x9E3779B97F4A7C15ull >> 40) & (DONE_SLOTS - 1);
+	size_t i = done_slot(fut);
 	done_at[i].fut = (uintptr_t)fut;
 	done_at[i].ns = now_ns();
 }
@@ -1644,7 +1649,7 @@ static void timing_wakeup(PyObject *task, PyObject *fut)
 {
 	if (!T.on)
 		return;
-	size_t i = (size_t)(((uint64_t)(uintptr_t)fut >> 4) * 0x9E3779B97F4A7C15ull >> 40) & (DONE_SLOTS - 1);
+	size_t i = done_slot(fut);
 	if (done_at[i].fut != (uintptr_t)fut)
 		return;
 	struct tstat *e = tstat_find(task);
