@@ -493,8 +493,10 @@ TEST_F(AgentE2E, PrometheusScrapesWhatTheProgramsDid) {
       << prom.stderr_text();
 
   // Two programs at once, different amounts of work; both linger (tasks
-  // suspended) so that the last values are scraped, then exit.
-  Work a(300, 20, 4, 4), b(120, 50, 1, 4);
+  // suspended) until Prometheus has scraped their final values, then exit on
+  // SIGUSR1. (Prometheus's first scrape can come seconds after /-/ready: its
+  // target discovery sends updates at most every 5 s.)
+  Work a(300, 20, 4, 120), b(120, 50, 1, 120);
   ASSERT_TRUE(a.ready()) << a.app.stderr_text();
   ASSERT_TRUE(b.ready()) << b.app.stderr_text();
   const json ta = a.truth(), tb = b.truth();
@@ -506,8 +508,13 @@ TEST_F(AgentE2E, PrometheusScrapesWhatTheProgramsDid) {
     const json& t = w == &a ? ta : tb;
     const std::string sel = "{job=\"asynctrace\",pid=\"" + w->pid() + "\"}";
     EXPECT_TRUE(e2e::poll_until(
-        [&] { return prom_value(prom_port, "sum(asynctrace_tasks" + sel + ")") == t["alive"].get<double>(); }, 15s))
-        << "alive " << prom_value(prom_port, "sum(asynctrace_tasks" + sel + ")") << " vs " << t;
+        [&] {
+          return prom_value(prom_port, "sum(asynctrace_tasks" + sel + ")") == t["alive"].get<double>() &&
+                 prom_value(prom_port, "asynctrace_tasks_created_total" + sel) == t["created"].get<double>();
+        },
+        30s))
+        << "alive " << prom_value(prom_port, "sum(asynctrace_tasks" + sel + ")") << " vs " << t << "\n"
+        << agent.scrape(false);
   }
   // promtool lints the text exposition; Prometheus itself parsed the
   // OpenMetrics one (up == 1, samples scraped).
@@ -525,6 +532,8 @@ TEST_F(AgentE2E, PrometheusScrapesWhatTheProgramsDid) {
   EXPECT_GT(prom_value(prom_port, "asynctrace_agent_scrapes_total{job=\"asynctrace\",format=\"openmetrics\"}"), 0);
   EXPECT_EQ(prom_query(prom_port, "scrape_samples_scraped{job=\"asynctrace\"}").size(), 1u);
 
+  a.app.signal(SIGUSR1);
+  b.app.signal(SIGUSR1);
   a.app.wait_exit(30s, nullptr);
   b.app.wait_exit(30s, nullptr);
   // After the exits: the scraped series, over their lifetime, match each
