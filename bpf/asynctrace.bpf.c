@@ -11,6 +11,11 @@
  *  - strings and frames are copied from user memory straight into map values,
  *    bounded by the field sizes of bpf/abi.h.
  */
+/* No CO-RE: the only kernel type read is struct pt_regs (usdt.bpf.h reads
+ * its ip), whose x86-64 layout is the user ABI. Without relocations libbpf
+ * does not load and parse the kernel's BTF (~5 MB) at every load, which was
+ * the largest part of a one-shot `pstree`. */
+#define BPF_NO_PRESERVE_ACCESS_INDEX
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -588,51 +593,53 @@ static __always_inline int batch_fill(struct batch_ctx *x)
 	return 0;
 }
 
-/* One function per record type, not inlined: the verifier then checks each
- * once per call site with a small state, instead of every path of every type
- * through one large body (that took ~80 ms of verification per load). cur is
- * the record's first slot in x->buf (< AT_BATCH_CHUNK), n its length. */
-static __always_inline int batch_create(struct batch_ctx *x, __u32 cur, __u32 n)
+/* One global function per record type: the verifier checks each once, on
+ * its own, instead of along every path of the record loop (inlined, they
+ * made the batch program ~60 ms of verification per load, most of a
+ * one-shot `pstree`). Their pointer arguments are map values of the sizes
+ * their types say; cur is the record's first slot in buf (< AT_BATCH_CHUNK),
+ * n its length. */
+__noinline int batch_create(struct batch_buf *buf, struct at_proc *proc, __u32 cur, __u32 n)
 {
 	struct at_rec *rec;
 	struct at_rec_create *c;
 	__u32 avail;
 
-	if (!x->proc || !x->buf || cur >= AT_BATCH_CHUNK || n < 2 || n > AT_REC_MAX_SLOTS)
+	if (!proc || !buf || cur >= AT_BATCH_CHUNK || n < 2 || n > AT_REC_MAX_SLOTS)
 		return -1;
-	rec = &x->buf->recs[cur];
-	c = (struct at_rec_create *)&x->buf->recs[cur + 1];
+	rec = &buf->recs[cur];
+	c = (struct at_rec_create *)&buf->recs[cur + 1];
 	avail = (n - 2) * sizeof(struct at_rec);
-	apply_create(x->proc, x->buf->pid, rec->a, rec->b, rec->c, c->tid, (__u64)&x->buf->recs[cur + 2],
+	apply_create(proc, buf->pid, rec->a, rec->b, rec->c, c->tid, (__u64)&buf->recs[cur + 2],
 		     rec->len, c->code_id, c->kept < avail ? c->kept : avail, true);
 	if (c->edge_kind)  /* an EDGE_ADD the runtime folded into the create */
-		apply_edge_add(x->proc, x->buf->pid, rec->a, c->edge_awaiter, c->edge_kind - 1, true);
+		apply_edge_add(proc, buf->pid, rec->a, c->edge_awaiter, c->edge_kind - 1, true);
 	return 0;
 }
 
-static __always_inline int batch_step(struct batch_ctx *x, __u32 cur)
+__noinline int batch_step(struct batch_buf *buf, struct at_proc *proc, __u32 cur, __u32 n)
 {
 	struct at_rec *rec;
 
-	if (!x->proc || !x->buf || cur >= AT_BATCH_CHUNK)
+	if (!proc || !buf || cur >= AT_BATCH_CHUNK || n == 0)
 		return -1;
-	rec = &x->buf->recs[cur];
+	rec = &buf->recs[cur];
 	/* No frames: stacks come with the replay (STACK records). */
-	apply_await(x->proc, x->buf->pid, rec->a, rec->b, rec->kind, true);
+	apply_await(proc, buf->pid, rec->a, rec->b, rec->kind, true);
 	return 0;
 }
 
-static __always_inline int batch_stack(struct batch_ctx *x, __u32 cur, __u32 n)
+__noinline int batch_stack(struct batch_buf *buf, struct at_proc *proc, __u32 cur, __u32 n)
 {
 	struct scratch *s = scratch_slot();
 	struct at_task *task;
 	struct at_rec *rec;
 	__u32 nf;
 
-	if (!x->proc || !x->buf || !s || cur >= AT_BATCH_CHUNK || n < 1 || n > AT_REC_MAX_SLOTS)
+	if (!proc || !buf || !s || cur >= AT_BATCH_CHUNK || n < 1 || n > AT_REC_MAX_SLOTS)
 		return -1;
-	rec = &x->buf->recs[cur];
-	task = apply_await(x->proc, x->buf->pid, rec->a, rec->b, rec->kind, true);
+	rec = &buf->recs[cur];
+	task = apply_await(proc, buf->pid, rec->a, rec->b, rec->kind, true);
 	if (!task)
 		return 0;
 	nf = rec->len;
@@ -646,31 +653,31 @@ static __always_inline int batch_stack(struct batch_ctx *x, __u32 cur, __u32 n)
 		return 0;
 	/* Frames beyond nf are whatever follows in the buffer; nframes says
 	 * how many are valid (and the runtime's id covers those). */
-	__builtin_memcpy(s->stack.frames, &x->buf->recs[cur + 1], sizeof(s->stack.frames));
+	__builtin_memcpy(s->stack.frames, &buf->recs[cur + 1], sizeof(s->stack.frames));
 	s->stack.nframes = nf;
-	task_set_stack(x->proc, x->buf->pid, task, &s->stack, rec->c);
+	task_set_stack(proc, buf->pid, task, &s->stack, rec->c);
 	return 0;
 }
 
-static __always_inline int batch_other(struct batch_ctx *x, __u32 cur)
+__noinline int batch_other(struct batch_buf *buf, struct at_proc *proc, __u32 cur, __u32 n)
 {
 	struct at_rec *rec;
 
-	if (!x->proc || !x->buf || cur >= AT_BATCH_CHUNK)
+	if (!proc || !buf || cur >= AT_BATCH_CHUNK || n == 0)
 		return -1;
-	rec = &x->buf->recs[cur];
+	rec = &buf->recs[cur];
 	switch (rec->type) {
 	case AT_REC_COMPLETE:
-		apply_complete(x->proc, x->buf->pid, rec->a);
+		apply_complete(proc, buf->pid, rec->a);
 		break;
 	case AT_REC_EDGE_ADD:
-		apply_edge_add(x->proc, x->buf->pid, rec->a, rec->b, rec->kind, true);
+		apply_edge_add(proc, buf->pid, rec->a, rec->b, rec->kind, true);
 		break;
 	case AT_REC_EDGE_REMOVE:
-		apply_edge_remove(x->proc, x->buf->pid, rec->a, rec->b);
+		apply_edge_remove(proc, buf->pid, rec->a, rec->b);
 		break;
 	case AT_REC_RESUME:
-		apply_resume(x->proc, x->buf->pid, rec->a, true);
+		apply_resume(proc, buf->pid, rec->a, true);
 		break;
 	default:
 		break; /* PAD, or a newer record type: skipped by its length */
@@ -860,13 +867,13 @@ static long batch_record(__u64 index, struct batch_ctx *x)
 	}
 	switch (rec->type) {
 	case AT_REC_CREATE:
-		err = batch_create(x, cur, n);
+		err = batch_create(x->buf, x->proc, cur, n);
 		break;
 	case AT_REC_STEP:
-		err = batch_step(x, cur);
+		err = batch_step(x->buf, x->proc, cur, n);
 		break;
 	case AT_REC_STACK:
-		err = batch_stack(x, cur, n);
+		err = batch_stack(x->buf, x->proc, cur, n);
 		break;
 	case AT_REC_TIMING:
 	case AT_REC_CODE:
@@ -880,7 +887,7 @@ static long batch_record(__u64 index, struct batch_ctx *x)
 		err = batch_event(x->buf, x->proc, cur, n);
 		break;
 	default:
-		err = batch_other(x, cur);
+		err = batch_other(x->buf, x->proc, cur, n);
 		break;
 	}
 	if (err)

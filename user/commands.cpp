@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -151,28 +152,41 @@ Result<std::unique_ptr<Tracer>> start_tracing(const Options& o, PhaseClock* cloc
 }
 
 
-// Closing uprobe links waits for a kernel grace period (60-120 ms here) that
-// the user need not wait for: a forked child holds the last references and
-// closes them, so the kernel finishes unregistering just after we exit. If
-// fork fails, detach here.
+// Closing uprobe links waits for a kernel grace period (tens of ms) that the
+// user need not wait for: a forked child holds the last references and
+// closes them once we have exited (it waits for EOF on a pipe whose write end
+// only we hold), so the kernel finishes unregistering just after we exit and
+// our own closes are cheap. If fork or pipe fails, detach here.
 void detach_in_background(std::unique_ptr<Tracer>& tracer) {
   std::cout.flush();
   std::cerr.flush();
+  int gate[2];
+  if (pipe2(gate, O_CLOEXEC) != 0) {
+    tracer.reset();
+    return;
+  }
   const pid_t child = fork();
   if (child == 0) {
+    close(gate[1]);
     const int null = open("/dev/null", O_RDWR);
     if (null >= 0) {
       for (int fd = 0; fd <= 2; ++fd) dup2(null, fd);  // release the caller's pipes
     }
     setsid();
+    char c;
+    while (read(gate[0], &c, 1) < 0 && errno == EINTR) {
+    }
     tracer.reset();
     _exit(0);
   }
+  close(gate[0]);
   if (child < 0) {
+    close(gate[1]);
     tracer.reset();
     return;
   }
-  // Our copies of the link and map fds are not the last ones: closing is cheap.
+  // Our copies of the link and map fds are not the last ones: closing is
+  // cheap. gate[1] stays open until we exit.
   tracer.reset();
 }
 
