@@ -37,9 +37,9 @@
  * Leaf (no calls) whose frame fits the red zone: without -mno-red-zone GCC -O2
  * keeps `zone` at rsp-0x78 .. rsp-0x8 and never moves rsp (objdump -d
  * redzone_unsafe: stores to -0x78(%rsp,%rcx,8), no sub); with it, it
- * subtracts from rsp first. volatile keeps every store and load in memory; the empty asm
- * statements keep them on their side of the probe site. The probe fires only
- * while a tracer holds the semaphore, as in a runtime.
+ * subtracts from rsp first. volatile keeps every store and load in memory;
+ * the empty asm statements keep them on their side of the probe site. The
+ * probe fires only while a tracer holds the semaphore, as in a runtime.
  */
 __attribute__((noinline)) static int hit(uint64_t i)
 {
