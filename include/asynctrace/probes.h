@@ -160,6 +160,32 @@ enum asynctrace_edge_kind {
 #define _SDT_HAS_SEMAPHORES 1
 #include <sys/sdt.h>
 
+/*
+ * ASYNCTRACE_PROBE_NOP5 (define before including; x86-64 only, ignored
+ * elsewhere): every asynctrace probe site is the 5-byte nop 0f 1f 44 00 00
+ * instead of sys/sdt.h's 1-byte nop. Linux >= 6.17 turns a uprobe on such a
+ * site into a call to a uprobe trampoline after its first hit, instead of an
+ * int3 trap on every hit (docs/probes.md "Probe sites: 5-byte nops").
+ *
+ * A translation unit that defines it MUST be compiled with -mno-red-zone.
+ * The call, and the trampoline's pushes, write below the stack pointer: into
+ * the 128-byte red zone where the x86-64 ABI lets a leaf function keep data
+ * without moving rsp. A leaf function holding live data there across a probe
+ * site would find it overwritten once a tracer attaches. -mno-red-zone makes
+ * the compiler move rsp instead (a few stack adjustments in leaf functions).
+ *
+ * The site is 8-byte aligned so that it never crosses a page: the kernel
+ * does not optimize a site that does. sys/sdt.h puts its note label 990
+ * before _SDT_NOP, so the padding (one nop instruction of up to 7 bytes) would
+ * get the label: 990 is defined again after it, and the note's "990b" takes
+ * the latest definition. Semicolons, no commas: sys/sdt.h passes _SDT_NOP
+ * through one-argument macros.
+ */
+#if defined(ASYNCTRACE_PROBE_NOP5) && defined(__x86_64__)
+#undef _SDT_NOP
+#define _SDT_NOP .p2align 3; 990: .byte 0x0f; .byte 0x1f; .byte 0x44; .byte 0x00; .byte 0x00
+#endif
+
 #define ASYNCTRACE__SEMAPHORES(X) \
 	X(task__create)           \
 	X(task__resume)           \

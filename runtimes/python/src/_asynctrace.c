@@ -37,6 +37,8 @@
 #include <time.h>
 #include <unistd.h>
 
+/* On x86-64 CMakeLists.txt defines ASYNCTRACE_PROBE_NOP5 and compiles this
+ * file with -mno-red-zone: 5-byte nop probe sites (probes.h). */
 #define ASYNCTRACE_DEFINE_SEMAPHORES
 #include "asynctrace/probes.h"
 
