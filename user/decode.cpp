@@ -18,6 +18,11 @@ std::string bytes(const char* p, size_t cap, uint64_t len) {
 
 TaskRecord decode_task(uint64_t task_id, const at_task& t) {
   TaskRecord r;
+  decode_task_into(task_id, t, r);
+  return r;
+}
+
+void decode_task_into(uint64_t task_id, const at_task& t, TaskRecord& r) {
   r.id = task_id;
   r.parent_id = t.parent_id;
   r.loop_id = t.loop_id;
@@ -37,7 +42,6 @@ TaskRecord decode_task(uint64_t task_id, const at_task& t) {
   }
   r.frames_truncated = (t.flags & AT_TASK_FRAMES_TRUNC) != 0;
   r.awaiters_truncated = (t.flags & AT_TASK_AWAITERS_FULL) != 0;
-  return r;
 }
 
 CodeInfo decode_code(const at_code& c) {
@@ -121,7 +125,7 @@ ProcCounters decode_proc(const at_proc& p) {
 void SnapshotDecoder::add_task(const at_task_key& k, const at_task& t) {
   if (k.pid != snap_.pid) return;
   if (dedupe_ && !seen_.insert(k.task_id).second) return;
-  snap_.tasks.push_back(decode_task(k.task_id, t));
+  decode_task_into(k.task_id, t, snap_.tasks.emplace_back());
   stack_ids_.push_back(t.stack_id);
 }
 
@@ -142,7 +146,15 @@ void SnapshotDecoder::add_code(const at_code_key& k, const at_code& c) {
   snap_.code.emplace(k.code_id, decode_code(c));
 }
 
-void SnapshotDecoder::set_proc(const at_proc& p) { snap_.counters = decode_proc(p); }
+void SnapshotDecoder::set_proc(const at_proc& p) {
+  snap_.counters = decode_proc(p);
+  // The last replay's task count: room for about as many tasks, read next.
+  const size_t hint = std::min<uint64_t>(p.replay_tasks, AT_MAX_TASKS) * 9 / 8 + 64;
+  if (snap_.tasks.capacity() < hint) {
+    snap_.tasks.reserve(hint);
+    stack_ids_.reserve(hint);
+  }
+}
 
 void SnapshotDecoder::add_timing(const at_task_key& k, const at_timing& t) {
   if (k.pid == snap_.pid) timing_[k.task_id] = decode_timing(t);
@@ -172,10 +184,21 @@ Snapshot SnapshotDecoder::finish() && {
   std::sort(order.begin(), order.end(), [&t](uint32_t a, uint32_t b) {
     return t[a].seq != t[b].seq ? t[a].seq < t[b].seq : t[a].id < t[b].id;
   });
-  std::vector<TaskRecord> sorted;
-  sorted.reserve(order.size());
-  for (uint32_t i : order) sorted.push_back(std::move(snap_.tasks[i]));
-  snap_.tasks = std::move(sorted);
+  // Apply the permutation in place, one cycle at a time: every record moves
+  // once and no second array of 100,000 records is touched.
+  std::vector<TaskRecord>& v = snap_.tasks;
+  for (uint32_t start = 0; start < order.size(); ++start) {
+    if (order[start] == start) continue;
+    TaskRecord held = std::move(v[start]);
+    uint32_t to = start;
+    for (uint32_t from = order[to]; from != start; from = order[to]) {
+      v[to] = std::move(v[from]);
+      order[to] = to;
+      to = from;
+    }
+    v[to] = std::move(held);
+    order[to] = to;
+  }
   return std::move(snap_);
 }
 

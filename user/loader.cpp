@@ -5,7 +5,6 @@
 #include "loader.h"
 
 #include <bpf/bpf.h>
-#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <errno.h>
 #include <dirent.h>
@@ -211,6 +210,9 @@ struct MapFds {
 
 Result<Snapshot> read_maps(uint32_t pid, const MapFds& m) {
   SnapshotDecoder dec(pid);  // decode.cpp: the pure part, fuzzed in tests/fuzz/
+  at_proc proc{};
+  const __u32 key = pid;
+  if (bpf_map_lookup_elem(m.procs, &key, &proc) == 0) dec.set_proc(proc);  // first: a size hint
   Status st = for_each_entry<at_stack_key, at_stack>(
       m.stacks, "stacks", [&](const at_stack_key& k, const at_stack& s) { dec.add_stack(k, s); });
   if (!st.ok()) return st.error();
@@ -237,9 +239,6 @@ Result<Snapshot> read_maps(uint32_t pid, const MapFds& m) {
         [&](const at_code_key& k, const at_timing& t) { dec.add_code_timing(k, t); });
     if (!st.ok()) return st.error();
   }
-  at_proc proc{};
-  const __u32 key = pid;
-  if (bpf_map_lookup_elem(m.procs, &key, &proc) == 0) dec.set_proc(proc);
   return std::move(dec).finish();
 }
 
@@ -874,13 +873,9 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
   if (mode == AttachMode::PerfPerSite)
     if (Status st = ensure_uprobe_interface(); !st.ok()) return st.error();
 
-  // ASYNCTRACE_BTF_PATH: kernel BTF from a file (libbpf's btf_custom_path),
-  // e.g. for a kernel without /sys/kernel/btf/vmlinux.
-  const char* btf_env = std::getenv("ASYNCTRACE_BTF_PATH");
-  const std::string btf_path = btf_env && *btf_env ? btf_env : "";
-  LIBBPF_OPTS(bpf_object_open_opts, open_opts);
-  open_opts.btf_custom_path = btf_path.empty() ? nullptr : btf_path.c_str();
-  asynctrace_bpf* skel = asynctrace_bpf__open_opts(&open_opts);
+  // The object has no CO-RE relocations (bpf/asynctrace.bpf.c): no kernel
+  // BTF is needed or read.
+  asynctrace_bpf* skel = asynctrace_bpf__open();
   if (!skel)
     return Error{kExitTracing, "failed to open BPF object 'asynctrace': " + reason(errno)};
   skel->rodata->target_tgid = static_cast<__u32>(opts.pid ? opts.pid : proc.pid);
@@ -923,13 +918,6 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
   }
 
   if (int err = asynctrace_bpf__load(skel); err) {
-    btf* kernel_btf = btf_path.empty() ? btf__load_vmlinux_btf() : btf__parse(btf_path.c_str(), nullptr);
-    const bool have_btf = kernel_btf != nullptr;
-    btf__free(kernel_btf);
-    if (!have_btf)
-      return Error{kExitTracing, "failed to load BPF object 'asynctrace': no kernel BTF at '" +
-                                     (btf_path.empty() ? std::string("/sys/kernel/btf/vmlinux") : btf_path) +
-                                     "'; the kernel needs CONFIG_DEBUG_INFO_BTF=y (or set ASYNCTRACE_BTF_PATH)"};
     int code = (err == -EPERM || err == -EACCES) ? kExitPrivilege : kExitTracing;
     std::string msg = "failed to load BPF object 'asynctrace': " + reason(err);
     if (!opts.verbose) msg += "; rerun with --verbose for the verifier log";
@@ -974,7 +962,7 @@ Result<std::vector<Snapshot>> read_all(const MapFds& m) {
   Status st = for_each_entry<__u32, at_proc>(m.procs, "procs",
                                              [&](const __u32& pid, const at_proc& p) { dec(pid).set_proc(p); });
   if (!st.ok()) return st.error();
-  bool may_repeat = false;
+    bool may_repeat = false;
   st = for_each_entry<at_task_key, at_task>(
       m.tasks, "tasks",
       [&](const at_task_key& k, const at_task& t) {
@@ -1167,11 +1155,7 @@ Result<std::unique_ptr<Agent>> start_agent(bool verbose) {
   struct stat pst {};
   const bool reused = stat((dir + "/tasks").c_str(), &pst) == 0;
 
-  const char* btf_env = std::getenv("ASYNCTRACE_BTF_PATH");
-  const std::string btf_path = btf_env && *btf_env ? btf_env : "";
-  LIBBPF_OPTS(bpf_object_open_opts, open_opts);
-  open_opts.btf_custom_path = btf_path.empty() ? nullptr : btf_path.c_str();
-  asynctrace_bpf* skel = asynctrace_bpf__open_opts(&open_opts);
+  asynctrace_bpf* skel = asynctrace_bpf__open();
   if (!skel) return fail_unlocked(Error{kExitTracing, "failed to open BPF object 'asynctrace': " + reason(errno)});
   auto destroy = [&](Error e) {
     asynctrace_bpf__destroy(skel);

@@ -18,7 +18,7 @@ enum ExitCode : int {
   kExitNotPython = 4,      // not a Python process
   kExitNoProbes = 5,       // Python process without asynctrace probes
   kExitPrivilege = 6,      // missing root / CAP_BPF+CAP_PERFMON
-  kExitTracing = 7,        // BPF/tracefs/BTF unavailable, attach or load failed
+  kExitTracing = 7,        // BPF/tracefs unavailable, attach or load failed
   kExitReplayTimeout = 8,  // runtime did not answer the attach (replay) in time
   kExitProcessExited = 9,  // the traced process exited while being traced
 };

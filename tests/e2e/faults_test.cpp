@@ -189,38 +189,21 @@ TEST(BadInput, TracefsMissingIsTracingUnavailable) {
   EXPECT_TRUE(ends_cleanly(prog, nullptr)) << prog.stderr_text();
 }
 
-// Kernel BTF missing (libbpf needs it for the CO-RE relocations of
-// usdt.bpf.h): an empty tmpfs over /sys/kernel/btf in a private mount
-// namespace. Exit 7, one line, nothing loaded.
-TEST(BadInput, BtfMissingIsTracingUnavailable) {
+// Kernel BTF is not needed: the BPF object has no CO-RE relocations (its one
+// kernel type, struct pt_regs, has the x86-64 user ABI's layout), so libbpf
+// never reads /sys/kernel/btf/vmlinux. Hidden under an empty tmpfs in a
+// private mount namespace, pstree still attaches and shows the program.
+TEST(BadInput, KernelBtfIsNotNeeded) {
   e2e::Program prog({tool(), "run", "--", kPy, program("ticker.py")});
   ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
   auto r = e2e::run({"unshare", "-m", "--propagation", "private", "sh", "-c",
-                     "mount -t tmpfs none /sys/kernel/btf || exit 99; exec \"$@\"", "sh", tool(), "pstree", "-p",
-                     std::to_string(prog.pid())});
-  EXPECT_EQ(r.exit_code, 7) << r.err;
-  EXPECT_EQ(lines(r.err), 1u) << r.err;
-  EXPECT_EQ(r.out, "");
-  std::cerr << "[ BTF missing -> " << r.exit_code << ": " << r.err << " ]\n";
+                     "mount -t tmpfs none /sys/kernel/btf || exit 99; [ ! -e /sys/kernel/btf/vmlinux ] || exit 98; "
+                     "exec \"$@\"",
+                     "sh", tool(), "pstree", "-p", std::to_string(prog.pid())});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, "");
+  EXPECT_TRUE(has(r.out, "(T) sleeper-2")) << r.out;
   expect_released(prog.pid());
-  EXPECT_TRUE(ends_cleanly(prog, nullptr)) << prog.stderr_text();
-}
-
-// ASYNCTRACE_BTF_PATH (libbpf's btf_custom_path) pointing at nothing usable:
-// one line naming the BTF path, exit 7, nothing left in the kernel.
-TEST(BadInput, BtfPathFromEnvironmentIsNamedInTheError) {
-  e2e::Program prog({tool(), "run", "--", kPy, program("ticker.py")});
-  ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
-  for (const char* path : {"/nonexistent/vmlinux", "/dev/null"}) {
-    SCOPED_TRACE(path);
-    auto r = e2e::run({"env", std::string("ASYNCTRACE_BTF_PATH=") + path, tool(), "pstree", "-p",
-                       std::to_string(prog.pid())});
-    EXPECT_EQ(r.exit_code, 7) << r.err;
-    EXPECT_EQ(lines(r.err), 1u) << r.err;
-    EXPECT_TRUE(has(r.err, "BTF")) << r.err;
-    EXPECT_TRUE(has(r.err, path)) << r.err;
-    expect_released(prog.pid());
-  }
   EXPECT_TRUE(ends_cleanly(prog, nullptr)) << prog.stderr_text();
 }
 
