@@ -180,6 +180,11 @@ enum asynctrace_edge_kind {
  * get the label: 990 is defined again after it, and the note's "990b" takes
  * the latest definition. Semicolons, no commas: sys/sdt.h passes _SDT_NOP
  * through one-argument macros.
+ *
+ * And a process that forks while a tracer is attached must not reach such a
+ * site in the child: on Linux 6.18 the child does not inherit the uprobe
+ * trampoline page and segfaults there (the CPython runtime does not opt in
+ * for this reason; docs/probes.md).
  */
 #if defined(ASYNCTRACE_PROBE_NOP5) && defined(__x86_64__)
 #undef _SDT_NOP

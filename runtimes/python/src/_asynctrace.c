@@ -37,8 +37,6 @@
 #include <time.h>
 #include <unistd.h>
 
-/* On x86-64 CMakeLists.txt defines ASYNCTRACE_PROBE_NOP5 and compiles this
- * file with -mno-red-zone: 5-byte nop probe sites (probes.h). */
 #define ASYNCTRACE_DEFINE_SEMAPHORES
 #include "asynctrace/probes.h"
 
@@ -208,6 +206,12 @@ static uint32_t lookup_loop_tid(uintptr_t key)
 #define RING_SLOTS 65536u /* 2 MiB, allocated when a tracer first attaches */
 #define RING_MASK (RING_SLOTS - 1)
 #define RING_KICK (RING_SLOTS / 4) /* wake the watcher at this fill */
+/* A flush the fill asked for leaves the newest RING_KEEP slots (whole
+ * records) in the ring: tasks created in them may still complete unflushed
+ * and never reach the kernel (fresh_erase). Without it, every task alive at
+ * such a flush did: in a churn of short tasks created in bursts, a quarter
+ * of them, an insert and a delete in the kernel's hash map each. */
+#define RING_KEEP (RING_SLOTS / 8)
 
 static struct {
 	struct asynctrace_rec *slots;
@@ -240,12 +244,24 @@ static void ring_lock(void)
 
 static void ring_unlock(void) { atomic_flag_clear_explicit(&R.lock, memory_order_release); }
 
-/* With the lock: hands every published record to the tracers (or drops them
- * when none listens any more). */
-static void ring_flush_locked(void)
+/* With the lock: hands the published records to the tracers (or drops them
+ * when none listens any more), all but those starting in the newest `keep`
+ * slots. Record headers between tail and pub are stable under the lock
+ * (fresh_erase and fresh_note change a type, never a length). */
+static void ring_flush_locked(uint64_t keep)
 {
 	uint64_t t = atomic_load_explicit(&R.tail, memory_order_relaxed);
 	uint64_t h = atomic_load_explicit(&R.pub, memory_order_acquire);
+	if (keep) {
+		uint64_t end = t;
+		while (end < h && h - end > keep) {
+			uint16_t n = R.slots[end & RING_MASK].nslots;
+			if (!n)
+				break; /* never written so: flush up to here */
+			end += n;
+		}
+		h = end;
+	}
 	if (BATCH_ON()) {
 		while (t < h) {
 			uint32_t off = (uint32_t)(t & RING_MASK);
@@ -266,14 +282,17 @@ static void ring_flush_locked(void)
 	atomic_store_explicit(&R.kicked, 0, memory_order_relaxed);
 }
 
-static void ring_flush(void)
+static void ring_flush_keep(uint64_t keep)
 {
 	if (!R.slots)
 		return;
 	ring_lock();
-	ring_flush_locked();
+	ring_flush_locked(keep);
 	ring_unlock();
 }
+
+/* Everything published: replays, exit, fork, a full ring, the flush period. */
+static void ring_flush(void) { ring_flush_keep(0); }
 
 /*
  * Space for an n-slot record (GIL held), or NULL (counted as dropped). No
@@ -2592,9 +2611,11 @@ static void *watcher_main(void *arg)
 		long long now_ns = now.tv_sec * 1000000000LL + now.tv_nsec;
 		uint64_t fill = atomic_load_explicit(&R.pub, memory_order_acquire) -
 				atomic_load_explicit(&R.tail, memory_order_relaxed);
-		if (fill >= RING_KICK || (fill && now_ns - W.last_flush_ns >= W.flush_ns) ||
-		    (fill && !BATCH_ON())) {
+		if ((fill && now_ns - W.last_flush_ns >= W.flush_ns) || (fill && !BATCH_ON())) {
 			ring_flush();
+			W.last_flush_ns = now_ns;
+		} else if (fill >= RING_KICK) {
+			ring_flush_keep(RING_KEEP);
 			W.last_flush_ns = now_ns;
 		}
 		timing_watch(W.poll_ns);
