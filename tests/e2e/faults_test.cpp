@@ -429,9 +429,9 @@ TEST(Faults, ForkWhileTraced) {
 
 // After fork the child still holds the parent's Task objects (their loop
 // never runs in the child). Python's all_tasks() in the child does not list
-// them; the runtime's replay does. Enable once the runtime's replay skips
-// tasks of loops that do not belong to the process (see the report).
-TEST(Faults, DISABLED_ForkedChildShowsOnlyItsOwnTasks) {
+// them, and neither does the runtime's replay: only loops that created or
+// stepped a task since the fork count (docs/python-runtime.md).
+TEST(Faults, ForkedChildShowsOnlyItsOwnTasks) {
   e2e::Program prog({tool(), "run", "--", kPy, program("forker.py")});
   ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
   drive_forker(prog, [&](pid_t child) {

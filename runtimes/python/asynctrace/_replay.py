@@ -132,7 +132,8 @@ def _replay_fast(tasks, full=True):
             loop_tids[loop] = tid
     running = {}
     for loop, t in list(_asyncio._current_tasks.items()):
-        running[id(t)] = t
+        if C.loop_alive(loop):  # not a loop a forked child inherited
+            running[id(t)] = t
     thread_frames = sys._current_frames() if running else {}
     run_frames = {}
     for tid_, t in running.items():
@@ -156,13 +157,14 @@ def replay(full=True):
         if C.layout() is not None:
             n = _replay_fast(_task_refs(), full)
             return
-        tasks = _pending_tasks()
+        tasks = [t for t in _pending_tasks() if C.loop_alive(t._loop)]
         natives = _thread_natives()
         main_native = _main_native(natives)
         thread_frames = sys._current_frames()
         running = {}  # id(task) -> loop
         for loop, t in list(_asyncio._current_tasks.items()):
-            running[id(t)] = loop
+            if C.loop_alive(loop):
+                running[id(t)] = loop
 
         states = []
         for t in tasks:

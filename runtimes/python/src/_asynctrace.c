@@ -189,6 +189,52 @@ static uint32_t lookup_loop_tid(uintptr_t key)
 	return 0;
 }
 
+/*
+ * In a forked child the parent's Task objects are still there, but their loop
+ * never runs again (3.12+ asyncio resets the running loop in the child; a
+ * loop of another thread lost its thread). A replay in the child shows only
+ * tasks of loops that created or stepped a task since the fork, as Python's
+ * all_tasks() shows only the running loop's. fork_gen counts forks in this
+ * process's ancestry; 0 (never forked) costs the hooks one branch.
+ */
+#define ALIVE_LOOP_SLOTS 64
+static unsigned fork_gen;
+static uintptr_t alive_loops[ALIVE_LOOP_SLOTS]; /* GIL; open addressing, never removed */
+static __thread uintptr_t tls_alive_loop;
+
+static void note_loop_alive(PyObject *loop)
+{
+	uintptr_t key = (uintptr_t)loop;
+	if (!key || key == tls_alive_loop)
+		return;
+	tls_alive_loop = key;
+	for (size_t i = 0, h = (key >> 4) % ALIVE_LOOP_SLOTS; i < ALIVE_LOOP_SLOTS; i++, h = (h + 1) % ALIVE_LOOP_SLOTS) {
+		if (alive_loops[h] == key)
+			return;
+		if (!alive_loops[h]) {
+			alive_loops[h] = key;
+			return;
+		}
+	}
+	/* Full (64 loops ran in the child): the replay shows every task. */
+	fork_gen = 0;
+}
+
+/* False for a loop inherited from the parent that has done nothing since. */
+static int loop_alive(PyObject *loop)
+{
+	uintptr_t key = (uintptr_t)loop;
+	if (!fork_gen || !key)
+		return 1;
+	for (size_t i = 0, h = (key >> 4) % ALIVE_LOOP_SLOTS; i < ALIVE_LOOP_SLOTS; i++, h = (h + 1) % ALIVE_LOOP_SLOTS) {
+		if (alive_loops[h] == key)
+			return 1;
+		if (!alive_loops[h])
+			return 0;
+	}
+	return 0;
+}
+
 #define ANY_STEP_PROBE_ON() \
 	(ASYNCTRACE_TASK_RESUME_ENABLED() | ASYNCTRACE_TASK_AWAIT_ENABLED() | \
 	 ASYNCTRACE_TASK_COMPLETE_ENABLED() | ASYNCTRACE_BATCH_FLUSH_ENABLED())
@@ -1801,6 +1847,8 @@ static void after_step(PyObject *task, struct step_clock *sc)
 /* TaskStepMethWrapper.__call__: a step scheduled with loop.call_soon. */
 static PyObject *hook_step_call(PyObject *self, PyObject *args, PyObject *kw)
 {
+	if (__builtin_expect(fork_gen != 0, 0))
+		note_loop_alive(task_loop_borrowed(((StepMethWrapper *)self)->sw_task));
 	if (!ANY_STEP_PROBE_ON())
 		return S.orig_step_call(self, args, kw);
 	PyObject *task = Py_NewRef(((StepMethWrapper *)self)->sw_task);
@@ -1819,6 +1867,8 @@ static PyObject *hook_step_call(PyObject *self, PyObject *args, PyObject *kw)
 /* task_wakeup(task, fut): done callback of the future a task awaited (METH_O). */
 static PyObject *hook_wakeup(PyObject *task, PyObject *fut)
 {
+	if (__builtin_expect(fork_gen != 0, 0))
+		note_loop_alive(task_loop_borrowed(task));
 	if (!ANY_STEP_PROBE_ON())
 		return S.orig_wakeup(task, fut);
 	Py_INCREF(task);
@@ -1918,9 +1968,14 @@ static int traced_init(PyObject *self, PyObject *args, PyObject *kw)
 /* Task.__init__ (tp_init slot, and the slot wrapper that super().__init__() calls). */
 static int hook_init(PyObject *self, PyObject *args, PyObject *kw)
 {
+	int r;
 	if (!(ASYNCTRACE_TASK_CREATE_ENABLED() | ANY_STEP_PROBE_ON()))
-		return S.orig_init(self, args, kw);
-	return traced_init(self, args, kw);
+		r = S.orig_init(self, args, kw);
+	else
+		r = traced_init(self, args, kw);
+	if (__builtin_expect(fork_gen != 0, 0) && r == 0)
+		note_loop_alive(task_loop_borrowed(self));
+	return r;
 }
 
 /* Task.tp_finalize: a task collected while pending never completes otherwise. */
@@ -2324,7 +2379,7 @@ static PyObject *m_replay_tasks(PyObject *mod, PyObject *args)
 		return NULL;
 	for (Py_ssize_t i = 0; i < PyList_GET_SIZE(tasks); i++) {
 		PyObject *t = weak_target(PyList_GET_ITEM(tasks, i));
-		if (!t || !is_task(t) || task_is_done(t)) {
+		if (!t || !is_task(t) || task_is_done(t) || !loop_alive(task_loop_borrowed(t))) {
 			Py_XDECREF(t);
 			continue;
 		}
@@ -2425,6 +2480,13 @@ static PyObject *m_edge_enabled(PyObject *mod, PyObject *arg)
 	(void)mod;
 	(void)arg;
 	return PyBool_FromLong(edges_on());
+}
+
+/* loop_alive(loop): False for a loop a forked child inherited and never ran. */
+static PyObject *m_loop_alive(PyObject *mod, PyObject *loop)
+{
+	(void)mod;
+	return PyBool_FromLong(loop_alive(loop));
 }
 
 static PyObject *m_loop_tid(PyObject *mod, PyObject *loop)
@@ -2759,6 +2821,10 @@ static PyObject *m_after_fork_child(PyObject *mod, PyObject *arg)
 	for (int i = 0; i < STEP_SLOTS; i++)
 		atomic_store(&step_slots[i].seq, 0); /* other threads' steps are gone */
 	T.on = 0;
+	/* Loops of the parent stay out of replays until they run here. */
+	fork_gen++;
+	memset(alive_loops, 0, sizeof alive_loops);
+	tls_alive_loop = 0;
 	if (S.installed) {
 		/* The child is a new process: no tracer is attached to it yet, but it
 		 * inherited the parent's semaphore values; only a rise means a tracer. */
@@ -2789,6 +2855,7 @@ static PyMethodDef methods[] = {
 	{ "unknown_loops", m_unknown_loops, METH_O, NULL },
 	{ "edge_enabled", m_edge_enabled, METH_NOARGS, NULL },
 	{ "loop_tid", m_loop_tid, METH_O, NULL },
+	{ "loop_alive", m_loop_alive, METH_O, NULL },
 	{ "_stop_watcher", m_stop_watcher, METH_NOARGS, NULL },
 	{ "_after_fork_child", m_after_fork_child, METH_NOARGS, NULL },
 	{ "_after_fork_parent", m_after_fork_parent, METH_NOARGS, NULL },
