@@ -6,8 +6,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
+#include <random>
+#include <string>
+#include <vector>
 
 using namespace asynctrace;
 
@@ -124,4 +128,30 @@ TEST(Decode, SnapshotKeepsOnePidDedupesAndOrdersBySeq) {
   EXPECT_EQ(s.code.at(9).qualname, "f");
   EXPECT_EQ(s.counters.events, 5u);
   EXPECT_EQ(s.counters.drop_tasks_full, std::numeric_limits<uint64_t>::max());
+}
+
+// Map order is hash order: records come out in creation order (ties by id),
+// each with its own fields, however the cycles of the in-place sort run; more
+// tasks than the last replay counted (the decoder's size hint) is fine.
+TEST(Decode, ManyTasksComeOutInCreationOrder) {
+  SnapshotDecoder dec(7);
+  at_proc p{};
+  p.replay_tasks = 100;
+  dec.set_proc(p);
+  constexpr uint64_t kN = 5000;
+  std::vector<uint64_t> order(kN);
+  for (uint64_t i = 0; i < kN; ++i) order[i] = i;
+  std::mt19937_64 rng(1);
+  std::shuffle(order.begin(), order.end(), rng);
+  for (uint64_t i : order) {
+    const std::string name = "t" + std::to_string(i);
+    dec.add_task({7, 0, 0x1000 + i}, make_task(i / 2, name.c_str()));  // pairs share a seq
+  }
+  const Snapshot s = std::move(dec).finish();
+  ASSERT_EQ(s.tasks.size(), kN);
+  for (uint64_t i = 0; i < kN; ++i) {
+    EXPECT_EQ(s.tasks[i].id, 0x1000 + i);
+    EXPECT_EQ(s.tasks[i].seq, i / 2);
+    EXPECT_EQ(s.tasks[i].name, "t" + std::to_string(i));
+  }
 }

@@ -7,6 +7,8 @@
 
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <stdexcept>
+#include <vector>
 
 #include "model.h"
 
@@ -330,4 +332,48 @@ TEST(Json, ThreadsCountedInOnePass) {
   EXPECT_EQ(j["threads"][0]["tid"], 0);
   EXPECT_EQ(j["threads"][0]["tasks"], 2);
   EXPECT_EQ(j["threads"][2999]["tid"], 2999);
+}
+
+// Task ids are object addresses: 16-byte aligned, dense or far apart.
+TEST(TaskIndex, FindsEveryIdFirstPositionWins) {
+  TaskIndex ix;
+  std::vector<uint64_t> ids;
+  for (uint64_t i = 0; i < 3000; ++i) ids.push_back(0x7f0000000000ull + i * 16);
+  for (uint64_t i = 0; i < 3000; ++i) ids.push_back(0x7f1000000000ull + i * 65536);
+  for (uint32_t i = 0; i < ids.size(); ++i) EXPECT_TRUE(ix.emplace(ids[i], i));
+  EXPECT_FALSE(ix.emplace(ids[5], 99));
+  EXPECT_EQ(ix.size(), ids.size());
+  for (uint32_t i = 0; i < ids.size(); ++i) {
+    const uint32_t* pos = ix.find(ids[i]);
+    ASSERT_NE(pos, nullptr) << i;
+    EXPECT_EQ(*pos, i);
+  }
+  EXPECT_EQ(ix.find(0x7f0000000008ull), nullptr);
+  EXPECT_FALSE(ix.contains(12345));
+  EXPECT_THROW(ix.at(12345), std::out_of_range);
+  EXPECT_EQ(TaskIndex{}.find(1), nullptr);
+}
+
+// One edge per (awaiter, child): a direct await wins over the same pair's
+// explicit edges; edges to tasks not in the graph are dropped; a child's
+// awaiters come in task order.
+TEST(Graph, OneEdgePerPairFirstKindWins) {
+  Snapshot s;
+  code(s, kMain, "waiter", "/a.py");
+  auto a = task(10, "A", 1, {{kMain, 5}});
+  auto b = task(20, "B", 2, {{kMain, 5}});
+  auto c = task(30, "C", 3, {});
+  a.awaiting_kind = AwaitKind::Task;
+  a.awaiting_id = 30;
+  c.awaited_by = {{20, EdgeKind::Gather}, {10, EdgeKind::Gather}, {20, EdgeKind::Shield}, {99, EdgeKind::Gather}};
+  s.tasks = {a, b, c};
+  const TaskGraph g = build_graph(s);
+  const auto in = g.awaiters_of(30);
+  ASSERT_EQ(in.size(), 2u);
+  EXPECT_EQ(in[0]->awaiter, 10u);
+  EXPECT_EQ(in[0]->kind, EdgeKind::Await);
+  EXPECT_EQ(in[1]->awaiter, 20u);
+  EXPECT_EQ(in[1]->kind, EdgeKind::Gather);
+  EXPECT_EQ(g.edges.size(), 2u);
+  EXPECT_TRUE(g.awaiters_of(10).empty());
 }
