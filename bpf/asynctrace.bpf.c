@@ -598,7 +598,9 @@ static __always_inline int batch_fill(struct batch_ctx *x)
  * made the batch program ~60 ms of verification per load, most of a
  * one-shot `pstree`). Their pointer arguments are map values of the sizes
  * their types say; cur is the record's first slot in buf (< AT_BATCH_CHUNK),
- * n its length. */
+ * n its length. Each reads n (batch_step and batch_other only check it):
+ * clang leaves an unread argument's register unset, and the verifier refuses
+ * a global function call with an uninitialised argument. */
 __noinline int batch_create(struct batch_buf *buf, struct at_proc *proc, __u32 cur, __u32 n)
 {
 	struct at_rec *rec;
