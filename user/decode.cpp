@@ -16,12 +16,6 @@ std::string bytes(const char* p, size_t cap, uint64_t len) {
 
 }  // namespace
 
-TaskRecord decode_task(uint64_t task_id, const at_task& t) {
-  TaskRecord r;
-  decode_task_into(task_id, t, r);
-  return r;
-}
-
 void decode_task_into(uint64_t task_id, const at_task& t, TaskRecord& r) {
   r.id = task_id;
   r.parent_id = t.parent_id;

@@ -14,9 +14,8 @@
 
 namespace asynctrace {
 
-// A task entry without its frames (those live in the interned stacks map).
-TaskRecord decode_task(uint64_t task_id, const at_task& t);
-// The same, into a default-constructed record (no copy of it).
+// A task entry without its frames (those live in the interned stacks map),
+// into a default-constructed record (decoded in place: no copy of it).
 void decode_task_into(uint64_t task_id, const at_task& t, TaskRecord& r);
 CodeInfo decode_code(const at_code& c);
 Timing decode_timing(const at_timing& t);

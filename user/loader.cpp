@@ -69,6 +69,16 @@ int libbpf_log(enum libbpf_print_level level, const char* fmt, va_list args) {
   return fputs(line, stderr);
 }
 
+// Routes libbpf's log through libbpf_log, echoing it only when verbose.
+void init_libbpf_log(bool verbose) {
+  {
+    std::lock_guard lock(g_log_mu);
+    g_verbose = verbose;
+    g_last_libbpf_warning.clear();
+  }
+  libbpf_set_print(libbpf_log);
+}
+
 std::string take_libbpf_warning() {
   std::lock_guard lock(g_log_mu);
   std::string w;
@@ -383,6 +393,20 @@ void close_links_concurrently(const std::vector<int>& fds) {
     }
   }
   for (std::thread& t : threads) t.join();
+}
+
+// The kernel accepts a uprobe_multi link only for programs loaded with this
+// attach type (SEC("usdt") leaves it 0), and wires bpf_get_attach_cookie() to
+// the multi link's per-site cookies for them. Before load.
+Status expect_uprobe_multi(asynctrace_bpf* skel) {
+  for (const ProbeSlot& slot : kAttachOrder) {
+    if (int err = bpf_program__set_expected_attach_type(slot.prog(skel),
+                                                        static_cast<bpf_attach_type>(usdt::kAttachUprobeMulti));
+        err)
+      return Error{kExitInternal, std::string("failed to set attach type of BPF program '") +
+                                      bpf_program__name(slot.prog(skel)) + "': " + reason(err)};
+  }
+  return ok_status();
 }
 
 // Attaches the programs of `path` to every site of `binary` (pid 0: every
@@ -861,12 +885,7 @@ Result<std::unique_ptr<ModeHold>> hold_modes(const ProcInfo& proc, bool timing, 
 Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const ProcInfo& proc) {
   if (Status st = check_privileges(); !st.ok()) return st.error();
   if (proc.kind != ProcKind::Probed) return proc_error(proc);
-  {
-    std::lock_guard lock(g_log_mu);
-    g_verbose = opts.verbose;
-    g_last_libbpf_warning.clear();
-  }
-  libbpf_set_print(libbpf_log);
+  init_libbpf_log(opts.verbose);
   // RLIMIT_MEMLOCK: libbpf >= 1.0 raises it by itself, and only on kernels
   // that still charge BPF memory to it (< 5.11, no memcg accounting).
   const AttachMode mode = choose_attach_mode(opts.verbose);
@@ -904,18 +923,8 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
     if (opts.verbose && std::getenv("ASYNCTRACE_VERIFIER_STATS"))
       bpf_program__set_log_level(slot.prog(skel), 4);
   }
-  if (mode == AttachMode::UprobeMulti) {
-    // The kernel accepts a uprobe_multi link only for programs loaded with
-    // this attach type (SEC("usdt") leaves it 0), and wires
-    // bpf_get_attach_cookie() to the multi link's per-site cookies for them.
-    for (const ProbeSlot& slot : kAttachOrder) {
-      if (int err = bpf_program__set_expected_attach_type(
-              slot.prog(skel), static_cast<bpf_attach_type>(usdt::kAttachUprobeMulti));
-          err)
-        return Error{kExitInternal, std::string("failed to set attach type of BPF program '") +
-                                        bpf_program__name(slot.prog(skel)) + "': " + reason(err)};
-    }
-  }
+  if (mode == AttachMode::UprobeMulti)
+    if (Status st = expect_uprobe_multi(skel); !st.ok()) return st.error();
 
   if (int err = asynctrace_bpf__load(skel); err) {
     int code = (err == -EPERM || err == -EACCES) ? kExitPrivilege : kExitTracing;
@@ -1122,12 +1131,7 @@ class AgentImpl final : public Agent {
 
 Result<std::unique_ptr<Agent>> start_agent(bool verbose) {
   if (Status st = check_privileges(); !st.ok()) return st.error();
-  {
-    std::lock_guard lock(g_log_mu);
-    g_verbose = verbose;
-    g_last_libbpf_warning.clear();
-  }
-  libbpf_set_print(libbpf_log);
+  init_libbpf_log(verbose);
   if (std::string why; !usdt::uprobe_multi_supported(&why))
     return Error{kExitTracing, "failed to start the agent: " + why +
                                    " (the agent attaches by library, for every process, with uprobe_multi links)"};
@@ -1175,13 +1179,7 @@ Result<std::unique_ptr<Agent>> start_agent(bool verbose) {
     if (bpf_map__set_pin_path(maps[i], path.c_str()) != 0)
       return destroy(Error{kExitTracing, "failed to set pin path of BPF map '" + path + "': " + reason(errno)});
   }
-  for (const ProbeSlot& slot : kAttachOrder) {
-    if (int err = bpf_program__set_expected_attach_type(slot.prog(skel),
-                                                        static_cast<bpf_attach_type>(usdt::kAttachUprobeMulti));
-        err)
-      return destroy(Error{kExitInternal, std::string("failed to set attach type of BPF program '") +
-                                              bpf_program__name(slot.prog(skel)) + "': " + reason(err)});
-  }
+  if (Status st = expect_uprobe_multi(skel); !st.ok()) return destroy(st.error());
   if (int err = asynctrace_bpf__load(skel); err) {
     std::string msg = "failed to load BPF object 'asynctrace': " + reason(err);
     if (reused) msg += "; the pinned maps in '" + dir + "' may be of another version: 'asynctrace agent --cleanup' removes them";

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <map>
-#include <set>
 #include <stdexcept>
 #include <tuple>
 #include <utility>

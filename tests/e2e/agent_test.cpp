@@ -377,37 +377,27 @@ TEST_F(AgentE2E, SigtermSigkillRestartAndCleanup) {
   EXPECT_NE(access(kLock, F_OK), 0) << "lock file left after SIGTERM";
   EXPECT_EQ(pinned_map_ids(), ids);
 
-  // Restart: the same maps, the process's tasks current again.
-  {
-    Agent agent;
-    const std::string line = agent.started();
-    EXPECT_NE(line.find("(reused)"), std::string::npos) << line;
-    EXPECT_EQ(pinned_map_ids(), ids);
-    EXPECT_TRUE(e2e::poll_until([&] { return pinned_tasks_of(work.pid()) == 3; }, 10s));
-    auto r = e2e::run({tool(), "pstree", "-p", work.pid()});
-    EXPECT_EQ(r.exit_code, 0) << r.err;
-    EXPECT_NE(r.out.find("idle-1"), std::string::npos) << r.out;
-
-    // SIGKILL: the kernel drops links and programs; pins and lock file stay.
-    agent.app.signal(SIGKILL);
-    agent.app.wait_exit(10s, nullptr);
-  }
-  held = e2e::wait_kernel_released(0, 20s);
-  EXPECT_TRUE(held.empty()) << held.detail;
-  EXPECT_EQ(pin_files(), kPinnedMaps);
-  {
-    Agent agent;
-    const std::string line = agent.started();
-    EXPECT_NE(line.find("(reused)"), std::string::npos) << line << agent.app.stderr_text();
-    EXPECT_TRUE(e2e::poll_until([&] { return pinned_tasks_of(work.pid()) == 3; }, 10s));
-    auto r = e2e::run({tool(), "ps", "-p", work.pid()});
-    EXPECT_EQ(r.exit_code, 0) << r.err;
-    EXPECT_NE(r.out.find("idle-0"), std::string::npos) << r.out;
-    agent.app.signal(SIGKILL);
-    agent.app.wait_exit(10s, nullptr);
-  }
-  held = e2e::wait_kernel_released(0, 20s);
-  EXPECT_TRUE(held.empty()) << held.detail;
+  // Restart: the same maps, the process's tasks current again; then SIGKILL:
+  // the kernel drops links and programs, pins and lock file stay.
+  auto restart_then_kill = [&](const char* view, const char* want) {
+    {
+      Agent agent;
+      const std::string line = agent.started();
+      EXPECT_NE(line.find("(reused)"), std::string::npos) << line << agent.app.stderr_text();
+      EXPECT_EQ(pinned_map_ids(), ids);
+      EXPECT_TRUE(e2e::poll_until([&] { return pinned_tasks_of(work.pid()) == 3; }, 10s));
+      auto r = e2e::run({tool(), view, "-p", work.pid()});
+      EXPECT_EQ(r.exit_code, 0) << r.err;
+      EXPECT_NE(r.out.find(want), std::string::npos) << r.out;
+      agent.app.signal(SIGKILL);
+      agent.app.wait_exit(10s, nullptr);
+    }
+    const auto h = e2e::wait_kernel_released(0, 20s);
+    EXPECT_TRUE(h.empty()) << h.detail;
+    EXPECT_EQ(pin_files(), kPinnedMaps);
+  };
+  restart_then_kill("pstree", "idle-1");
+  restart_then_kill("ps", "idle-0");
 
   // --cleanup: no pins, no lock, and the maps are gone from the kernel.
   auto cl = e2e::run({tool(), "agent", "--cleanup"});

@@ -43,7 +43,8 @@ TEST(Decode, TaskFieldsWithinAbiBounds) {
   t.awaited_by_kind[1] = 2;
   t.awaited_by_kind[2] = 3;  // empty slot: id 0
   t.state = 99;
-  const TaskRecord r = decode_task(0x10, t);
+  TaskRecord r;
+  decode_task_into(0x10, t, r);
   EXPECT_EQ(r.id, 0x10u);
   EXPECT_EQ(r.name, std::string(AT_NAME_LEN, 'n'));
   EXPECT_TRUE(r.name_truncated);
@@ -78,7 +79,8 @@ TEST(Decode, StacksResolveByIdWithinAbiBounds) {
 TEST(Decode, TruncationFlags) {
   at_task t = make_task(1, "x");
   t.flags = AT_TASK_FRAMES_TRUNC | AT_TASK_AWAITERS_FULL | AT_TASK_NAMELESS;
-  const TaskRecord r = decode_task(1, t);
+  TaskRecord r;
+  decode_task_into(1, t, r);
   EXPECT_TRUE(r.frames_truncated);
   EXPECT_TRUE(r.awaiters_truncated);
   EXPECT_TRUE(r.nameless);
