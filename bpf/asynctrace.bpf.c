@@ -7,7 +7,16 @@
  * Rules every program follows:
  *  - guard clauses, every lookup NULL-checked, nothing fails silently: a full
  *    map bumps a drop counter in procs[pid];
- *  - values bigger than the 512-byte stack are built in a per-CPU scratch slot;
+ *  - the stack holds scalars and keys only: every call chain stays under a
+ *    384-byte budget (tests/bpf_stack checks the object; the verifier of
+ *    kernels before 6.13 refuses 512 for the whole chain). Zero values come
+ *    from the zero_proc map, big values are built in a scratch slot claimed
+ *    per nesting level (scratch_claim) and released before the program ends;
+ *  - an index into a buffer is re-bounded where it is used (rec_at), in a
+ *    form the 6.1 verifier tracks, never only where it was checked: clang
+ *    may spill the checked copy and use a reloaded one;
+ *  - no loop whose shape the verifier must guess: bpf_loop, #pragma unroll,
+ *    or written out;
  *  - strings and frames are copied from user memory straight into map values,
  *    bounded by the field sizes of bpf/abi.h.
  */
@@ -39,6 +48,9 @@ const volatile bool require_begin = false;
 /* Set by tracers that read the `events` ring buffer (slow, record): the
  * runtime's STEP_TIMED and SAMPLE records are forwarded there. */
 const volatile bool forward_events = false;
+
+/* Tests only (ASYNCTRACE_TEST_VERIFIER_REJECT=1): an access the verifier must refuse, to test how a rejected load is reported. */
+const volatile bool test_reject = false;
 
 /* Events lost because procs itself was full: there is no per-process counter
  * to put them in, so they are counted globally (read through the skeleton). */
@@ -105,18 +117,43 @@ struct {
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
 
+/* Never written: the zero value procs entries start from (280 bytes, too
+ * big for the stack budget). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct at_proc);
+} zero_proc SEC(".maps");
+
+/* Room for the big values one program builds. A uprobe program can be
+ * preempted on its CPU (uprobe_multi runs it with migration disabled, not
+ * preemption) and the next program on that CPU may need scratch too, so a
+ * slot is claimed (busy 0 -> 1, atomically) and released, one per nesting
+ * level: two programs never share one. */
 struct scratch {
-	struct at_task task;
-	struct at_code code;
-	struct at_stack stack;
+	__u32 busy;
+	__u32 pad;
+	union {
+		struct at_task task;
+		struct at_code code;
+		struct at_stack stack;
+		struct at_timing timing;
+	};
 };
+
+#define AT_SCRATCH_LEVELS 3
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, AT_SCRATCH_LEVELS);
 	__type(key, __u32);
 	__type(value, struct scratch);
 } scratch SEC(".maps");
+
+/* Programs that found every scratch level (or batch buffer) of their CPU in
+ * use: their event is lost. Global, like drop_procs_full. */
+__u64 drop_nested = 0;
 
 #define AT_AWAIT_RUNNING 4 /* ASYNCTRACE_AWAIT_RUNNING: replay of a running task */
 
@@ -133,6 +170,43 @@ static __always_inline __u32 bounded_len(__u64 len, __u32 cap)
 	return n;
 }
 
+/* Claims the first free slot of a per-CPU array whose values start with a
+ * __u32 busy flag, levels 0..nlevels-1 written out (a loop here was once
+ * compiled into one the 6.18 verifier took for infinite). NULL if all are
+ * in use (counted). */
+static __always_inline void *slot_claim(void *map, __u32 nlevels)
+{
+	__u32 k0 = 0, k1 = 1, k2 = 2;
+	__u32 *busy;
+
+	busy = bpf_map_lookup_elem(map, &k0);
+	if (busy && !__sync_lock_test_and_set(busy, 1))
+		return busy;
+	busy = bpf_map_lookup_elem(map, &k1);
+	if (busy && !__sync_lock_test_and_set(busy, 1))
+		return busy;
+	if (nlevels > 2) {
+		busy = bpf_map_lookup_elem(map, &k2);
+		if (busy && !__sync_lock_test_and_set(busy, 1))
+			return busy;
+	}
+	__sync_fetch_and_add(&drop_nested, 1);
+	return NULL;
+}
+
+/* Only this CPU's programs share the slot, so ordering the store after the
+ * slot's last use in program order is enough. */
+static __always_inline void slot_release(void *slot)
+{
+	barrier();
+	*(volatile __u32 *)slot = 0;
+}
+
+static __always_inline struct scratch *scratch_claim(void)
+{
+	return slot_claim(&scratch, AT_SCRATCH_LEVELS);
+}
+
 static __always_inline __u32 current_tgid(void)
 {
 	return bpf_get_current_pid_tgid() >> 32;
@@ -142,8 +216,8 @@ static __always_inline __u32 current_tgid(void)
  * NULL if the event is not ours or procs is full (counted). */
 static __always_inline struct at_proc *proc_for_event(__u32 pid)
 {
-	struct at_proc zero = {};
-	struct at_proc *proc;
+	struct at_proc *proc, *zero;
+	__u32 k0 = 0;
 	long err;
 
 	if (target_tgid && pid != target_tgid)
@@ -151,7 +225,10 @@ static __always_inline struct at_proc *proc_for_event(__u32 pid)
 	proc = bpf_map_lookup_elem(&procs, &pid);
 	if (proc)
 		goto found;
-	err = bpf_map_update_elem(&procs, &pid, &zero, BPF_NOEXIST);
+	zero = bpf_map_lookup_elem(&zero_proc, &k0);
+	if (!zero)
+		return NULL;
+	err = bpf_map_update_elem(&procs, &pid, zero, BPF_NOEXIST);
 	if (err && err != -EEXIST) {
 		__sync_fetch_and_add(&drop_procs_full, 1);
 		return NULL;
@@ -162,13 +239,6 @@ static __always_inline struct at_proc *proc_for_event(__u32 pid)
 found:
 	__sync_fetch_and_add(&proc->events, 1);
 	return proc;
-}
-
-static __always_inline struct scratch *scratch_slot(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&scratch, &zero);
 }
 
 /* Existing entry, or a NAMELESS one for a task whose task__create we never saw
@@ -184,13 +254,14 @@ static __always_inline struct at_task *task_get_or_nameless(struct at_proc *proc
 	if (task)
 		return task;
 	__sync_fetch_and_add(&proc->unknown_task, 1);
-	s = scratch_slot();
+	s = scratch_claim();
 	if (!s)
 		return NULL;
 	__builtin_memset(&s->task, 0, sizeof(s->task));
 	s->task.flags = AT_TASK_NAMELESS;
 	s->task.create_ns = bpf_ktime_get_ns();
 	err = bpf_map_update_elem(&tasks, key, &s->task, BPF_NOEXIST);
+	slot_release(s);
 	if (err && err != -EEXIST) {
 		__sync_fetch_and_add(&proc->drop_tasks_full, 1);
 		return NULL;
@@ -246,7 +317,7 @@ static __always_inline void apply_create(struct at_proc *proc, __u32 pid, __u64 
 				  name_avail, name_in_kernel);
 		return;
 	}
-	s = scratch_slot();
+	s = scratch_claim();
 	if (!s)
 		return;
 	__builtin_memset(&s->task, 0, sizeof(s->task));
@@ -255,6 +326,7 @@ static __always_inline void apply_create(struct at_proc *proc, __u32 pid, __u64 
 	task_set_identity(&s->task, parent_id, loop_id, tid, name_ptr, name_len, code_id, name_avail,
 			  name_in_kernel);
 	err = bpf_map_update_elem(&tasks, &key, &s->task, BPF_NOEXIST);
+	slot_release(s);
 	if (!err)
 		return;
 	if (err != -EEXIST) {
@@ -486,16 +558,19 @@ int BPF_USDT(task_await, __u64 task_id, __u64 awaited_id, __u64 kind, __u64 fram
 	if (nframes > AT_MAX_FRAMES)
 		task->flags |= AT_TASK_FRAMES_TRUNC;
 	n = bounded_len(nframes, AT_MAX_FRAMES);
-	s = scratch_slot();
-	if (!n || !frames_ptr || !s)
+	if (!n || !frames_ptr)
+		return 0;
+	s = scratch_claim();
+	if (!s)
 		return 0;
 	/* struct asynctrace_frame and struct at_frame share one layout, so the
 	 * array is copied as is. */
 	__builtin_memset(&s->stack, 0, sizeof(s->stack));
-	if (bpf_probe_read_user(s->stack.frames, n * sizeof(struct at_frame), (const void *)frames_ptr))
-		return 0;
-	s->stack.nframes = n;
-	task_set_stack(proc, pid, task, &s->stack, stack_hash(&s->stack, n));
+	if (!bpf_probe_read_user(s->stack.frames, n * sizeof(struct at_frame), (const void *)frames_ptr)) {
+		s->stack.nframes = n;
+		task_set_stack(proc, pid, task, &s->stack, stack_hash(&s->stack, n));
+	}
+	slot_release(s);
 	return 0;
 }
 
@@ -549,17 +624,20 @@ int BPF_USDT(edge_remove, __u64 child_id, __u64 awaiter_id)
  * the verifier does not track its values precisely through the bpf_loop
  * callback (it would then verify the callback once per iteration value). */
 struct batch_buf {
-	__u64 base;       /* user address of slot 0 */
+	__u32 busy;       /* claimed by a batch running on this CPU (slot_claim) */
 	__u32 nslots;
+	__u64 base;       /* user address of slot 0 */
 	__u32 pos;        /* next record, in slots from base */
 	__u32 chunk_start;
 	__u32 chunk_end;  /* slots [chunk_start, chunk_end) are in recs */
 	__u32 pid;
 	__u32 nrec;       /* records applied */
-	__u32 busy;       /* claimed by a batch running on this CPU */
 	__u32 pad;
 	struct at_rec recs[AT_BATCH_CHUNK + AT_REC_MAX_SLOTS];
 };
+
+/* rec_at() bounds a record start with a mask. */
+_Static_assert((AT_BATCH_CHUNK & (AT_BATCH_CHUNK - 1)) == 0, "AT_BATCH_CHUNK is a power of two");
 
 /* bpf_loop's context (it must be on the stack): pointers only. */
 struct batch_ctx {
@@ -576,21 +654,51 @@ struct {
 	__type(value, struct batch_buf);
 } batch_bufs SEC(".maps");
 
-static __always_inline int batch_fill(struct batch_ctx *x)
+/* &buf->recs[cur + k], for a record start cur (< AT_BATCH_CHUNK, checked by
+ * the caller) and a constant k < AT_REC_MAX_SLOTS. cur is bounded again
+ * here, at the use, by a mask: the 6.1 verifier lost the caller's check when
+ * clang spilled cur and used another reload of it. barrier_var() keeps clang
+ * from dropping the mask as redundant with that check. */
+static __always_inline void *rec_at(struct batch_buf *buf, __u32 cur, __u32 k)
 {
-	__u32 cnt = x->buf->nslots - x->buf->pos;
+	__u64 i = cur;
 
-	if (cnt > AT_BATCH_CHUNK)
-		cnt = AT_BATCH_CHUNK;
-	barrier_var(cnt);
-	if (cnt == 0 || cnt > AT_BATCH_CHUNK)
+	barrier_var(i);
+	i &= AT_BATCH_CHUNK - 1;
+	return &buf->recs[i + k];
+}
+
+/* Copies up to AT_BATCH_CHUNK slots from the process, starting at pos. */
+static __always_inline int batch_fill(struct batch_buf *b)
+{
+	__u32 cnt = bounded_len(b->nslots - b->pos, AT_BATCH_CHUNK);
+
+	if (!cnt)
 		return -1;
-	if (bpf_probe_read_user(x->buf->recs, cnt * sizeof(struct at_rec),
-				(const void *)(x->buf->base + (__u64)x->buf->pos * sizeof(struct at_rec))))
+	if (bpf_probe_read_user(b->recs, cnt * sizeof(struct at_rec),
+				(const void *)(b->base + (__u64)b->pos * sizeof(struct at_rec))))
 		return -1;
-	x->buf->chunk_start = x->buf->pos;
-	x->buf->chunk_end = x->buf->pos + cnt;
+	b->chunk_start = b->pos;
+	b->chunk_end = b->pos + cnt;
 	return 0;
+}
+
+/* Interns the AT_MAX_FRAMES frame slots at `frames` (nf of them valid) as
+ * stack_id, and points `task` at it if there is one. */
+static __always_inline void frames_intern(struct at_proc *proc, __u32 pid, const void *frames,
+					  __u32 nf, __u64 stack_id, struct at_task *task)
+{
+	struct scratch *s = scratch_claim();
+
+	if (!s)
+		return;
+	__builtin_memcpy(s->stack.frames, frames, sizeof(s->stack.frames));
+	s->stack.nframes = nf;
+	if (task)
+		task_set_stack(proc, pid, task, &s->stack, stack_id);
+	else
+		stack_intern(proc, pid, &s->stack, stack_id);
+	slot_release(s);
 }
 
 /* One global function per record type: the verifier checks each once, on
@@ -603,16 +711,16 @@ static __always_inline int batch_fill(struct batch_ctx *x)
  * a global function call with an uninitialised argument. */
 __noinline int batch_create(struct batch_buf *buf, struct at_proc *proc, __u32 cur, __u32 n)
 {
-	struct at_rec *rec;
 	struct at_rec_create *c;
+	struct at_rec *rec;
 	__u32 avail;
 
 	if (!proc || !buf || cur >= AT_BATCH_CHUNK || n < 2 || n > AT_REC_MAX_SLOTS)
 		return -1;
-	rec = &buf->recs[cur];
-	c = (struct at_rec_create *)&buf->recs[cur + 1];
+	rec = rec_at(buf, cur, 0);
+	c = rec_at(buf, cur, 1);
 	avail = (n - 2) * sizeof(struct at_rec);
-	apply_create(proc, buf->pid, rec->a, rec->b, rec->c, c->tid, (__u64)&buf->recs[cur + 2],
+	apply_create(proc, buf->pid, rec->a, rec->b, rec->c, c->tid, (__u64)rec_at(buf, cur, 2),
 		     rec->len, c->code_id, c->kept < avail ? c->kept : avail, true);
 	if (c->edge_kind)  /* an EDGE_ADD the runtime folded into the create */
 		apply_edge_add(proc, buf->pid, rec->a, c->edge_awaiter, c->edge_kind - 1, true);
@@ -625,7 +733,7 @@ __noinline int batch_step(struct batch_buf *buf, struct at_proc *proc, __u32 cur
 
 	if (!proc || !buf || cur >= AT_BATCH_CHUNK || n == 0)
 		return -1;
-	rec = &buf->recs[cur];
+	rec = rec_at(buf, cur, 0);
 	/* No frames: stacks come with the replay (STACK records). */
 	apply_await(proc, buf->pid, rec->a, rec->b, rec->kind, true);
 	return 0;
@@ -633,14 +741,13 @@ __noinline int batch_step(struct batch_buf *buf, struct at_proc *proc, __u32 cur
 
 __noinline int batch_stack(struct batch_buf *buf, struct at_proc *proc, __u32 cur, __u32 n)
 {
-	struct scratch *s = scratch_slot();
 	struct at_task *task;
 	struct at_rec *rec;
 	__u32 nf;
 
-	if (!proc || !buf || !s || cur >= AT_BATCH_CHUNK || n < 1 || n > AT_REC_MAX_SLOTS)
+	if (!proc || !buf || cur >= AT_BATCH_CHUNK || n < 1 || n > AT_REC_MAX_SLOTS)
 		return -1;
-	rec = &buf->recs[cur];
+	rec = rec_at(buf, cur, 0);
 	task = apply_await(proc, buf->pid, rec->a, rec->b, rec->kind, true);
 	if (!task)
 		return 0;
@@ -651,13 +758,10 @@ __noinline int batch_stack(struct batch_buf *buf, struct at_proc *proc, __u32 cu
 		if (nf > (n - 1) * 2)
 			nf = (n - 1) * 2;
 	}
-	if (!nf || !rec->c)
-		return 0;
 	/* Frames beyond nf are whatever follows in the buffer; nframes says
 	 * how many are valid (and the runtime's id covers those). */
-	__builtin_memcpy(s->stack.frames, &buf->recs[cur + 1], sizeof(s->stack.frames));
-	s->stack.nframes = nf;
-	task_set_stack(proc, buf->pid, task, &s->stack, rec->c);
+	if (nf && rec->c)
+		frames_intern(proc, buf->pid, rec_at(buf, cur, 1), nf, rec->c, task);
 	return 0;
 }
 
@@ -667,7 +771,7 @@ __noinline int batch_other(struct batch_buf *buf, struct at_proc *proc, __u32 cu
 
 	if (!proc || !buf || cur >= AT_BATCH_CHUNK || n == 0)
 		return -1;
-	rec = &buf->recs[cur];
+	rec = rec_at(buf, cur, 0);
 	switch (rec->type) {
 	case AT_REC_COMPLETE:
 		apply_complete(proc, buf->pid, rec->a);
@@ -694,48 +798,53 @@ __noinline int batch_other(struct batch_buf *buf, struct at_proc *proc, __u32 cu
  * pointer arguments are map values of the sizes their types say.
  */
 
+/* The entry of `key` in the timing map `map` (keys of at_task_key's layout),
+ * created zeroed with first_ns = now if it is new. */
+static __always_inline struct at_timing *timing_entry(struct at_proc *proc, void *map, void *key)
+{
+	struct at_timing *t = bpf_map_lookup_elem(map, key);
+	struct scratch *s;
+	long err;
+
+	if (t)
+		return t;
+	s = scratch_claim();
+	if (!s)
+		return NULL;
+	__builtin_memset(&s->timing, 0, sizeof(s->timing));
+	s->timing.first_ns = bpf_ktime_get_ns();
+	err = bpf_map_update_elem(map, key, &s->timing, BPF_NOEXIST);
+	slot_release(s);
+	if (err && err != -EEXIST) {
+		__sync_fetch_and_add(&proc->drop_timing_full, 1);
+		return NULL;
+	}
+	return bpf_map_lookup_elem(map, key);
+}
+
 /* TIMING (per task, known tasks only) and CODE (per coroutine) deltas. */
 __noinline int batch_timing(struct batch_buf *buf, struct at_proc *proc, __u32 cur, __u32 n)
 {
-	struct at_timing zero = {}, *t;
+	struct at_task_key key = {};
+	struct at_timing *t;
 	struct at_rec *rec;
 	const __u64 *slot1;
 	const __u8 *hist;
-	long err;
 
 	if (!proc || !buf || cur >= AT_BATCH_CHUNK || n != 3)
 		return -1;
-	rec = &buf->recs[cur];
-	slot1 = (const __u64 *)&buf->recs[cur + 1];
-	hist = (const __u8 *)&buf->recs[cur + 2];
+	rec = rec_at(buf, cur, 0);
+	slot1 = rec_at(buf, cur, 1);
+	hist = rec_at(buf, cur, 2);
+	/* at_code_key has at_task_key's layout: (pid, pad, id). */
+	key.pid = buf->pid;
+	key.task_id = rec->a;
 	if (rec->type == AT_REC_TIMING) {
-		struct at_task_key key = { .pid = buf->pid, .task_id = rec->a };
-
 		if (!bpf_map_lookup_elem(&tasks, &key))
 			return 0; /* never reached us (erased) or already gone */
-		t = bpf_map_lookup_elem(&timing, &key);
-		if (!t) {
-			zero.first_ns = bpf_ktime_get_ns();
-			err = bpf_map_update_elem(&timing, &key, &zero, BPF_NOEXIST);
-			if (err && err != -EEXIST) {
-				__sync_fetch_and_add(&proc->drop_timing_full, 1);
-				return 0;
-			}
-			t = bpf_map_lookup_elem(&timing, &key);
-		}
+		t = timing_entry(proc, &timing, &key);
 	} else {
-		struct at_code_key key = { .pid = buf->pid, .code_id = rec->a };
-
-		t = bpf_map_lookup_elem(&code_timing, &key);
-		if (!t) {
-			zero.first_ns = bpf_ktime_get_ns();
-			err = bpf_map_update_elem(&code_timing, &key, &zero, BPF_NOEXIST);
-			if (err && err != -EEXIST) {
-				__sync_fetch_and_add(&proc->drop_timing_full, 1);
-				return 0;
-			}
-			t = bpf_map_lookup_elem(&code_timing, &key);
-		}
+		t = timing_entry(proc, &code_timing, &key);
 	}
 	if (!t)
 		return 0;
@@ -746,6 +855,7 @@ __noinline int batch_timing(struct batch_buf *buf, struct at_proc *proc, __u32 c
 		t->max_ns = slot1[0];
 	if (slot1[1] > t->last_end_ns)
 		t->last_end_ns = slot1[1];
+#pragma unroll
 	for (int i = 0; i < AT_HIST_BUCKETS; i++)
 		t->hist[i] += hist[i];
 	return 0;
@@ -756,13 +866,12 @@ __noinline int batch_loop(struct batch_buf *buf, struct at_proc *p, __u32 cur, _
 {
 	struct at_rec *rec;
 	const __u64 *slot1;
-	__u64 sec;
-	__u32 i;
+	__u64 sec, i;
 
 	if (!p || !buf || cur >= AT_BATCH_CHUNK || n != 2)
 		return -1;
-	rec = &buf->recs[cur];
-	slot1 = (const __u64 *)&buf->recs[cur + 1];
+	rec = rec_at(buf, cur, 0);
+	slot1 = rec_at(buf, cur, 1);
 	p->tasks_created = rec->a;
 	p->tasks_completed = rec->b;
 	p->steps = rec->c;
@@ -770,9 +879,10 @@ __noinline int batch_loop(struct batch_buf *buf, struct at_proc *p, __u32 cur, _
 	p->loop_at_ns = slot1[2];
 	p->timing_since_ns = slot1[3];
 	sec = slot1[2] / 1000000000ull;
-	i = sec % AT_MAX_SECS;
-	if (i >= AT_MAX_SECS)
-		return 0;
+	/* sec % AT_MAX_SECS, as a mask at the use (see rec_at). */
+	i = sec;
+	barrier_var(i);
+	i &= AT_MAX_SECS - 1;
 	if (p->step_max_sec[i] != sec) {
 		p->step_max_sec[i] = sec;
 		p->step_max_ns[i] = 0;
@@ -786,26 +896,23 @@ __noinline int batch_loop(struct batch_buf *buf, struct at_proc *p, __u32 cur, _
  * forwarded to the events ring when a reader asked for them. */
 __noinline int batch_event(struct batch_buf *buf, struct at_proc *proc, __u32 cur, __u32 n)
 {
-	struct scratch *s = scratch_slot();
+	struct at_task_key key = {};
 	struct at_event *ev;
 	struct at_task *task;
 	struct at_rec *rec;
 	__u32 nf;
 
-	if (!proc || !buf || !s || cur >= AT_BATCH_CHUNK || n < 1 || n > AT_REC_MAX_SLOTS)
+	if (!proc || !buf || cur >= AT_BATCH_CHUNK || n < 1 || n > AT_REC_MAX_SLOTS)
 		return -1;
-	rec = &buf->recs[cur];
+	rec = rec_at(buf, cur, 0);
 	if (rec->type == AT_REC_SAMPLE) {
 		nf = rec->len;
 		if (nf > AT_MAX_FRAMES)
 			nf = AT_MAX_FRAMES;
 		if (nf > (n - 1) * 2)
 			nf = (n - 1) * 2;
-		if (nf && rec->c) {
-			__builtin_memcpy(s->stack.frames, &buf->recs[cur + 1], sizeof(s->stack.frames));
-			s->stack.nframes = nf;
-			stack_intern(proc, buf->pid, &s->stack, rec->c);
-		}
+		if (nf && rec->c)
+			frames_intern(proc, buf->pid, rec_at(buf, cur, 1), nf, rec->c, NULL);
 	} else if (n != 2) {
 		return -1;
 	}
@@ -820,13 +927,16 @@ __noinline int batch_event(struct batch_buf *buf, struct at_proc *proc, __u32 cu
 	ev->ktime = bpf_ktime_get_ns();
 	__builtin_memcpy(ev->rec, rec, 32);
 	if (rec->type == AT_REC_STEP_TIMED) {
-		__builtin_memcpy(ev->rec + 32, &buf->recs[cur + 1], 32);
-		ev->task_code = ((const __u64 *)&buf->recs[cur + 1])[3];
+		const __u64 *slot1 = rec_at(buf, cur, 1);
+
+		__builtin_memcpy(ev->rec + 32, slot1, 32);
+		ev->task_code = slot1[3];
 	} else {
 		__builtin_memset(ev->rec + 32, 0, 32);
 		ev->task_code = 0;
 	}
-	struct at_task_key key = { .pid = buf->pid, .task_id = rec->a };
+	key.pid = buf->pid;
+	key.task_id = rec->a;
 	task = bpf_map_lookup_elem(&tasks, &key);
 	if (task) {
 		__builtin_memcpy(ev->name, task->name, AT_NAME_LEN);
@@ -843,63 +953,64 @@ __noinline int batch_event(struct batch_buf *buf, struct at_proc *proc, __u32 cu
 
 static long batch_record(__u64 index, struct batch_ctx *x)
 {
+	struct batch_buf *b = x->buf;
+	struct at_proc *proc = x->proc;
 	struct at_rec *rec;
 	__u32 cur, n;
 	int err;
 
-	if (x->buf->pos >= x->buf->nslots || !x->proc || !x->buf)
+	if (!b || !proc || b->pos >= b->nslots)
 		return 1;
-	if (x->buf->pos >= x->buf->chunk_end && batch_fill(x))
+	if (b->pos >= b->chunk_end && batch_fill(b))
 		goto bad;
-	cur = x->buf->pos - x->buf->chunk_start;
+	cur = b->pos - b->chunk_start;
 	if (cur >= AT_BATCH_CHUNK)
 		goto bad;
-	rec = &x->buf->recs[cur];
+	rec = rec_at(b, cur, 0);
 	n = rec->nslots;
-	if (n == 0 || n > AT_REC_MAX_SLOTS || x->buf->pos + n > x->buf->nslots)
+	if (n == 0 || n > AT_REC_MAX_SLOTS || b->pos + n > b->nslots)
 		goto bad;
-	if (x->buf->pos + n > x->buf->chunk_end) {
+	if (b->pos + n > b->chunk_end) {
 		/* Only part of the record was copied: copy again from its start. */
-		if (batch_fill(x))
+		if (batch_fill(b))
 			goto bad;
 		cur = 0;
-		rec = &x->buf->recs[0];
+		rec = rec_at(b, 0, 0);
 		if (rec->nslots != n)
 			goto bad; /* changed under us: the runtime broke the protocol */
 	}
 	switch (rec->type) {
 	case AT_REC_CREATE:
-		err = batch_create(x->buf, x->proc, cur, n);
+		err = batch_create(b, proc, cur, n);
 		break;
 	case AT_REC_STEP:
-		err = batch_step(x->buf, x->proc, cur, n);
+		err = batch_step(b, proc, cur, n);
 		break;
 	case AT_REC_STACK:
-		err = batch_stack(x->buf, x->proc, cur, n);
+		err = batch_stack(b, proc, cur, n);
 		break;
 	case AT_REC_TIMING:
 	case AT_REC_CODE:
-		err = batch_timing(x->buf, x->proc, cur, n);
+		err = batch_timing(b, proc, cur, n);
 		break;
 	case AT_REC_LOOP:
-		err = batch_loop(x->buf, x->proc, cur, n);
+		err = batch_loop(b, proc, cur, n);
 		break;
 	case AT_REC_STEP_TIMED:
 	case AT_REC_SAMPLE:
-		err = batch_event(x->buf, x->proc, cur, n);
+		err = batch_event(b, proc, cur, n);
 		break;
 	default:
-		err = batch_other(x->buf, x->proc, cur, n);
+		err = batch_other(b, proc, cur, n);
 		break;
 	}
 	if (err)
 		goto bad;
-	x->buf->pos += n;
-	x->buf->nrec++;
+	b->pos += n;
+	b->nrec++;
 	return 0;
 bad:
-	if (x->proc)
-		__sync_fetch_and_add(&x->proc->bad_records, 1);
+	__sync_fetch_and_add(&proc->bad_records, 1);
 	return 1;
 }
 
@@ -907,7 +1018,7 @@ SEC("usdt")
 int BPF_USDT(batch_flush, __u64 recs, __u64 nslots, __u64 dropped)
 {
 	struct batch_ctx x = {};
-	struct batch_buf *b = NULL;
+	struct batch_buf *b;
 	__u32 pid = current_tgid();
 
 	x.proc = proc_for_event(pid);
@@ -915,12 +1026,7 @@ int BPF_USDT(batch_flush, __u64 recs, __u64 nslots, __u64 dropped)
 		return 0;
 	if (dropped > x.proc->drop_runtime)
 		x.proc->drop_runtime = dropped;
-	for (__u32 i = 0; i < 2; i++) {
-		b = bpf_map_lookup_elem(&batch_bufs, &i);
-		if (b && !__sync_lock_test_and_set(&b->busy, 1))
-			break;
-		b = NULL;
-	}
+	b = slot_claim(&batch_bufs, 2);
 	if (!b) {
 		/* Two batches already run on this CPU (preempted): not ours. */
 		__sync_fetch_and_add(&x.proc->bad_records, 1);
@@ -939,8 +1045,7 @@ int BPF_USDT(batch_flush, __u64 recs, __u64 nslots, __u64 dropped)
 	/* proc_for_event counted the probe hit; count the records instead. */
 	if (b->nrec)
 		__sync_fetch_and_add(&x.proc->events, b->nrec - 1);
-	barrier();
-	b->busy = 0;
+	slot_release(b);
 	return 0;
 }
 
@@ -957,7 +1062,7 @@ int BPF_USDT(code_register, __u64 code_id, __u64 qualname_ptr, __u64 qualname_le
 	proc = proc_for_event(key.pid);
 	if (!proc)
 		return 0;
-	s = scratch_slot();
+	s = scratch_claim();
 	if (!s)
 		return 0;
 	__builtin_memset(&s->code, 0, sizeof(s->code));
@@ -972,6 +1077,7 @@ int BPF_USDT(code_register, __u64 code_id, __u64 qualname_ptr, __u64 qualname_le
 	if (fn && filename_ptr)
 		bpf_probe_read_user(s->code.filename, fn, (const void *)filename_ptr);
 	err = bpf_map_update_elem(&codes, &key, &s->code, BPF_ANY);
+	slot_release(s);
 	if (err)
 		__sync_fetch_and_add(&proc->drop_codes_full, 1);
 	return 0;
@@ -997,6 +1103,11 @@ int BPF_USDT(replay_end, __u64 gen, __u64 ntasks)
 	proc = proc_for_event(current_tgid());
 	if (!proc)
 		return 0;
+	if (test_reject) {
+		__u32 i = bpf_get_prandom_u32();
+
+		proc->step_max_ns[i] = 1;
+	}
 	if (require_begin && proc->replay_active != gen)
 		return 0; /* began before we attached: wait for one we see whole */
 	proc->replay_tasks = ntasks;
