@@ -76,7 +76,9 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   app.name(args.empty() ? "asynctrace" : "asynctrace");
   app.footer(kFooter);
   app.require_subcommand(0, 1);
-  app.add_flag("-v,--verbose", o.verbose, "Print libbpf messages and attach decisions to stderr");
+  app.add_flag("-v,--verbose", o.verbose,
+               "Print libbpf messages (a refused BPF program's whole verifier log, never cut), the kernel "
+               "features found and attach decisions to stderr");
   bool version = false;
   app.add_flag("--version", version, "Print the version and exit");
 
@@ -190,6 +192,12 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
                 "  sudo asynctrace agent --profile-push http://127.0.0.1:4040/ingest\n"
                 "  curl -s http://127.0.0.1:9464/metrics | grep asynctrace_tasks\n"
                 "  sudo asynctrace agent --cleanup          # after a crash: remove the pins\n");
+  auto* features = app.add_subcommand("features", "Kernel features asynctrace needs, and which this kernel has");
+  features->add_option("-f,--format", fmt, "Output format: text or json")->check(CLI::IsMember({"text", "json"}));
+  features->footer("Exit 0 if asynctrace can trace on this kernel, 7 (one line on stderr naming what is\n"
+                   "missing) if not. docs/kernels.md has the table.\n\nEXAMPLES:\n"
+                   "  sudo asynctrace features\n"
+                   "  sudo asynctrace features --format json | jq '.features[] | select(.present | not)'\n");
   for (auto* c : {pstree, ps}) c->fallthrough();
 
   std::vector<const char*> argv;
@@ -222,6 +230,7 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   else if (slow->parsed()) o.command = Command::Slow;
   else if (record->parsed()) o.command = Command::Record;
   else if (agent->parsed()) o.command = Command::Agent;
+  else if (features->parsed()) o.command = Command::Features;
   else {
     r.out = app.help();
     r.exit_code = kExitUsage;

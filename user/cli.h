@@ -13,7 +13,7 @@
 
 namespace asynctrace {
 
-enum class Command { Pstree, Ps, Stats, Attach, Run, Top, Slow, Record, Agent, Version };
+enum class Command { Pstree, Ps, Stats, Attach, Run, Top, Slow, Record, Agent, Features, Version };
 enum class Format { Text, Json };
 
 struct Options {

@@ -24,6 +24,7 @@
 
 #include "command_util.h"
 #include "escape.h"
+#include "kernel_features.h"
 #include "loader.h"
 #include "model.h"
 #include "procinfo.h"
@@ -383,6 +384,18 @@ Result<std::string> python_tag(const std::string& program) {
   return out;
 }
 
+// What this kernel offers asynctrace (docs/kernels.md): the table on stdout;
+// exit 7 with one line on stderr if a required feature is missing.
+int run_features(const Options& o) {
+  if (auto st = check_privileges(); !st.ok()) return fail(st.error());
+  const KernelFeatures& kf = kernel_features();
+  std::cout << (o.format == Format::Json ? features_json(kf).dump(2) + "\n" : render_features(kf));
+  std::cout.flush();
+  const int status = output_status();
+  const Status st = check_kernel_features(kf);
+  return st.ok() ? status : fail(st.error());
+}
+
 int run_run(const Options& o) {
   const std::string base = o.python_dir.empty() ? self_dir() + "/python" : o.python_dir;
   auto tag = python_tag(o.run_argv[0]);
@@ -428,6 +441,8 @@ int run_command(const Options& o) {
       return run_record(o);
     case Command::Agent:
       return run_agent(o);
+    case Command::Features:
+      return run_features(o);
   }
   return kExitInternal;
 }

@@ -36,7 +36,9 @@
 #include "../bpf/abi.h"
 #include "asynctrace.skel.h"
 #include "decode.h"
+#include "kernel_features.h"
 #include "usdt_attach.h"
+#include "verifier_log.h"
 
 namespace asynctrace {
 namespace {
@@ -47,26 +49,41 @@ constexpr int kCapSysAdmin = 21;
 constexpr unsigned long kTracefsMagic = 0x74726163;  // TRACEFS_MAGIC
 constexpr int kEnotsupp = 524;  // kernel-internal ENOTSUPP, leaks out of old bpf() commands
 
-// libbpf logs through one process-wide callback. Keep its last warning so an
-// error message can say why, and echo everything only when asked to.
+// libbpf logs through one process-wide callback. Keep its last one-line
+// warning so an error message can say why, and the last program the kernel
+// refused with its verifier log (load_error()), and echo everything, whole,
+// only when asked to.
 std::mutex g_log_mu;
 std::string g_last_libbpf_warning;
+ProgLoadFailure g_prog_failure;
 bool g_verbose = false;
 
-int libbpf_log(enum libbpf_print_level level, const char* fmt, va_list args) {
-  char line[1024];
+// One libbpf message, however long: a refused program's whole verifier log
+// comes as one message.
+std::string format_message(const char* fmt, va_list args) {
   va_list copy;
   va_copy(copy, args);
-  vsnprintf(line, sizeof line, fmt, copy);
+  const int n = vsnprintf(nullptr, 0, fmt, copy);
   va_end(copy);
+  if (n <= 0) return {};
+  std::string msg(static_cast<size_t>(n) + 1, '\0');
+  va_copy(copy, args);
+  vsnprintf(msg.data(), msg.size(), fmt, copy);
+  va_end(copy);
+  msg.resize(static_cast<size_t>(n));
+  return msg;
+}
+
+int libbpf_log(enum libbpf_print_level level, const char* fmt, va_list args) {
+  const std::string msg = format_message(fmt, args);
   std::lock_guard lock(g_log_mu);
-  if (level == LIBBPF_WARN) {
-    std::string_view s(line);
+  if (level == LIBBPF_WARN && !parse_prog_load_warning(msg, &g_prog_failure)) {
+    std::string_view s(msg);
     while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.remove_suffix(1);
-    g_last_libbpf_warning.assign(s);
+    if (s.find('\n') == std::string_view::npos) g_last_libbpf_warning.assign(s);
   }
   if (!g_verbose) return 0;
-  return fputs(line, stderr);
+  return fputs(msg.c_str(), stderr);
 }
 
 // Routes libbpf's log through libbpf_log, echoing it only when verbose.
@@ -75,8 +92,16 @@ void init_libbpf_log(bool verbose) {
     std::lock_guard lock(g_log_mu);
     g_verbose = verbose;
     g_last_libbpf_warning.clear();
+    g_prog_failure = {};
   }
   libbpf_set_print(libbpf_log);
+}
+
+ProgLoadFailure take_prog_failure() {
+  std::lock_guard lock(g_log_mu);
+  ProgLoadFailure f;
+  std::swap(f, g_prog_failure);
+  return f;
 }
 
 std::string take_libbpf_warning() {
@@ -106,6 +131,39 @@ uint64_t effective_caps() {
   return 0;
 }
 
+// The one line for a program the verifier refused: its name, the verifier's
+// reason (the end of its log) and the kernel release.
+Error verifier_error(const ProgLoadFailure& f, const std::string& hint) {
+  std::string why = verifier_reason(f.log);
+  if (why.empty()) why = "its log gives no reason";
+  return Error{kExitTracing, "failed to load BPF program '" + f.prog + "': the kernel's verifier rejected it: " +
+                                 why + " (Linux " + kernel_release() + ")" + hint};
+}
+
+// Why asynctrace_bpf__load() failed (`err`: its -errno), as the one line to
+// report; every load of the skeleton goes through here. A program the
+// verifier refused (libbpf printed its log) is exit 7 with the program and
+// the verifier's reason: with the capabilities, an EACCES or EPERM from
+// BPF_PROG_LOAD is the verifier's, not a privilege problem. EACCES/EPERM
+// without them is exit 6; anything else exit 7, with `remedy` if given.
+Error load_error(int err, bool verbose, const std::string& remedy = {}) {
+  const ProgLoadFailure f = take_prog_failure();
+  if (f.has_log) return verifier_error(f, verbose ? "" : "; rerun with --verbose for the verifier log");
+  const int e = err < 0 ? -err : err;
+  if ((e == EPERM || e == EACCES) && !check_privileges().ok())
+    return Error{kExitPrivilege, "failed to load BPF object 'asynctrace': " + reason(err) +
+                                     "; run as root or grant CAP_BPF and CAP_PERFMON"};
+  const std::string what = f.prog.empty() ? "BPF object 'asynctrace'" : "BPF program '" + f.prog + "'";
+  const std::string hint = !remedy.empty() ? "; " + remedy : verbose ? "" : "; rerun with --verbose for libbpf's log";
+  return Error{kExitTracing, "failed to load " + what + ": " + reason(err) + hint};
+}
+
+// ASYNCTRACE_TEST_VERIFIER_REJECT=1 (tests only): replay_end makes an access
+// the verifier refuses, to test how a rejected load is reported.
+void apply_test_knobs(asynctrace_bpf* skel) {
+  const char* env = std::getenv("ASYNCTRACE_TEST_VERIFIER_REJECT");
+  skel->rodata->test_reject = env && std::string_view(env) == "1";
+}
 
 // libbpf creates uprobes through the perf "uprobe" PMU when the kernel has it
 // and falls back to tracefs uprobe_events otherwise; only the fallback needs
@@ -346,23 +404,31 @@ enum class AttachMode {
 };
 
 const char* mode_name(AttachMode m) {
-  return m == AttachMode::UprobeMulti ? "uprobe_multi links" : "perf-event uprobes (libbpf)";
+  return m == AttachMode::UprobeMulti ? "uprobe_multi links" : "perf-event uprobes, one per site";
+}
+
+// With --verbose, one line: the kernel features found and the attach path.
+void print_features(const KernelFeatures& kf, AttachMode mode, const std::string& why) {
+  std::fprintf(stderr, "asynctrace: kernel %s: %s; attaching USDT probes with %s", kf.release.c_str(),
+               features_summary(kf).c_str(), mode_name(mode));
+  if (!why.empty()) std::fprintf(stderr, " (%s)", why.c_str());
+  std::fputc('\n', stderr);
 }
 
 // ASYNCTRACE_UPROBE_MULTI=0 forces the libbpf path (tests of the fallback).
 AttachMode choose_attach_mode(bool verbose) {
+  const KernelFeatures& kf = kernel_features();
+  const KernelFeature* multi = kf.find("uprobe_multi");
   std::string why;
   const char* env = std::getenv("ASYNCTRACE_UPROBE_MULTI");
   AttachMode mode = AttachMode::PerfPerSite;
   if (env && std::string_view(env) == "0")
     why = "disabled by ASYNCTRACE_UPROBE_MULTI=0";
-  else if (usdt::uprobe_multi_supported(&why))
+  else if (multi && multi->present)
     mode = AttachMode::UprobeMulti;
-  if (verbose) {
-    std::fprintf(stderr, "asynctrace: attaching USDT probes with %s", mode_name(mode));
-    if (!why.empty()) std::fprintf(stderr, " (%s)", why.c_str());
-    std::fputc('\n', stderr);
-  }
+  else if (multi)
+    why = multi->note;
+  if (verbose) print_features(kf, mode, why);
   return mode;
 }
 
@@ -397,8 +463,12 @@ void close_links_concurrently(const std::vector<int>& fds) {
 
 // The kernel accepts a uprobe_multi link only for programs loaded with this
 // attach type (SEC("usdt") leaves it 0), and wires bpf_get_attach_cookie() to
-// the multi link's per-site cookies for them. Before load.
+// the multi link's per-site cookies for them. Before load. Without uprobe_multi
+// (usdt::uprobe_multi_supported(), the one decision) the programs keep the
+// plain kprobe type that perf-event uprobes take, and the cookie of each
+// site's perf link: nothing to do.
 Status expect_uprobe_multi(asynctrace_bpf* skel) {
+  if (!usdt::uprobe_multi_supported()) return ok_status();
   for (const ProbeSlot& slot : kAttachOrder) {
     if (int err = bpf_program__set_expected_attach_type(slot.prog(skel),
                                                         static_cast<bpf_attach_type>(usdt::kAttachUprobeMulti));
@@ -409,8 +479,16 @@ Status expect_uprobe_multi(asynctrace_bpf* skel) {
   return ok_status();
 }
 
+// Why usdt::attach_uprobes() failed (-errno), naming the kind of attachment.
+std::string uprobe_error(int err) {
+  return std::string(usdt::uprobe_multi_supported() ? "uprobe_multi link: " : "perf-event uprobe: ") +
+         std::strerror(err < 0 ? -err : err);
+}
+
 // Attaches the programs of `path` to every site of `binary` (pid 0: every
-// process mapping it, now and later), one link per probe in kAttachOrder.
+// process mapping it, now and later), one link per probe in kAttachOrder, or
+// where the kernel has no uprobe_multi links one perf-event uprobe per site
+// (usdt::attach_uprobes), probe after probe in the same order.
 // Spec ids are shared through `spec_ids` (argument string -> id), so several
 // binaries can use one object's __bpf_usdt_specs map.
 Status attach_sites_multi(asynctrace_bpf* skel, EventPath path, const std::string& binary,
@@ -458,12 +536,9 @@ Status attach_sites_multi(asynctrace_bpf* skel, EventPath path, const std::strin
   for (size_t i = 0; i < kAttachOrder.size(); ++i) {
     const ProbeSites& ps = per_slot[i];
     if (ps.offsets.empty()) continue;  // the runtime has no such site
-    const int fd = usdt::create_uprobe_multi_link(bpf_program__fd(kAttachOrder[i].prog(skel)), binary,
-                                                  pid, ps.offsets, ps.sema_offsets, ps.cookies);
-    if (fd < 0)
-      return attach_error(-fd, kAttachOrder[i].probe, binary, pid,
-                          std::string("uprobe_multi link: ") + std::strerror(-fd));
-    link_fds.push_back(fd);
+    const int err = usdt::attach_uprobes(bpf_program__fd(kAttachOrder[i].prog(skel)), binary, pid, ps.offsets,
+                                         ps.sema_offsets, ps.cookies, &link_fds);
+    if (err < 0) return attach_error(-err, kAttachOrder[i].probe, binary, pid, uprobe_error(err));
   }
   return ok_status();
 }
@@ -504,7 +579,9 @@ class BpfTracer final : public Tracer {
   }
 
   Status attach(const std::string& binary, const Sites& sites) {
-    return mode_ == AttachMode::UprobeMulti ? attach_multi(binary, sites) : attach_per_site(binary);
+    Status st = mode_ == AttachMode::UprobeMulti ? attach_multi(binary, sites) : attach_per_site(binary);
+    if (st.ok() && sites.ok()) request_full_replay(binary, sites.value());
+    return st;
   }
 
   Status wait_replay(std::chrono::milliseconds timeout) override {
@@ -544,6 +621,7 @@ class BpfTracer final : public Tracer {
  private:
   Status attach_per_site(const std::string& binary);
   Status attach_multi(const std::string& binary, const Sites& sites);
+  void request_full_replay(const std::string& binary, const std::vector<usdt::Site>& sites);
 
   pid_t pid_;
   asynctrace_bpf* skel_;
@@ -565,7 +643,7 @@ class BpfTracer final : public Tracer {
     return 0;
   }
   std::vector<bpf_link*> links_;  // PerfPerSite, in attach order
-  std::vector<int> link_fds_;     // UprobeMulti, in attach order
+  std::vector<int> link_fds_;     // UprobeMulti, in attach order; the replay request (both modes)
   Pins pins_;
 };
 
@@ -592,17 +670,20 @@ Status BpfTracer::attach_per_site(const std::string& binary) {
 Status BpfTracer::attach_multi(const std::string& binary, const Sites& sites) {
   if (!sites.ok()) return sites.error();
   std::unordered_map<std::string, int> spec_ids;
-  if (Status st = attach_sites_multi(skel_, path_, binary, sites.value(), pid_, spec_ids, link_fds_); !st.ok())
-    return st;
-  // replay__end rising starts the replay, unless another tracer already
-  // holds it (its semaphore counts processes, not tracers): a request probe
-  // covers that case. Both rising at once still make one replay.
-  if (has_probe(sites, "replay__req0")) noop_fd_ = usdt::load_noop_program();
-  if (noop_fd_ >= 0) {
-    const int fd = usdt::request_replay(pid_, binary, mapped_path_, sites.value(), noop_fd_, true);
-    if (fd >= 0) link_fds_.push_back(fd);
-  }
-  return ok_status();
+  return attach_sites_multi(skel_, path_, binary, sites.value(), pid_, spec_ids, link_fds_);
+}
+
+// replay__end rising starts the replay, unless another tracer already
+// holds it (its semaphore counts processes, not tracers): a request probe
+// covers that case, on either attach path. Both rising at once still make
+// one replay. Best effort: without it the replay may time out (exit 8).
+void BpfTracer::request_full_replay(const std::string& binary, const std::vector<usdt::Site>& sites) {
+  if (std::none_of(sites.begin(), sites.end(), [](const usdt::Site& s) { return s.name == "replay__req0"; }))
+    return;
+  noop_fd_ = usdt::load_noop_program();
+  if (noop_fd_ < 0) return;
+  const int fd = usdt::request_replay(pid_, binary, mapped_path_, sites, noop_fd_, true);
+  if (fd >= 0) link_fds_.push_back(fd);
 }
 
 Status BpfTracer::pin() {
@@ -697,10 +778,10 @@ class PinnedTracer final : public Tracer {
     for (int fd : fds_) close(fd);
   }
 
-  // Raises the replay__end semaphore; false if this kernel cannot (then the
-  // view shows the maps as they are).
+  // Raises a replay request semaphore (a uprobe_multi link, or a perf-event
+  // uprobe on kernels without them); why not if it cannot (then the view
+  // shows the maps as they are).
   std::string request_replay(const ProcInfo& proc) {
-    if (std::string why; !usdt::uprobe_multi_supported(&why)) return why;
     binary_ = proc.probe_lib_host.empty() ? proc.probe_lib : proc.probe_lib_host;
     mapped_ = proc.probe_lib;
     auto sites = usdt::read_sites(binary_, "asynctrace");
@@ -761,7 +842,7 @@ class PinnedTracer final : public Tracer {
     if (fd < 0)
       return -fd == ENOENT ? "the runtime has no replay request probes"
              : -fd == EBUSY ? "every replay request probe is held by other tracers"
-                            : std::string("uprobe_multi link: ") + std::strerror(-fd);
+                            : uprobe_error(fd);
     link_fds_.push_back(fd);
     return {};
   }
@@ -853,8 +934,6 @@ Result<std::unique_ptr<ModeHold>> hold_modes(const ProcInfo& proc, bool timing, 
   auto hold = std::make_unique<LinkHold>();
   if (!timing && !steps) return std::unique_ptr<ModeHold>(std::move(hold));
   const std::string what = "timing probes of process " + std::to_string(proc.pid);
-  if (std::string why; !usdt::uprobe_multi_supported(&why))
-    return Error{kExitTracing, "failed to hold " + what + ": " + why};
   const std::string& binary = proc.probe_lib_host.empty() ? proc.probe_lib : proc.probe_lib_host;
   auto sites = usdt::read_sites(binary, "asynctrace");
   if (!sites.ok()) return sites.error();
@@ -866,12 +945,13 @@ Result<std::unique_ptr<ModeHold>> hold_modes(const ProcInfo& proc, bool timing, 
     bool found = false;
     for (const usdt::Site& s : sites.value()) {
       if (s.name != name || !s.sema_offset) continue;
-      const int fd = usdt::create_uprobe_multi_link(hold->prog_fd, binary, proc.pid, {s.offset},
-                                                    {s.sema_offset}, {0});
-      if (fd < 0)
+      // A uprobe_multi link, or a perf-event uprobe on older kernels: either
+      // raises the semaphore while it lives.
+      const int err = usdt::attach_uprobes(hold->prog_fd, binary, proc.pid, {s.offset}, {s.sema_offset}, {0},
+                                           &hold->fds);
+      if (err < 0)
         return Error{kExitTracing, "failed to attach probe '" + std::string(name) + "' of '" + binary +
-                                       "': " + std::strerror(-fd)};
-      hold->fds.push_back(fd);
+                                       "': " + uprobe_error(err)};
       found = true;
       break;
     }
@@ -891,6 +971,7 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
   const AttachMode mode = choose_attach_mode(opts.verbose);
   if (mode == AttachMode::PerfPerSite)
     if (Status st = ensure_uprobe_interface(); !st.ok()) return st.error();
+  if (Status st = check_kernel_features(kernel_features()); !st.ok()) return st.error();
 
   // The object has no CO-RE relocations (bpf/asynctrace.bpf.c): no kernel
   // BTF is needed or read.
@@ -925,13 +1006,9 @@ Result<std::unique_ptr<Tracer>> attach_tracer(const TraceOptions& opts, const Pr
   }
   if (mode == AttachMode::UprobeMulti)
     if (Status st = expect_uprobe_multi(skel); !st.ok()) return st.error();
+  apply_test_knobs(skel);
 
-  if (int err = asynctrace_bpf__load(skel); err) {
-    int code = (err == -EPERM || err == -EACCES) ? kExitPrivilege : kExitTracing;
-    std::string msg = "failed to load BPF object 'asynctrace': " + reason(err);
-    if (!opts.verbose) msg += "; rerun with --verbose for the verifier log";
-    return Error{code, msg};
-  }
+  if (int err = asynctrace_bpf__load(skel); err) return load_error(err, opts.verbose);
   // Pre-create procs[pid] so a full procs map shows up here, not as silence.
   const __u32 key = skel->rodata->target_tgid;
   const at_proc zero{};
@@ -1051,10 +1128,8 @@ class AgentImpl final : public Agent {
     if (Status s = attach_sites_multi(skel_, ep, path, sites.value(), 0, spec_ids_, link_fds_); !s.ok()) return s;
     for (const usdt::Site& site : sites.value()) {
       if (site.name != "timing__on" || !site.sema_offset) continue;
-      const int fd = usdt::create_uprobe_multi_link(noop_fd_, path, 0, {site.offset}, {site.sema_offset}, {0});
-      if (fd < 0)
-        return attach_error(-fd, "timing__on", path, 0, std::string("uprobe_multi link: ") + std::strerror(-fd));
-      link_fds_.push_back(fd);
+      const int err = usdt::attach_uprobes(noop_fd_, path, 0, {site.offset}, {site.sema_offset}, {0}, &link_fds_);
+      if (err < 0) return attach_error(-err, "timing__on", path, 0, uprobe_error(err));
       break;
     }
     return ok_status();
@@ -1132,9 +1207,14 @@ class AgentImpl final : public Agent {
 Result<std::unique_ptr<Agent>> start_agent(bool verbose) {
   if (Status st = check_privileges(); !st.ok()) return st.error();
   init_libbpf_log(verbose);
-  if (std::string why; !usdt::uprobe_multi_supported(&why))
-    return Error{kExitTracing, "failed to start the agent: " + why +
-                                   " (the agent attaches by library, for every process, with uprobe_multi links)"};
+  const KernelFeatures& kf = kernel_features();
+  // By library, for every process: uprobe_multi links with pid 0, or on
+  // kernels without them one perf-event uprobe per site with pid -1
+  // (usdt::attach_uprobes decides, as expect_uprobe_multi does).
+  std::string why;
+  const bool multi = usdt::uprobe_multi_supported(&why);
+  if (verbose) print_features(kf, multi ? AttachMode::UprobeMulti : AttachMode::PerfPerSite, why);
+  if (Status st = check_kernel_features(kf); !st.ok()) return st.error();
   if (Status st = make_private_dir("/run/asynctrace"); !st.ok()) return st.error();
   const std::string lock_path = agent_lock_path();
   const int lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
@@ -1180,11 +1260,12 @@ Result<std::unique_ptr<Agent>> start_agent(bool verbose) {
       return destroy(Error{kExitTracing, "failed to set pin path of BPF map '" + path + "': " + reason(errno)});
   }
   if (Status st = expect_uprobe_multi(skel); !st.ok()) return destroy(st.error());
+  apply_test_knobs(skel);
   if (int err = asynctrace_bpf__load(skel); err) {
-    std::string msg = "failed to load BPF object 'asynctrace': " + reason(err);
-    if (reused) msg += "; the pinned maps in '" + dir + "' may be of another version: 'asynctrace agent --cleanup' removes them";
-    else if (!verbose) msg += "; rerun with --verbose for the verifier log";
-    return destroy(Error{(err == -EPERM || err == -EACCES) ? kExitPrivilege : kExitTracing, msg});
+    const std::string remedy = reused ? "the pinned maps in '" + dir +
+                                            "' may be of another version: 'asynctrace agent --cleanup' removes them"
+                                      : std::string();
+    return destroy(load_error(err, verbose, remedy));
   }
   for (const char* m : kPinnedMaps)
     if (Status st = make_private(dir + "/" + m, false); !st.ok()) return destroy(st.error());

@@ -8,7 +8,9 @@
 #include <fcntl.h>
 #include <gelf.h>
 #include <libelf.h>
+#include <linux/perf_event.h>
 #include <stddef.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -18,8 +20,10 @@
 
 #include <charconv>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <cstring>
+#include <mutex>
 
 namespace asynctrace::usdt {
 namespace {
@@ -295,23 +299,26 @@ Result<std::vector<Site>> read_sites(const std::string& path, std::string_view p
   return sites;
 }
 
-int load_noop_program() {
-  // A do-nothing kprobe program with the multi-uprobe attach type.
+namespace {
+
+// A do-nothing kprobe-type program; `multi`: with the multi-uprobe attach type.
+int load_noop(bool multi) {
   const bpf_insn insns[] = {
       {BPF_ALU64 | BPF_MOV | BPF_K, BPF_REG_0, 0, 0, 0},
       {BPF_JMP | BPF_EXIT, 0, 0, 0, 0},
   };
   LIBBPF_OPTS(bpf_prog_load_opts, opts);
-  opts.expected_attach_type = static_cast<bpf_attach_type>(kAttachUprobeMulti);
+  if (multi) opts.expected_attach_type = static_cast<bpf_attach_type>(kAttachUprobeMulti);
   return bpf_prog_load(BPF_PROG_TYPE_KPROBE, "at_noop", "GPL", insns, 2, &opts);
 }
 
-bool uprobe_multi_supported(std::string* why) {
+// The kernel's answer, without the environment's say.
+bool probe_uprobe_multi(std::string* why) {
 #if !defined(__x86_64__)
   *why = "USDT operands of this architecture are parsed by libbpf only";
   return false;
 #else
-  const int prog = load_noop_program();
+  const int prog = load_noop(true);
   if (prog < 0) {
     *why = std::string("probe program did not load: ") + std::strerror(errno);
     return false;
@@ -341,6 +348,134 @@ bool uprobe_multi_supported(std::string* why) {
   close(prog);
   return ok;
 #endif
+}
+
+// ASYNCTRACE_TEST_HIDE_FEATURE is a comma-separated list of feature names.
+bool hidden_by_test(std::string_view name) {
+  const char* env = std::getenv("ASYNCTRACE_TEST_HIDE_FEATURE");
+  for (std::string_view list = env ? env : ""; !list.empty();) {
+    const size_t comma = list.find(',');
+    if (list.substr(0, comma) == name) return true;
+    list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+  }
+  return false;
+}
+
+// The uprobe PMU (Linux 4.17+) and where ref_ctr_offset goes in its config
+// (Linux 4.20+; "config:32-63", PERF_UPROBE_REF_CTR_OFFSET_SHIFT).
+struct UprobePmu {
+  int type = -1;           // perf_event_attr.type; -1: no PMU
+  int ref_ctr_shift = -1;  // -1: no semaphores
+};
+
+const UprobePmu& uprobe_pmu() {
+  static const UprobePmu pmu = [] {
+    UprobePmu p;
+    std::ifstream type("/sys/bus/event_source/devices/uprobe/type");
+    if (!(type >> p.type)) p.type = -1;
+    std::ifstream fmt("/sys/bus/event_source/devices/uprobe/format/ref_ctr_offset");
+    std::string f;
+    if (fmt >> f && f.rfind("config:", 0) == 0) {
+      int shift = -1;
+      const char* b = f.c_str() + 7;
+      auto [end, ec] = std::from_chars(b, f.c_str() + f.size(), shift);
+      if (ec == std::errc() && (*end == '-' || *end == '\0') && shift > 0 && shift < 64) p.ref_ctr_shift = shift;
+    }
+    return p;
+  }();
+  return pmu;
+}
+
+// One perf-event uprobe on `offset` of `path`; the event fd or -errno.
+int open_uprobe_event(const std::string& path, pid_t pid, unsigned long offset, unsigned long ref_ctr_offset) {
+  const UprobePmu& pmu = uprobe_pmu();
+  if (pmu.type < 0) return -EOPNOTSUPP;
+  perf_event_attr attr{};
+  attr.size = sizeof attr;
+  attr.type = static_cast<uint32_t>(pmu.type);
+  if (ref_ctr_offset) {
+    if (pmu.ref_ctr_shift < 0) return -EOPNOTSUPP;
+    if (pmu.ref_ctr_shift + (64 - __builtin_clzl(ref_ctr_offset)) > 64) return -ERANGE;  // does not fit
+    attr.config = static_cast<uint64_t>(ref_ctr_offset) << pmu.ref_ctr_shift;
+  }
+  attr.config1 = reinterpret_cast<uint64_t>(path.c_str());  // uprobe_path
+  attr.config2 = offset;                                     // probe_offset
+  // A process: its threads (the kernel filters uprobes by mm). Everyone:
+  // a CPU-wide event on CPU 0, whose BPF program runs on every CPU.
+  const long fd = syscall(__NR_perf_event_open, &attr, pid > 0 ? pid : -1, pid > 0 ? -1 : 0, -1,
+                          PERF_FLAG_FD_CLOEXEC);
+  return fd < 0 ? -errno : static_cast<int>(fd);
+}
+
+// Attaches `prog_fd` to the event `pfd` with `cookie`: the link fd (which
+// holds the event: pfd can be closed), or pfd itself when only the old
+// ioctl worked (cookie 0), or -errno.
+int attach_to_event(int prog_fd, int pfd, uint64_t cookie) {
+  LIBBPF_OPTS(bpf_link_create_opts, opts);
+  opts.perf_event.bpf_cookie = cookie;
+  const int link = bpf_link_create(prog_fd, pfd, BPF_PERF_EVENT, &opts);
+  if (link >= 0) return link;
+  const int err = errno;
+  if (cookie != 0) return -err;  // only links carry cookies (Linux 5.15+)
+  if (ioctl(pfd, PERF_EVENT_IOC_SET_BPF, prog_fd) != 0 || ioctl(pfd, PERF_EVENT_IOC_ENABLE, 0) != 0)
+    return -errno;
+  return pfd;
+}
+
+}  // namespace
+
+int load_noop_program() { return load_noop(uprobe_multi_supported()); }
+
+bool uprobe_multi_supported(std::string* why) {
+  static std::once_flag once;
+  static bool ok = false;
+  static std::string reason;
+  std::call_once(once, [] {
+    const char* env = std::getenv("ASYNCTRACE_UPROBE_MULTI");
+    if (env && std::string_view(env) == "0")
+      reason = "disabled by ASYNCTRACE_UPROBE_MULTI=0";
+    else if (hidden_by_test("uprobe_multi"))
+      reason = "hidden by ASYNCTRACE_TEST_HIDE_FEATURE";
+    else
+      ok = probe_uprobe_multi(&reason);
+  });
+  if (why) *why = reason;
+  return ok;
+}
+
+int create_perf_uprobe_links(int prog_fd, const std::string& path, pid_t pid,
+                             const std::vector<unsigned long>& offsets,
+                             const std::vector<unsigned long>& ref_ctr_offsets,
+                             const std::vector<uint64_t>& cookies, std::vector<int>* fds) {
+  if (offsets.empty() || ref_ctr_offsets.size() != offsets.size() || cookies.size() != offsets.size())
+    return -EINVAL;
+  const size_t first = fds->size();
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    int fd = open_uprobe_event(path, pid, offsets[i], ref_ctr_offsets[i]);
+    if (fd >= 0) {
+      const int pfd = fd;
+      fd = attach_to_event(prog_fd, pfd, cookies[i]);
+      if (fd != pfd) close(pfd);  // a link holds the event (or attaching failed)
+    }
+    if (fd < 0) {
+      for (size_t k = first; k < fds->size(); ++k) close((*fds)[k]);
+      fds->resize(first);
+      return fd;
+    }
+    fds->push_back(fd);
+  }
+  return 0;
+}
+
+int attach_uprobes(int prog_fd, const std::string& path, pid_t pid, const std::vector<unsigned long>& offsets,
+                   const std::vector<unsigned long>& ref_ctr_offsets, const std::vector<uint64_t>& cookies,
+                   std::vector<int>* fds) {
+  if (!uprobe_multi_supported())
+    return create_perf_uprobe_links(prog_fd, path, pid, offsets, ref_ctr_offsets, cookies, fds);
+  const int fd = create_uprobe_multi_link(prog_fd, path, pid, offsets, ref_ctr_offsets, cookies);
+  if (fd < 0) return fd;
+  fds->push_back(fd);
+  return 0;
 }
 
 int create_uprobe_multi_link(int prog_fd, const std::string& path, pid_t pid,
@@ -385,6 +520,17 @@ Result<uint16_t> read_semaphore(pid_t pid, const std::string& mapped_path, uint6
   return Error{kExitTracing, "semaphore not mapped in process " + std::to_string(pid)};
 }
 
+namespace {
+
+// A no-op program on one request site: its one fd, or -errno.
+int attach_one(int prog_fd, const std::string& path, pid_t pid, const Site& s) {
+  std::vector<int> fds;
+  const int err = attach_uprobes(prog_fd, path, pid, {s.offset}, {s.sema_offset}, {0}, &fds);
+  return err < 0 ? err : fds.front();
+}
+
+}  // namespace
+
 int request_replay(pid_t pid, const std::string& path, const std::string& mapped_path,
                    const std::vector<Site>& sites, int prog_fd, bool full) {
   const Site* fallback = nullptr;
@@ -398,11 +544,10 @@ int request_replay(pid_t pid, const std::string& path, const std::string& mapped
         continue;
       }
       if (v.value() != 0) continue;  // another tracer's request
-      return create_uprobe_multi_link(prog_fd, path, pid, {s.offset}, {s.sema_offset}, {0});
+      return attach_one(prog_fd, path, pid, s);
     }
   }
-  if (fallback)
-    return create_uprobe_multi_link(prog_fd, path, pid, {fallback->offset}, {fallback->sema_offset}, {0});
+  if (fallback) return attach_one(prog_fd, path, pid, *fallback);
   for (const Site& s : sites)
     if (s.name == (full ? "replay__req0" : "replay__req4")) return -EBUSY;
   return -ENOENT;

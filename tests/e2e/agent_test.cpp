@@ -36,70 +36,15 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const char* kPins = "/sys/fs/bpf/asynctrace/agent";
-const char* kLock = "/run/asynctrace/agent.lock";
-const std::vector<std::string> kPinnedMaps = {"code_timing", "codes", "procs", "stacks", "tasks", "timing"};
+const char* const kPins = e2e::kAgentPins;
+const char* const kLock = e2e::kAgentLock;
+const std::vector<std::string>& kPinnedMaps = e2e::kAgentPinnedMaps;
 
-std::string tool() { return e2e::binary_dir() + "/asynctrace"; }
-std::string python() {
-  const auto py = e2e::built_pythons();
-  return py.empty() ? "python3" : py.front().second;
-}
-
-// A traced agent_work.py.
-struct Work {
-  // python_dir: where `run` finds the runtime ("" = the build's).
-  Work(int workers, int steps, int idle, int linger, const std::string& python_dir = "")
-      : app(argv(workers, steps, idle, linger, python_dir)) {}
-  static std::vector<std::string> argv(int workers, int steps, int idle, int linger, const std::string& dir) {
-    std::vector<std::string> a = {tool(), "run"};
-    if (!dir.empty()) a.insert(a.end(), {"--python-dir", dir});
-    a.insert(a.end(), {"--", python(), e2e::source_dir() + "/tests/programs/agent_work.py", std::to_string(workers),
-                       std::to_string(steps), std::to_string(idle), std::to_string(linger)});
-    return a;
-  }
-  bool ready() { return app.wait_line("READY", 30s); }
-  json truth() {
-    auto line = app.wait_prefix("{\"truth\"", 60s);
-    if (!line) return json::object();
-    return json::parse(*line).at("truth");
-  }
-  std::string pid() const { return std::to_string(app.pid()); }
-  e2e::Program app;
-};
-
-struct Agent {
-  explicit Agent(const std::vector<std::string>& extra = {}) : app(argv(extra)) {}
-  static std::vector<std::string> argv(const std::vector<std::string>& extra) {
-    std::vector<std::string> a = {tool()};
-    for (const std::string& e : extra)
-      if (e == "-v") a.push_back(e);  // global: before the command
-    a.insert(a.end(), {"agent", "--listen", "127.0.0.1:0", "--scan-interval", "500ms", "--library-prefix",
-                       e2e::binary_dir() + "/python"});
-    for (const std::string& e : extra)
-      if (e != "-v") a.push_back(e);
-    return a;
-  }
-  // Waits for the "agent maps=... metrics=URL" line; returns it.
-  std::string started() {
-    auto line = app.wait_prefix("agent maps=", 30s);
-    if (!line) return "";
-    const auto at = line->find("http://127.0.0.1:");
-    if (at != std::string::npos) port = std::stoi(line->substr(at + 17));
-    return *line;
-  }
-  std::string scrape(bool openmetrics = true) const {
-    httplib::Client c("127.0.0.1", port);
-    c.set_connection_timeout(5);
-    c.set_read_timeout(5);
-    httplib::Headers h;
-    if (openmetrics) h.emplace("Accept", "application/openmetrics-text; version=1.0.0");
-    auto res = c.Get("/metrics", h);
-    return res && res->status == 200 ? res->body : "";
-  }
-  e2e::Program app;
-  int port = 0;
-};
+using e2e::Agent;
+using e2e::python;
+using e2e::tasks_in_state;
+using e2e::tool;
+using e2e::Work;
 
 // Value of the first sample line starting with `prefix` (name{labels), -1 if none.
 double sample_value(const std::string& text, const std::string& prefix) {
@@ -109,26 +54,8 @@ double sample_value(const std::string& text, const std::string& prefix) {
   return -1;
 }
 
-// asynctrace_tasks{pid=PID,...,state=STATE}, -1 if absent.
-double tasks_in_state(const std::string& text, const std::string& pid, const std::string& state) {
-  std::istringstream in(text);
-  for (std::string l; std::getline(in, l);)
-    if (l.rfind("asynctrace_tasks{pid=\"" + pid + "\",", 0) == 0 &&
-        l.find(",state=\"" + state + "\"}") != std::string::npos)
-      return std::stod(l.substr(l.rfind(' ') + 1));
-  return -1;
-}
-
 bool has_pid(const std::string& text, const std::string& pid) {
   return text.find("pid=\"" + pid + "\"") != std::string::npos;
-}
-
-std::vector<std::string> pin_files() {
-  std::vector<std::string> out;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(kPins, ec)) out.push_back(e.path().filename());
-  std::sort(out.begin(), out.end());
-  return out;
 }
 
 // Map ids of the agent's pins (bpftool map show pinned PATH).
@@ -162,18 +89,13 @@ int pinned_tasks_of(const std::string& pid) {
   return n;
 }
 
-void cleanup_leftovers() {
-  // A previous run killed half-way may have left an agent's pins.
-  (void)e2e::run({tool(), "agent", "--cleanup"});
-}
-
 class AgentE2E : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_EQ(geteuid(), 0u) << "the e2e tier runs as root";
-    cleanup_leftovers();
+    e2e::cleanup_agent_leftovers();
   }
-  void TearDown() override { cleanup_leftovers(); }
+  void TearDown() override { e2e::cleanup_agent_leftovers(); }
 };
 
 TEST_F(AgentE2E, DiscoversProcessesAndViewsReadItsMaps) {
@@ -373,7 +295,7 @@ TEST_F(AgentE2E, SigtermSigkillRestartAndCleanup) {
   }
   auto held = e2e::wait_kernel_released(0, 20s);
   EXPECT_TRUE(held.empty()) << held.detail;
-  EXPECT_EQ(pin_files(), kPinnedMaps);
+  EXPECT_EQ(e2e::agent_pin_files(), kPinnedMaps);
   EXPECT_NE(access(kLock, F_OK), 0) << "lock file left after SIGTERM";
   EXPECT_EQ(pinned_map_ids(), ids);
 
@@ -394,7 +316,7 @@ TEST_F(AgentE2E, SigtermSigkillRestartAndCleanup) {
     }
     const auto h = e2e::wait_kernel_released(0, 20s);
     EXPECT_TRUE(h.empty()) << h.detail;
-    EXPECT_EQ(pin_files(), kPinnedMaps);
+    EXPECT_EQ(e2e::agent_pin_files(), kPinnedMaps);
   };
   restart_then_kill("pstree", "idle-1");
   restart_then_kill("ps", "idle-0");

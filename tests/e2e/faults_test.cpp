@@ -207,6 +207,120 @@ TEST(BadInput, KernelBtfIsNotNeeded) {
   EXPECT_TRUE(ends_cleanly(prog, nullptr)) << prog.stderr_text();
 }
 
+// Lines of tracefs's uprobe_events that name an asynctrace file (libbpf's
+// legacy uprobes would show there; perf-PMU uprobes and uprobe_multi links
+// do not, kernel_hold() sees those).
+std::string asynctrace_uprobe_events() {
+  std::string found;
+  std::istringstream in(e2e::read_file("/sys/kernel/tracing/uprobe_events"));
+  for (std::string line; std::getline(in, line);)
+    if (has(line, "asynctrace")) found += line + "\n";
+  return found;
+}
+
+std::string uname_release() {
+  auto r = e2e::run({"uname", "-r"});
+  return r.out.substr(0, r.out.find('\n'));
+}
+
+// The verifier refusing a program (ASYNCTRACE_TEST_VERIFIER_REJECT=1 makes
+// replay_end index a map value with a random number) is no privilege
+// problem: exit 7, one line naming the program and the verifier's reason,
+// on either attach path; the target runs on, nothing is left attached.
+TEST(BadInput, VerifierRejectionIsOneLineNamingProgramAndReason) {
+  e2e::Program prog({tool(), "run", "--", kPy, program("ticker.py")});
+  ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
+  const std::string pid = std::to_string(prog.pid());
+  for (const char* multi : {"1", "0"}) {
+    SCOPED_TRACE(std::string("ASYNCTRACE_UPROBE_MULTI=") + multi);
+    auto r = e2e::run({"env", "ASYNCTRACE_TEST_VERIFIER_REJECT=1", std::string("ASYNCTRACE_UPROBE_MULTI=") + multi,
+                       tool(), "pstree", "-p", pid});
+    EXPECT_EQ(r.exit_code, 7) << r.err;
+    EXPECT_EQ(lines(r.err), 1u) << r.err;
+    EXPECT_TRUE(has(r.err, "asynctrace: failed to load BPF program 'replay_end': the kernel's verifier rejected it: "))
+        << r.err;
+    // 6.1 to 6.18 say "R2 unbounded memory access, make sure to bounds check any such access".
+    EXPECT_TRUE(has(r.err, "unbounded memory access") || has(r.err, "invalid access to map value") ||
+                has(r.err, "outside of the allowed memory range"))
+        << r.err;
+    EXPECT_TRUE(has(r.err, "(Linux " + uname_release() + "); rerun with --verbose for the verifier log")) << r.err;
+    EXPECT_FALSE(has(r.err, "privilege")) << r.err;
+    EXPECT_EQ(r.out, "");
+    std::cerr << "[ verifier rejection -> " << r.exit_code << ": " << r.err << " ]\n";
+    const char state = e2e::proc_state(prog.pid());
+    EXPECT_TRUE(state != 0 && state != 'Z') << "the target died: state " << state;
+    expect_released(prog.pid());
+    EXPECT_EQ(asynctrace_uprobe_events(), "");
+  }
+  EXPECT_TRUE(ends_cleanly(prog, nullptr)) << prog.stderr_text();
+}
+
+// With --verbose the whole verifier log reaches stderr, never cut (it used to
+// stop at 1 KB, before the reason): its reason line, the statistics after it
+// and libbpf's end marker, then the one-line failure last.
+TEST(BadInput, VerifierRejectionWithVerboseShowsTheWholeLog) {
+  e2e::Program prog({tool(), "run", "--", kPy, program("ticker.py")});
+  ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
+  auto r = e2e::run({"env", "ASYNCTRACE_TEST_VERIFIER_REJECT=1", tool(), "pstree", "-p", std::to_string(prog.pid()),
+                     "--verbose"});
+  EXPECT_EQ(r.exit_code, 7) << r.err;
+  const size_t begin = r.err.find("libbpf: prog 'replay_end': -- BEGIN PROG LOAD LOG --\n");
+  const size_t end = r.err.find("\n-- END PROG LOAD LOG --\n");
+  ASSERT_NE(begin, std::string::npos) << r.err;
+  ASSERT_NE(end, std::string::npos) << r.err;
+  const std::string log = r.err.substr(begin, end - begin);
+  EXPECT_GT(log.size(), 1024u) << "a log this short does not show that nothing is cut";
+  EXPECT_TRUE(has(log, "\nR2 unbounded memory access") || has(log, "\ninvalid access to map value") ||
+              has(log, "outside of the allowed memory range"))
+      << log;
+  EXPECT_TRUE(has(log, "\nprocessed ")) << log;  // the statistics follow the reason: the log is whole
+  const std::string last = r.err.substr(r.err.rfind('\n', r.err.size() - 2) + 1);
+  EXPECT_TRUE(has(last, "asynctrace: failed to load BPF program 'replay_end': the kernel's verifier rejected it: "))
+      << last;
+  EXPECT_FALSE(has(last, "rerun with --verbose")) << last;
+  EXPECT_TRUE(has(r.err, "asynctrace: kernel " + uname_release() + ": ringbuf yes, bpf_loop yes")) << r.err;
+  EXPECT_EQ(r.out, "");
+  expect_released(prog.pid());
+  EXPECT_TRUE(ends_cleanly(prog, nullptr)) << prog.stderr_text();
+}
+
+// A required kernel feature missing (ASYNCTRACE_TEST_HIDE_FEATURE=bpf_loop
+// pretends so) is found before loading: exit 7, one line naming the feature
+// and the kernel that added it, for pstree and for `features`; the target
+// runs on untouched. On this kernel `features` finds every required feature.
+TEST(BadInput, MissingKernelFeatureIsNamedBeforeLoading) {
+  e2e::Program prog({tool(), "run", "--", kPy, program("ticker.py")});
+  ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
+  const std::string want = "asynctrace: failed to load BPF object 'asynctrace': this kernel (" + uname_release() +
+                           ") lacks the bpf_loop helper (Linux 5.17+)\n";
+  auto r = e2e::run({"env", "ASYNCTRACE_TEST_HIDE_FEATURE=bpf_loop", tool(), "pstree", "-p",
+                     std::to_string(prog.pid())});
+  EXPECT_EQ(r.exit_code, 7) << r.err;
+  EXPECT_EQ(r.err, want);
+  EXPECT_EQ(r.out, "");
+  std::cerr << "[ missing feature -> " << r.exit_code << ": " << r.err << " ]\n";
+  EXPECT_TRUE(e2e::kernel_hold(prog.pid()).empty()) << "loaded despite a missing feature";
+
+  auto f = e2e::run({"env", "ASYNCTRACE_TEST_HIDE_FEATURE=bpf_loop", tool(), "features", "--format", "json"});
+  EXPECT_EQ(f.exit_code, 7) << f.err;
+  EXPECT_EQ(f.err, want);
+  const json j = json::parse(f.out);
+  EXPECT_EQ(j["ok"], false);
+  for (const auto& k : j["features"])  // optional ones (uprobe_multi: 6.6) depend on the kernel
+    if (k["required"] == true) EXPECT_EQ(k["present"], k["name"] != "bpf_loop") << k.dump();
+
+  auto all = e2e::run({tool(), "features"});
+  EXPECT_EQ(all.exit_code, 0) << all.err;
+  EXPECT_EQ(all.err, "");
+  EXPECT_TRUE(has(all.out, "kernel " + uname_release() + "\n")) << all.out;
+  EXPECT_FALSE(has(all.out, "required  no ")) << all.out;
+
+  expect_released(prog.pid());
+  std::string out;
+  ASSERT_TRUE(ends_cleanly(prog, &out)) << prog.stderr_text();
+  EXPECT_EQ(out, untraced_ticker_transcript());
+}
+
 // A coroutine from a module imported out of a file whose path holds a
 // newline, ESC and BEL: pstree shows the path escaped, ps shows the task named
 // after it escaped, never a raw control byte; JSON keeps it exact.

@@ -2,6 +2,8 @@
 #include "harness.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
+#include <httplib.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -9,6 +11,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -276,6 +280,15 @@ long long rodata_tgid(int map_id) {
   return -1;
 }
 
+// bpftool's "type" of a link; bpftool 7.1 gives the number of types newer
+// than it (uprobe_multi, 6.6).
+std::string link_type(const json& link) {
+  const json t = link.value("type", json("?"));
+  if (t.is_string()) return t.get<std::string>();
+  if (t.is_number_integer()) return t.get<int>() == 12 ? "uprobe_multi" : "type " + std::to_string(t.get<int>());
+  return "?";
+}
+
 }  // namespace
 
 KernelHold kernel_hold(pid_t pid) {
@@ -305,7 +318,8 @@ KernelHold kernel_hold(pid_t pid) {
   for (const auto& l : bpftool_json({"link", "show"})) {
     if (l.contains("prog_id") && prog_ids.count(l["prog_id"].get<int>())) {
       ++h.links;
-      h.detail += "link " + std::to_string(l["id"].get<int>()) + "; ";
+      h.link_types[link_type(l)]++;
+      h.detail += "link " + std::to_string(l["id"].get<int>()) + " " + link_type(l) + "; ";
     }
   }
   const std::string dir = "/sys/fs/bpf/asynctrace/" + std::to_string(pid);
@@ -329,5 +343,257 @@ KernelHold wait_kernel_released(pid_t pid, std::chrono::seconds timeout) {
       timeout);
   return h;
 }
+
+std::set<int> prog_ids_named(const std::string& name) {
+  std::set<int> ids;
+  for (const auto& p : bpftool_json({"prog", "show"}))
+    if (p.value("name", "") == name) ids.insert(p["id"].get<int>());
+  return ids;
+}
+
+std::map<int, std::string> links_of(const std::set<int>& prog_ids) {
+  std::map<int, std::string> out;
+  for (const auto& l : bpftool_json({"link", "show"}))
+    if (l.contains("prog_id") && prog_ids.count(l["prog_id"].get<int>()))
+      out[l["id"].get<int>()] = link_type(l);
+  return out;
+}
+
+std::string asynctrace_uprobes() {
+  std::string found;
+  for (const auto& e : bpftool_json({"perf"})) {
+    const std::string file = e.value("filename", "");
+    if (e.value("fd_type", "") == "uprobe" && file.find("asynctrace") != std::string::npos)
+      found += "bpftool perf: pid " + std::to_string(e.value("pid", 0)) + " prog " +
+               std::to_string(e.value("prog_id", 0)) + " " + file + "\n";
+  }
+  for (const char* events : {"/sys/kernel/tracing/uprobe_events", "/sys/kernel/debug/tracing/uprobe_events"}) {
+    std::istringstream in(read_file(events));
+    for (std::string line; std::getline(in, line);)
+      if (line.find("asynctrace") != std::string::npos) found += std::string(events) + ": " + line + "\n";
+  }
+  return found;
+}
+
+namespace {
+
+// "0x1f" or "1f" -> 31.
+uint64_t hex_value(const std::string& s) { return std::stoull(s, nullptr, 16); }
+
+}  // namespace
+
+std::map<std::string, int> usdt_semaphores(pid_t pid) {
+  // The runtime's mappings: path, and (file offset, start, end) of each.
+  struct Mapping {
+    uint64_t start, end, off;
+  };
+  std::string lib;
+  std::vector<Mapping> maps;
+  {
+    std::istringstream in(read_file("/proc/" + std::to_string(pid) + "/maps"));
+    for (std::string line; std::getline(in, line);) {
+      const auto slash = line.find('/');
+      if (slash == std::string::npos || line.find("/_asynctrace") == std::string::npos) continue;
+      const std::string path = line.substr(slash);
+      if (!lib.empty() && path != lib) continue;
+      lib = path;
+      std::istringstream f(line);
+      std::string range, perms, off;
+      f >> range >> perms >> off;
+      const auto dash = range.find('-');
+      maps.push_back({hex_value(range.substr(0, dash)), hex_value(range.substr(dash + 1)), hex_value(off)});
+    }
+  }
+  std::map<std::string, int> out;
+  if (lib.empty()) return out;
+  // PT_LOAD segments: semaphore address -> file offset.
+  struct Segment {
+    uint64_t off, vaddr, memsz;
+  };
+  std::vector<Segment> segs;
+  {
+    std::istringstream in(run({"readelf", "-lW", lib}).out);
+    for (std::string line; std::getline(in, line);) {
+      std::istringstream f(line);
+      std::string type, off, vaddr, paddr, filesz, memsz;
+      if (!(f >> type >> off >> vaddr >> paddr >> filesz >> memsz) || type != "LOAD") continue;
+      segs.push_back({hex_value(off), hex_value(vaddr), hex_value(memsz)});
+    }
+  }
+  const int mem = open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
+  if (mem < 0) return out;
+  // "    Provider: asynctrace" / "    Name: task__create" /
+  // "    Location: 0x..., Base: 0x..., Semaphore: 0x..."
+  std::istringstream in(run({"readelf", "-nW", lib}).out);
+  std::string provider, name;
+  for (std::string line; std::getline(in, line);) {
+    const auto field = [&](const char* key) -> std::optional<std::string> {
+      const auto at = line.find(key);
+      if (at == std::string::npos) return std::nullopt;
+      std::string v = line.substr(at + std::strlen(key));
+      return v.substr(0, v.find(','));
+    };
+    if (auto p = field("Provider: ")) provider = *p;
+    if (auto n = field("Name: ")) name = *n;
+    const auto sema = field("Semaphore: ");
+    if (!sema || provider != "asynctrace") continue;
+    const uint64_t vaddr = hex_value(*sema);
+    if (vaddr == 0) continue;
+    for (const Segment& sg : segs) {
+      if (vaddr < sg.vaddr || vaddr >= sg.vaddr + sg.memsz) continue;
+      const uint64_t file_off = vaddr - sg.vaddr + sg.off;
+      for (const Mapping& m : maps) {
+        if (file_off < m.off || file_off + 2 > m.off + (m.end - m.start)) continue;
+        uint16_t v = 0;
+        if (pread(mem, &v, sizeof v, static_cast<off_t>(m.start + (file_off - m.off))) == sizeof v) out[name] = v;
+        break;
+      }
+      break;
+    }
+  }
+  close(mem);
+  return out;
+}
+
+// ---- shared by the suites ---------------------------------------------------
+
+using namespace std::chrono_literals;
+
+std::string tool() { return binary_dir() + "/asynctrace"; }
+
+std::string python() {
+  const auto py = built_pythons();
+  return py.empty() ? "python3" : py.front().second;
+}
+
+int line_of(const std::string& file, const std::string& text) {
+  std::istringstream in(read_file(file));
+  std::string l;
+  for (int n = 1; std::getline(in, l); ++n)
+    if (l.find(text) != std::string::npos) return n;
+  return -1;
+}
+
+Shapes::Shapes(const std::string& py, int seconds)
+    : app({tool(), "run", "--", py, program(), std::to_string(seconds)}) {}
+
+std::string Shapes::program() { return source_dir() + "/tests/programs/time_shapes.py"; }
+
+bool Shapes::ready(std::chrono::milliseconds timeout) { return app.wait_prefix("{\"ready\"", timeout).has_value(); }
+
+std::string Shapes::pid() { return std::to_string(app.pid()); }
+
+json Shapes::truth() {
+  app.signal(SIGUSR1);
+  std::string out;
+  const int rc = app.wait_exit(30s, &out);
+  EXPECT_EQ(rc, 0) << app.stderr_text();
+  const auto pos = out.find("{\"truth\"");
+  if (pos == std::string::npos) return json::object();
+  return json::parse(out.substr(pos, out.find('\n', pos) - pos)).at("truth");
+}
+
+json last_ndjson(const std::string& out) {
+  std::istringstream in(out);
+  std::string line, last;
+  while (std::getline(in, line))
+    if (!line.empty()) last = line;
+  return json::parse(last);
+}
+
+const json* row(const json& frame, const std::string& name) {
+  for (const auto& r : frame.at("tasks"))
+    if (r.at("name") == name) return &r;
+  return nullptr;
+}
+
+std::map<std::string, double> folded(const std::string& text) {
+  std::map<std::string, double> out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    const auto sp = line.rfind(' ');
+    if (sp == std::string::npos) continue;
+    out[line.substr(0, sp)] += std::stod(line.substr(sp + 1));
+  }
+  return out;
+}
+
+// ---- the agent ----------------------------------------------------------------
+
+const char* const kAgentPins = "/sys/fs/bpf/asynctrace/agent";
+const char* const kAgentLock = "/run/asynctrace/agent.lock";
+const std::vector<std::string> kAgentPinnedMaps = {"code_timing", "codes", "procs", "stacks", "tasks", "timing"};
+
+Work::Work(int workers, int steps, int idle, int linger, const std::string& python_dir)
+    : app(argv(workers, steps, idle, linger, python_dir)) {}
+
+std::vector<std::string> Work::argv(int workers, int steps, int idle, int linger, const std::string& dir) {
+  std::vector<std::string> a = {tool(), "run"};
+  if (!dir.empty()) a.insert(a.end(), {"--python-dir", dir});
+  a.insert(a.end(), {"--", python(), source_dir() + "/tests/programs/agent_work.py", std::to_string(workers),
+                     std::to_string(steps), std::to_string(idle), std::to_string(linger)});
+  return a;
+}
+
+bool Work::ready(std::chrono::milliseconds timeout) { return app.wait_line("READY", timeout); }
+
+json Work::truth() {
+  auto line = app.wait_prefix("{\"truth\"", 60s);
+  if (!line) return json::object();
+  return json::parse(*line).at("truth");
+}
+
+std::string Work::pid() const { return std::to_string(app.pid()); }
+
+Agent::Agent(const std::vector<std::string>& extra) : app(argv(extra)) {}
+
+std::vector<std::string> Agent::argv(const std::vector<std::string>& extra) {
+  std::vector<std::string> a = {tool()};
+  for (const std::string& e : extra)
+    if (e == "-v") a.push_back(e);  // global: before the command
+  a.insert(a.end(), {"agent", "--listen", "127.0.0.1:0", "--scan-interval", "500ms", "--library-prefix",
+                     binary_dir() + "/python"});
+  for (const std::string& e : extra)
+    if (e != "-v") a.push_back(e);
+  return a;
+}
+
+std::string Agent::started(std::chrono::milliseconds timeout) {
+  auto line = app.wait_prefix("agent maps=", timeout);
+  if (!line) return "";
+  const auto at = line->find("http://127.0.0.1:");
+  if (at != std::string::npos) port = std::stoi(line->substr(at + 17));
+  return *line;
+}
+
+std::string Agent::scrape(bool openmetrics) const {
+  httplib::Client c("127.0.0.1", port);
+  c.set_connection_timeout(5);
+  c.set_read_timeout(5);
+  httplib::Headers h;
+  if (openmetrics) h.emplace("Accept", "application/openmetrics-text; version=1.0.0");
+  auto res = c.Get("/metrics", h);
+  return res && res->status == 200 ? res->body : "";
+}
+
+double tasks_in_state(const std::string& text, const std::string& pid, const std::string& state) {
+  std::istringstream in(text);
+  for (std::string l; std::getline(in, l);)
+    if (l.rfind("asynctrace_tasks{pid=\"" + pid + "\",", 0) == 0 &&
+        l.find(",state=\"" + state + "\"}") != std::string::npos)
+      return std::stod(l.substr(l.rfind(' ') + 1));
+  return -1;
+}
+
+std::vector<std::string> agent_pin_files() {
+  std::vector<std::string> out;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(kAgentPins, ec)) out.push_back(e.path().filename());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void cleanup_agent_leftovers() { (void)run({tool(), "agent", "--cleanup"}); }
 
 }  // namespace e2e

@@ -6,7 +6,10 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -74,6 +77,7 @@ char proc_state(pid_t pid);
 struct KernelHold {
   int progs = 0, links = 0, pins = 0;
   std::vector<int> prog_ids;
+  std::map<std::string, int> link_types;  // bpftool's link type ("uprobe_multi", "perf_event") -> count
   std::string detail;  // what was found, for failure messages
   bool empty() const { return progs == 0 && links == 0 && pins == 0; }
 };
@@ -81,5 +85,85 @@ KernelHold kernel_hold(pid_t pid);
 // Polls kernel_hold until it is empty: a one-shot view leaves its detach to
 // a child that finishes one kernel grace period after the command exits.
 KernelHold wait_kernel_released(pid_t pid, std::chrono::seconds timeout = std::chrono::seconds(30));
+
+// Ids of the loaded BPF programs named `name` (e.g. "at_noop", the no-op
+// program of semaphore holds and replay requests).
+std::set<int> prog_ids_named(const std::string& name);
+// Links of the programs in `prog_ids`: link id -> bpftool's type.
+std::map<int, std::string> links_of(const std::set<int>& prog_ids);
+// Uprobes on an asynctrace probe library the kernel lists by name: `bpftool
+// perf` entries (perf-event uprobes whose event fd a process holds) and
+// tracefs uprobe_events lines (libbpf's legacy uprobes). "" if none.
+std::string asynctrace_uprobes();
+
+// USDT semaphores of the asynctrace runtime that `pid` maps, by probe name,
+// read from /proc/PID/mem at the addresses its .note.stapsdt gives
+// (readelf). Empty if the process maps no runtime.
+std::map<std::string, int> usdt_semaphores(pid_t pid);
+
+// ---- shared by the suites -------------------------------------------------
+
+std::string tool();    // this build's asynctrace
+std::string python();  // the first interpreter the runtime was built for
+
+// Line number (1-based) of the first line of `file` containing `text`; -1 if none.
+int line_of(const std::string& file, const std::string& text);
+
+// tests/programs/time_shapes.py under `asynctrace run`: tasks with known
+// time shapes that measure their own steps.
+struct Shapes {
+  explicit Shapes(const std::string& py, int seconds = 120);
+  static std::string program();  // the script's path
+  bool ready(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  std::string pid();
+  // SIGUSR1: the program stops and prints what it measured of itself.
+  nlohmann::json truth();
+  Program app;
+};
+
+// The last non-empty line of NDJSON output, parsed.
+nlohmann::json last_ndjson(const std::string& out);
+// The row of task `name` in a `top --format json` frame; null if none.
+const nlohmann::json* row(const nlohmann::json& frame, const std::string& name);
+// Folded stacks: "frame;frame;... weight_us" lines -> weight per stack.
+std::map<std::string, double> folded(const std::string& text);
+
+// ---- the agent (agent_test.cpp) --------------------------------------------
+
+extern const char* const kAgentPins;  // /sys/fs/bpf/asynctrace/agent
+extern const char* const kAgentLock;  // /run/asynctrace/agent.lock
+extern const std::vector<std::string> kAgentPinnedMaps;  // file names, sorted
+
+// A traced tests/programs/agent_work.py.
+struct Work {
+  // python_dir: where `run` finds the runtime ("" = the build's).
+  Work(int workers, int steps, int idle, int linger, const std::string& python_dir = "");
+  static std::vector<std::string> argv(int workers, int steps, int idle, int linger, const std::string& dir);
+  bool ready(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  nlohmann::json truth();
+  std::string pid() const;
+  Program app;
+};
+
+// `asynctrace agent` on a free loopback port, attaching only this build's
+// probe libraries (--library-prefix). `extra`: "-v" goes before the command,
+// the rest after it.
+struct Agent {
+  explicit Agent(const std::vector<std::string>& extra = {});
+  static std::vector<std::string> argv(const std::vector<std::string>& extra);
+  // Waits for the "agent maps=... metrics=URL" line; returns it ("" if none).
+  std::string started(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  // GET /metrics ("" on failure).
+  std::string scrape(bool openmetrics = true) const;
+  Program app;
+  int port = 0;
+};
+
+// asynctrace_tasks{pid=PID,...,state=STATE} of a scrape, -1 if absent.
+double tasks_in_state(const std::string& text, const std::string& pid, const std::string& state);
+// Files in kAgentPins, sorted.
+std::vector<std::string> agent_pin_files();
+// `asynctrace agent --cleanup`: pins a run killed half-way left.
+void cleanup_agent_leftovers();
 
 }  // namespace e2e

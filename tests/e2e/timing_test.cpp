@@ -21,49 +21,13 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::string tool() { return e2e::binary_dir() + "/asynctrace"; }
-std::string program() { return e2e::source_dir() + "/tests/programs/time_shapes.py"; }
+using e2e::folded;
+using e2e::last_ndjson;
+using e2e::row;
+using e2e::Shapes;
+using e2e::tool;
 
-// Line number (1-based) of the first source line containing `text`.
-int line_of(const std::string& text) {
-  std::istringstream in(e2e::read_file(program()));
-  std::string l;
-  for (int n = 1; std::getline(in, l); ++n)
-    if (l.find(text) != std::string::npos) return n;
-  return -1;
-}
-
-struct Shapes {
-  explicit Shapes(const std::string& py, int seconds = 120)
-      : app({tool(), "run", "--", py, program(), std::to_string(seconds)}) {}
-  bool ready() { return app.wait_prefix("{\"ready\"", 30s).has_value(); }
-  std::string pid() { return std::to_string(app.pid()); }
-  // SIGUSR1: the program stops and prints what it measured of itself.
-  json truth() {
-    app.signal(SIGUSR1);
-    std::string out;
-    const int rc = app.wait_exit(30s, &out);
-    EXPECT_EQ(rc, 0) << app.stderr_text();
-    const auto pos = out.find("{\"truth\"");
-    if (pos == std::string::npos) return json::object();
-    return json::parse(out.substr(pos, out.find('\n', pos) - pos)).at("truth");
-  }
-  e2e::Program app;
-};
-
-json last_ndjson(const std::string& out) {
-  std::istringstream in(out);
-  std::string line, last;
-  while (std::getline(in, line))
-    if (!line.empty()) last = line;
-  return json::parse(last);
-}
-
-const json* row(const json& frame, const std::string& name) {
-  for (const auto& r : frame.at("tasks"))
-    if (r.at("name") == name) return &r;
-  return nullptr;
-}
+int line_of(const std::string& text) { return e2e::line_of(Shapes::program(), text); }
 
 void top_case(const std::string& py) {
   Shapes s(py);
@@ -163,19 +127,6 @@ TEST(Timing, SlowNamesTheBlockingFunctionAndLine) {
   EXPECT_GE(seen["blocker"], 3) << slow.out;
   s.truth();
   EXPECT_TRUE(e2e::wait_kernel_released(s.app.pid()).empty());
-}
-
-// Folded stacks: "frame;frame;... weight_us" lines.
-std::map<std::string, double> folded(const std::string& text) {
-  std::map<std::string, double> out;
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto sp = line.rfind(' ');
-    if (sp == std::string::npos) continue;
-    out[line.substr(0, sp)] += std::stod(line.substr(sp + 1));
-  }
-  return out;
 }
 
 TEST(Timing, RecordAttributesStepTimeToTheTaskAndFunction) {

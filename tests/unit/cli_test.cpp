@@ -307,3 +307,16 @@ TEST(CliAgent, HelpEndsWithExamples) {
 
 }  // namespace
 }  // namespace asynctrace
+
+TEST(Cli, FeaturesTakesNoPidAndAFormat) {
+  auto r = parse({"features"});
+  ASSERT_TRUE(r.options);
+  EXPECT_EQ(r.options->command, Command::Features);
+  EXPECT_EQ(r.options->format, Format::Text);
+  auto j = parse({"features", "--format", "json"});
+  ASSERT_TRUE(j.options);
+  EXPECT_EQ(j.options->format, Format::Json);
+  auto bad = parse({"features", "-f", "xml"});
+  EXPECT_FALSE(bad.options);
+  EXPECT_EQ(bad.exit_code, kExitUsage);
+}

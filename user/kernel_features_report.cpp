@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: Apache-2.0
+// The feature table and what is said about it; the probes are in kernel_features.cpp.
+#include <cstdio>
+
+#include "kernel_features.h"
+
+namespace asynctrace {
+
+std::vector<KernelFeature> feature_table() {
+  return {
+      {"ringbuf", "the BPF ring buffer map", "5.8", true,
+       "exit 7 before loading: the object's 'events' map is one (step and sample events)", false, {}},
+      {"bpf_loop", "the bpf_loop helper", "5.17", true,
+       "exit 7 before loading: batch_flush applies a runtime's buffered records with it", false, {}},
+      {"atomics", "BPF atomic exchange and fetch-and-add", "5.12", true,
+       "exit 7 before loading: counters and the per-CPU busy flags use them", false, {}},
+      {"global_funcs", "global BPF functions with pointer arguments", "5.12", true,
+       "exit 7 before loading: the batch record handlers are global functions", false, {}},
+      {"probe_read_user", "the bpf_probe_read_user helper", "5.5", true,
+       "exit 7 before loading: names, stacks and records are read from the traced process with it", false, {}},
+      {"usdt_semaphores", "USDT semaphores (uprobe ref_ctr_offset)", "4.20", true,
+       "exit 7 before loading: the runtime's probes stay dormant until a tracer raises their semaphores", false,
+       {}},
+      {"uprobe_multi", "uprobe_multi links", "6.6", false,
+       "one perf-event uprobe per probe site instead: attach and detach take longer (a kernel grace period "
+       "per site on detach)",
+       false, {}},
+  };
+}
+
+const KernelFeature* KernelFeatures::find(std::string_view name) const {
+  for (const KernelFeature& k : list)
+    if (k.name == name) return &k;
+  return nullptr;
+}
+
+void hide_features(KernelFeatures& f, std::string_view names) {
+  while (!names.empty()) {
+    const size_t comma = names.find(',');
+    const std::string_view name = names.substr(0, comma);
+    for (KernelFeature& k : f.list) {
+      if (k.name != name) continue;
+      k.present = false;
+      k.note = "hidden by ASYNCTRACE_TEST_HIDE_FEATURE";
+    }
+    names = comma == std::string_view::npos ? std::string_view{} : names.substr(comma + 1);
+  }
+}
+
+Status check_kernel_features(const KernelFeatures& f) {
+  std::string missing;
+  for (const KernelFeature& k : f.list) {
+    if (!k.required || k.present) continue;
+    if (!missing.empty()) missing += ", ";
+    missing += std::string(k.what) + " (Linux " + std::string(k.since) + "+)";
+  }
+  if (missing.empty()) return ok_status();
+  return Error{kExitTracing,
+               "failed to load BPF object 'asynctrace': this kernel (" + f.release + ") lacks " + missing};
+}
+
+std::string features_summary(const KernelFeatures& f) {
+  std::string s;
+  for (const KernelFeature& k : f.list) {
+    if (!s.empty()) s += ", ";
+    s += std::string(k.name) + (k.present ? " yes" : " no");
+  }
+  return s;
+}
+
+nlohmann::json features_json(const KernelFeatures& f) {
+  nlohmann::json list = nlohmann::json::array();
+  for (const KernelFeature& k : f.list) {
+    nlohmann::json j = {{"name", k.name},         {"description", k.what}, {"since", k.since},
+                        {"required", k.required}, {"present", k.present},  {"without", k.without}};
+    if (!k.note.empty()) j["note"] = k.note;
+    list.push_back(std::move(j));
+  }
+  return {{"kernel", f.release}, {"ok", check_kernel_features(f).ok()}, {"features", std::move(list)}};
+}
+
+std::string render_features(const KernelFeatures& f) {
+  std::string out = "kernel " + f.release + "\n";
+  char line[256];
+  std::snprintf(line, sizeof line, "%-16s %-6s %-9s %-4s %s\n", "FEATURE", "SINCE", "NEEDED", "HERE", "DESCRIPTION");
+  out += line;
+  for (const KernelFeature& k : f.list) {
+    std::snprintf(line, sizeof line, "%-16.*s %-6.*s %-9s %-4s %.*s", static_cast<int>(k.name.size()),
+                  k.name.data(), static_cast<int>(k.since.size()), k.since.data(),
+                  k.required ? "required" : "optional", k.present ? "yes" : "no", static_cast<int>(k.what.size()),
+                  k.what.data());
+    out += line;
+    if (!k.present && !k.note.empty()) out += " (" + k.note + ")";
+    out += "\n";
+  }
+  for (const KernelFeature& k : f.list)
+    if (!k.present) out += "without " + std::string(k.name) + ": " + std::string(k.without) + "\n";
+  return out;
+}
+
+}  // namespace asynctrace
