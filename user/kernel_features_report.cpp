@@ -22,8 +22,8 @@ std::vector<KernelFeature> feature_table() {
        "exit 7 before loading: the runtime's probes stay dormant until a tracer raises their semaphores", false,
        {}},
       {"uprobe_multi", "uprobe_multi links", "6.6", false,
-       "one perf-event uprobe per probe site instead: attach and detach take longer (a kernel grace period "
-       "per site on detach)",
+       "one perf-event uprobe per probe site instead: attach costs the same, detach takes longer (the kernel "
+       "releases the sites one after another)",
        false, {}},
   };
 }
