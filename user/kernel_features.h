@@ -36,6 +36,9 @@ struct KernelFeatures {
 // Every feature, in report order, none present yet.
 std::vector<KernelFeature> feature_table();
 
+// Whether the comma-separated list `names` ("bpf_loop,atomics") holds `name`.
+bool names_feature(std::string_view names, std::string_view name);
+
 // Marks the features named in `names` ("bpf_loop,atomics") missing: the
 // test hook ASYNCTRACE_TEST_HIDE_FEATURE. Unknown names are ignored.
 void hide_features(KernelFeatures& f, std::string_view names);

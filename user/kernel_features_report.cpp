@@ -34,16 +34,20 @@ const KernelFeature* KernelFeatures::find(std::string_view name) const {
   return nullptr;
 }
 
-void hide_features(KernelFeatures& f, std::string_view names) {
+bool names_feature(std::string_view names, std::string_view name) {
   while (!names.empty()) {
     const size_t comma = names.find(',');
-    const std::string_view name = names.substr(0, comma);
-    for (KernelFeature& k : f.list) {
-      if (k.name != name) continue;
-      k.present = false;
-      k.note = "hidden by ASYNCTRACE_TEST_HIDE_FEATURE";
-    }
+    if (names.substr(0, comma) == name) return true;
     names = comma == std::string_view::npos ? std::string_view{} : names.substr(comma + 1);
+  }
+  return false;
+}
+
+void hide_features(KernelFeatures& f, std::string_view names) {
+  for (KernelFeature& k : f.list) {
+    if (!names_feature(names, k.name)) continue;
+    k.present = false;
+    k.note = "hidden by ASYNCTRACE_TEST_HIDE_FEATURE";
   }
 }
 

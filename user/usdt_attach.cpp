@@ -2,6 +2,7 @@
 // See usdt_attach.h. The address arithmetic follows libbpf 1.1's usdt.c so a
 // site resolves to the same file offset on both attach paths.
 #include "usdt_attach.h"
+#include "kernel_features.h"
 
 #include <bpf/bpf.h>
 #include <errno.h>
@@ -350,17 +351,6 @@ bool probe_uprobe_multi(std::string* why) {
 #endif
 }
 
-// ASYNCTRACE_TEST_HIDE_FEATURE is a comma-separated list of feature names.
-bool hidden_by_test(std::string_view name) {
-  const char* env = std::getenv("ASYNCTRACE_TEST_HIDE_FEATURE");
-  for (std::string_view list = env ? env : ""; !list.empty();) {
-    const size_t comma = list.find(',');
-    if (list.substr(0, comma) == name) return true;
-    list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
-  }
-  return false;
-}
-
 // The uprobe PMU (Linux 4.17+) and where ref_ctr_offset goes in its config
 // (Linux 4.20+; "config:32-63", PERF_UPROBE_REF_CTR_OFFSET_SHIFT).
 struct UprobePmu {
@@ -434,7 +424,7 @@ bool uprobe_multi_supported(std::string* why) {
     const char* env = std::getenv("ASYNCTRACE_UPROBE_MULTI");
     if (env && std::string_view(env) == "0")
       reason = "disabled by ASYNCTRACE_UPROBE_MULTI=0";
-    else if (hidden_by_test("uprobe_multi"))
+    else if (const char* hide = std::getenv("ASYNCTRACE_TEST_HIDE_FEATURE"); hide && names_feature(hide, "uprobe_multi"))
       reason = "hidden by ASYNCTRACE_TEST_HIDE_FEATURE";
     else
       ok = probe_uprobe_multi(&reason);

@@ -207,17 +207,6 @@ TEST(BadInput, KernelBtfIsNotNeeded) {
   EXPECT_TRUE(ends_cleanly(prog, nullptr)) << prog.stderr_text();
 }
 
-// Lines of tracefs's uprobe_events that name an asynctrace file (libbpf's
-// legacy uprobes would show there; perf-PMU uprobes and uprobe_multi links
-// do not, kernel_hold() sees those).
-std::string asynctrace_uprobe_events() {
-  std::string found;
-  std::istringstream in(e2e::read_file("/sys/kernel/tracing/uprobe_events"));
-  for (std::string line; std::getline(in, line);)
-    if (has(line, "asynctrace")) found += line + "\n";
-  return found;
-}
-
 std::string uname_release() {
   auto r = e2e::run({"uname", "-r"});
   return r.out.substr(0, r.out.find('\n'));
@@ -250,7 +239,7 @@ TEST(BadInput, VerifierRejectionIsOneLineNamingProgramAndReason) {
     const char state = e2e::proc_state(prog.pid());
     EXPECT_TRUE(state != 0 && state != 'Z') << "the target died: state " << state;
     expect_released(prog.pid());
-    EXPECT_EQ(asynctrace_uprobe_events(), "");
+    EXPECT_EQ(e2e::asynctrace_uprobes(), "");
   }
   EXPECT_TRUE(ends_cleanly(prog, nullptr)) << prog.stderr_text();
 }
