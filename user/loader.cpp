@@ -415,13 +415,22 @@ void print_features(const KernelFeatures& kf, AttachMode mode, const std::string
   std::fputc('\n', stderr);
 }
 
-// usdt::uprobe_multi_supported() is the one decision (it honours
-// ASYNCTRACE_UPROBE_MULTI=0 and ASYNCTRACE_TEST_HIDE_FEATURE); printed with
-// the kernel's features under --verbose.
+// ASYNCTRACE_UPROBE_MULTI=0 forces the libbpf path (tests of the fallback).
+// Read at every attach, not from usdt::uprobe_multi_supported()'s cached
+// decision: loader_check flips it between rounds in one process.
 AttachMode choose_attach_mode(bool verbose) {
+  const KernelFeatures& kf = kernel_features();
+  const KernelFeature* multi = kf.find("uprobe_multi");
   std::string why;
-  const AttachMode mode = usdt::uprobe_multi_supported(&why) ? AttachMode::UprobeMulti : AttachMode::PerfPerSite;
-  if (verbose) print_features(kernel_features(), mode, mode == AttachMode::UprobeMulti ? std::string() : why);
+  const char* env = std::getenv("ASYNCTRACE_UPROBE_MULTI");
+  AttachMode mode = AttachMode::PerfPerSite;
+  if (env && std::string_view(env) == "0")
+    why = "disabled by ASYNCTRACE_UPROBE_MULTI=0";
+  else if (multi && multi->present)
+    mode = AttachMode::UprobeMulti;
+  else if (multi)
+    why = multi->note;
+  if (verbose) print_features(kf, mode, why);
   return mode;
 }
 
@@ -1200,11 +1209,14 @@ class AgentImpl final : public Agent {
 Result<std::unique_ptr<Agent>> start_agent(bool verbose) {
   if (Status st = check_privileges(); !st.ok()) return st.error();
   init_libbpf_log(verbose);
+  const KernelFeatures& kf = kernel_features();
   // By library, for every process: uprobe_multi links with pid 0, or on
   // kernels without them one perf-event uprobe per site with pid -1
-  // (usdt::attach_uprobes follows the same decision).
-  (void)choose_attach_mode(verbose);
-  if (Status st = check_kernel_features(kernel_features()); !st.ok()) return st.error();
+  // (usdt::attach_uprobes decides, as expect_uprobe_multi does).
+  std::string why;
+  const bool multi = usdt::uprobe_multi_supported(&why);
+  if (verbose) print_features(kf, multi ? AttachMode::UprobeMulti : AttachMode::PerfPerSite, why);
+  if (Status st = check_kernel_features(kf); !st.ok()) return st.error();
   if (Status st = make_private_dir("/run/asynctrace"); !st.ok()) return st.error();
   const std::string lock_path = agent_lock_path();
   const int lock_fd = open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
