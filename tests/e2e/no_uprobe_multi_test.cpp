@@ -169,6 +169,10 @@ TEST_F(NoUprobeMulti, SlowNamesTheBlockingFunction) {
   std::istringstream in(slow.out);
   for (std::string line; std::getline(in, line);) {
     const json r = json::parse(line);
+    // A step already running when the tracer attached is reported before
+    // the replay names its task, and unsampled (seen once on 6.1 under
+    // QEMU): it says nothing about sampling. Every named step must be sampled.
+    if (r.at("task_name").get<std::string>().empty()) continue;
     ASSERT_FALSE(r.at("samples").empty()) << line;
     top_function.emplace(r.at("task_name").get<std::string>(),
                          r.at("samples").at(0).at("stack").at(0).at("function").get<std::string>());
