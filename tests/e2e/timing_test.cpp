@@ -50,15 +50,19 @@ void top_case(const std::string& py) {
   const double truth_step = truth.at("burner").at("work_s").get<double>() / truth.at("burner").at("steps").get<double>();
   const double step = burner->at("busy_ns").get<double>() / 1e9 / static_cast<double>(bsteps);
   EXPECT_NEAR(step, truth_step, 0.1 * truth_step) << burner->dump() << " truth " << truth.dump();
-  // The longest step: at least the average work, at most the longest work
-  // the task measured (over its whole life, tracing covers part of it) plus
-  // 5 ms (the rest of the step) and 5% (the tracer's own clock reads).
+  // The longest step: between the shortest and the longest work the task
+  // measured over its whole life (tracing covers part of it; every traced
+  // step holds one piece of work), plus 5 ms (the rest of the step) and 5%
+  // (the tracer's own clock reads). Not the lifetime average: on a loaded
+  // host the steps before tracing were longer and it failed at 0.999 of it.
+  const double truth_min = truth.at("burner").at("min_s").get<double>();
   const double truth_max = truth.at("burner").at("max_s").get<double>();
-  EXPECT_GE(burner->at("longest_ns").get<double>() / 1e9, truth_step * 0.999) << burner->dump();
+  EXPECT_GE(burner->at("longest_ns").get<double>() / 1e9, truth_min * 0.999) << burner->dump();
   EXPECT_LE(burner->at("longest_ns").get<double>() / 1e9, truth_max * 1.05 + 0.005) << burner->dump();
   const double truth_block = truth.at("blocker").at("work_s").get<double>() / truth.at("blocker").at("steps").get<double>();
+  const double truth_block_min = truth.at("blocker").at("min_s").get<double>();
   const double truth_block_max = truth.at("blocker").at("max_s").get<double>();
-  EXPECT_GE(blocker->at("longest_ns").get<double>() / 1e9, truth_block * 0.999) << blocker->dump();
+  EXPECT_GE(blocker->at("longest_ns").get<double>() / 1e9, truth_block_min * 0.999) << blocker->dump();
   EXPECT_LE(blocker->at("longest_ns").get<double>() / 1e9, truth_block_max * 1.05 + 0.005) << blocker->dump();
   // Busy, scheduled and idle add up to the time the task was traced (the
   // rest of its age): the burner is idle (sleeping) about 300/500 of it.

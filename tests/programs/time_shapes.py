@@ -41,25 +41,27 @@ def blocking_io(ms):
 
 
 async def burner():
-    t = truth.setdefault("burner", {"steps": 0, "work_s": 0.0, "max_s": 0.0})
+    t = truth.setdefault("burner", {"steps": 0, "work_s": 0.0, "max_s": 0.0, "min_s": 1e9})
     while True:
         t0 = time.perf_counter()
         burn_cpu(BURN_MS)
         d = time.perf_counter() - t0
         t["work_s"] += d
         t["max_s"] = max(t["max_s"], d)
+        t["min_s"] = min(t["min_s"], d)
         t["steps"] += 1
         await asyncio.sleep(SLEEP_MS / 1000)
 
 
 async def blocker():
-    t = truth.setdefault("blocker", {"steps": 0, "work_s": 0.0, "max_s": 0.0})
+    t = truth.setdefault("blocker", {"steps": 0, "work_s": 0.0, "max_s": 0.0, "min_s": 1e9})
     while True:
         t0 = time.perf_counter()
         blocking_io(BLOCK_MS)
         d = time.perf_counter() - t0
         t["work_s"] += d
         t["max_s"] = max(t["max_s"], d)
+        t["min_s"] = min(t["min_s"], d)
         t["steps"] += 1
         await asyncio.sleep(SLEEP_MS / 1000)
 
