@@ -126,7 +126,7 @@ TEST_F(NoUprobeMulti, TopMatchesWhatTheTasksMeasured) {
   e2e::Shapes s(e2e::python());
   ASSERT_TRUE(s.ready(120s)) << s.app.stderr_text();
   std::map<std::string, int> links;
-  auto top = run_watching_links({tool(), "-v", "top", "-p", s.pid(), "-n", "1", "-i", "2s", "--format", "json"},
+  auto top = run_watching_links({tool(), "-v", "top", "-p", s.pid(), "-n", "1", "-i", "4s", "--format", "json", "--timeout", "60s"},
                                 s.app.pid(), &links);
   ASSERT_EQ(top.exit_code, 0) << top.err;
   expect_perf_links_only(links);
@@ -143,13 +143,12 @@ TEST_F(NoUprobeMulti, TopMatchesWhatTheTasksMeasured) {
   ASSERT_GE(blocker->at("steps").get<uint64_t>(), 1u) << blocker->dump();
   EXPECT_GT(spinner->at("steps").get<uint64_t>(), 0u) << spinner->dump();
   // A step is the work the task measured around itself plus the rest of the
-  // step (more Python on a slow machine): at least the average work, at most
-  // the longest plus 5% and 50 ms.
+  // step (more Python on a slow machine): at least the shortest work it
+  // measured, at most the longest plus 5% and 50 ms.
   for (const auto& [name, r] : {std::pair{"burner", burner}, std::pair{"blocker", blocker}}) {
     const json& t = truth.at(name);
-    const double avg = t.at("work_s").get<double>() / t.at("steps").get<double>();
     const double longest = r->at("longest_ns").get<double>() / 1e9;
-    EXPECT_GE(longest, 0.95 * avg) << name << " " << r->dump() << " truth " << t.dump();
+    EXPECT_GE(longest, 0.999 * t.at("min_s").get<double>()) << name << " " << r->dump() << " truth " << t.dump();
     EXPECT_LE(longest, 1.05 * t.at("max_s").get<double>() + 0.05) << name << " " << r->dump() << " truth " << t.dump();
   }
   EXPECT_EQ(f.at("header").at("dropped").get<uint64_t>(), 0u) << f.at("header").dump();
@@ -161,7 +160,7 @@ TEST_F(NoUprobeMulti, SlowNamesTheBlockingFunction) {
   e2e::Shapes s(e2e::python());
   ASSERT_TRUE(s.ready(120s)) << s.app.stderr_text();
   std::map<std::string, int> links;
-  auto slow = run_watching_links({tool(), "slow", "-p", s.pid(), "-t", "100ms", "-d", "3s", "--format", "json"},
+  auto slow = run_watching_links({tool(), "slow", "-p", s.pid(), "-t", "100ms", "-d", "3s", "--format", "json", "--timeout", "60s"},
                                  s.app.pid(), &links);
   ASSERT_EQ(slow.exit_code, 0) << slow.err;
   expect_perf_links_only(links);
@@ -170,10 +169,11 @@ TEST_F(NoUprobeMulti, SlowNamesTheBlockingFunction) {
   for (std::string line; std::getline(in, line);) {
     const json r = json::parse(line);
     // A step already running when the tracer attached is reported before
-    // the replay names its task, and unsampled (seen once on 6.1 under
-    // QEMU): it says nothing about sampling. Every named step must be sampled.
-    if (r.at("task_name").get<std::string>().empty()) continue;
-    ASSERT_FALSE(r.at("samples").empty()) << line;
+    // the replay names its task (seen once on 6.1 under QEMU). And a 214 ms
+    // burner step got no sample once, on 6.1 under TCG with the host at load
+    // 10: the vCPU barely ran. So not every step must be sampled, but each
+    // task's first sampled step must name its function.
+    if (r.at("task_name").get<std::string>().empty() || r.at("samples").empty()) continue;
     top_function.emplace(r.at("task_name").get<std::string>(),
                          r.at("samples").at(0).at("stack").at(0).at("function").get<std::string>());
   }
@@ -189,7 +189,7 @@ TEST_F(NoUprobeMulti, RecordWritesTheProgramsFunctions) {
   ASSERT_TRUE(s.ready(120s)) << s.app.stderr_text();
   const std::string out = "/tmp/asynctrace-nomulti-" + std::to_string(getpid()) + ".folded";
   std::map<std::string, int> links;
-  auto rec = run_watching_links({tool(), "record", "-p", s.pid(), "-d", "3s", "-f", "folded", "-o", out},
+  auto rec = run_watching_links({tool(), "record", "-p", s.pid(), "-d", "3s", "-f", "folded", "-o", out, "--timeout", "60s"},
                                 s.app.pid(), &links);
   ASSERT_EQ(rec.exit_code, 0) << rec.err;
   expect_perf_links_only(links);
@@ -217,7 +217,7 @@ TEST_F(NoUprobeMulti, AttachHoldsAViewRequestsAReplayDetachLeavesNothing) {
   ASSERT_FALSE(before.empty()) << "no asynctrace runtime mapped by " << pid;
   for (const auto& [name, v] : before) EXPECT_EQ(v, 0) << name;
 
-  e2e::Program holder({tool(), "-v", "attach", "-p", s.pid(), "--timing"});
+  e2e::Program holder({tool(), "-v", "attach", "-p", s.pid(), "--timing", "--timeout", "60s"});
   ASSERT_TRUE(holder.wait_prefix("attached pid=" + s.pid(), 120s).has_value()) << holder.stderr_text();
   EXPECT_TRUE(has(holder.stderr_text(), kFallback)) << holder.stderr_text().substr(0, 2000);
   // Held: replay__end and timing__on raised, only perf-event links.
