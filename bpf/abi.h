@@ -1,8 +1,12 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
- * The one header shared by the BPF programs (bpf/) and the C++ tool (user/).
- * Fixed-width fields only, explicit padding; user/abi_check.cpp static_asserts
- * every size. Map keys carry the pid so one set of maps holds many processes.
+ * The map layouts: the keys and values the BPF programs (bpf/) keep and the
+ * C++ tool (user/) reads, and nothing else. What a runtime hands a tracer
+ * (frames, batch records) is defined once, in include/asynctrace/records.h;
+ * the maps reuse it (struct asynctrace_frame in a stack, the record header in
+ * an event). Fixed-width fields only, explicit padding; user/abi_check.cpp
+ * static_asserts every size and offset. Map keys carry the pid so one set of
+ * maps holds many processes.
  */
 #ifndef ASYNCTRACE_BPF_ABI_H
 #define ASYNCTRACE_BPF_ABI_H
@@ -14,17 +18,19 @@
 #include <linux/types.h>
 #endif
 
+#include "asynctrace/records.h"
+
 #define AT_NAME_LEN 64        /* bytes of a task name kept */
 #define AT_QUALNAME_LEN 96    /* bytes of a code qualname kept */
 #define AT_FILENAME_LEN 160   /* bytes of a code filename kept */
-#define AT_MAX_FRAMES 32      /* == ASYNCTRACE_MAX_FRAMES */
+#define AT_MAX_FRAMES ASYNCTRACE_MAX_FRAMES /* frames kept per stack: all a runtime sends */
 #define AT_MAX_AWAITERS 4     /* gather/TaskGroup/shield awaiters kept per task */
 
 #define AT_MAX_TASKS 131072   /* tasks map capacity (all processes) */
 #define AT_MAX_CODES 65536    /* code map capacity */
 #define AT_MAX_STACKS 65536   /* distinct stacks (interned) */
 #define AT_MAX_PROCS 1024
-#define AT_HIST_BUCKETS 32    /* == ASYNCTRACE_HIST_BUCKETS */
+#define AT_HIST_BUCKETS ASYNCTRACE_HIST_BUCKETS
 #define AT_MAX_SECS 8
 
 /* task states */
@@ -38,12 +44,6 @@ struct at_task_key {
 	__u32 pid;
 	__u32 pad;
 	__u64 task_id;
-};
-
-struct at_frame {
-	__u64 code_id;
-	__u32 line;
-	__u32 flags;
 };
 
 /* 160 bytes: with the hash map's per-element overhead (~72 bytes) and its
@@ -79,7 +79,7 @@ struct at_stack {
 	__u32 nframes;
 	__u32 pad;
 	__u64 gen;             /* replay generation that last used it (stack GC) */
-	struct at_frame frames[AT_MAX_FRAMES]; /* innermost first */
+	struct asynctrace_frame frames[AT_MAX_FRAMES]; /* innermost first, as sent */
 };
 
 #define AT_TASK_NAMELESS 1u       /* entry created by an event before task__create */
@@ -148,47 +148,10 @@ struct at_event {
 	__u32 pid;
 	__u32 name_len;        /* 0: task unknown to the tracer */
 	__u64 ktime;           /* when the BPF program saw it */
-	__u8 rec[64];          /* the record's first two slots (SAMPLE: header, zeroes) */
+	struct asynctrace_rec rec;   /* the record's header */
+	union asynctrace_slot slot1; /* STEP_TIMED: its slot 1 (.step_timed); SAMPLE: zeroes */
 	__u64 task_code;       /* the task's coroutine code id, if known */
 	char name[AT_NAME_LEN];
-};
-
-/* Batched events: mirrors struct asynctrace_rec / asynctrace_rec_create of
- * include/asynctrace/probes.h (user/abi_check.cpp asserts the layouts). */
-#define AT_REC_PAD 0
-#define AT_REC_CREATE 1
-#define AT_REC_STEP 2
-#define AT_REC_COMPLETE 3
-#define AT_REC_EDGE_ADD 4
-#define AT_REC_EDGE_REMOVE 5
-#define AT_REC_STACK 6
-#define AT_REC_RESUME 7
-#define AT_REC_TIMING 8
-#define AT_REC_CODE 9
-#define AT_REC_LOOP 10
-#define AT_REC_STEP_TIMED 11
-#define AT_REC_SAMPLE 12
-#define AT_REC_NAME_MAX 64
-#define AT_REC_MAX_SLOTS 18
-#define AT_BATCH_CHUNK 128     /* slots read from the process per copy */
-
-struct at_rec {
-	__u8 type;
-	__u8 kind;
-	__u16 nslots;
-	__u32 len;
-	__u64 a;
-	__u64 b;
-	__u64 c;
-};
-
-struct at_rec_create {
-	__u64 code_id;
-	__u32 tid;
-	__u32 kept;
-	__u64 edge_awaiter;
-	__u32 edge_kind;       /* 0: no edge; else edge kind + 1 */
-	__u32 reserved;
 };
 
 #endif /* ASYNCTRACE_BPF_ABI_H */

@@ -1,9 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-# bpf_object(<name> <src>): compiles a CO-RE BPF program with clang and turns it
-# into a libbpf skeleton, ${CMAKE_BINARY_DIR}/bpf/<name>.skel.h. Consumers link
-# the INTERFACE target <name>_skel to get the include directory and the build
-# ordering; the skeleton API is struct <name>_bpf / <name>_bpf__open() etc. vmlinux.h is generated from the build host's BTF at build time
-# (never committed): CO-RE relocations make the object portable anyway.
+# bpf_object(<name> <src>): compiles a BPF program with clang and turns it into
+# a libbpf skeleton, ${CMAKE_BINARY_DIR}/bpf/<name>.skel.h. Consumers link the
+# INTERFACE target <name>_skel to get the include directory and the build
+# ordering; the skeleton API is struct <name>_bpf / <name>_bpf__open() etc.
+# vmlinux.h is generated from the build host's BTF at build time (never
+# committed). The object uses no CO-RE relocations: bpf/asynctrace.bpf.c
+# defines BPF_NO_PRESERVE_ACCESS_INDEX and reads one kernel type, struct
+# pt_regs, whose layout is the architecture's user ABI, so the object is
+# portable without them and libbpf never loads the running kernel's BTF.
 
 find_program(BPF_CLANG NAMES clang-14 clang REQUIRED)
 find_program(BPFTOOL NAMES bpftool PATHS /usr/sbin /sbin /usr/local/sbin REQUIRED)
@@ -57,9 +61,10 @@ function(bpf_object name src)
   get_filename_component(src_dir "${src_abs}" DIRECTORY)
   set(obj "${BPF_OUTPUT_DIR}/${name}.bpf.o")
   set(skel "${BPF_OUTPUT_DIR}/${name}.skel.h")
-  # Headers next to the source (abi.h) are dependencies: a layout change must
-  # rebuild the object and the skeleton.
-  file(GLOB local_headers CONFIGURE_DEPENDS "${src_dir}/*.h")
+  # Headers next to the source (abi.h, *.bpf.h) and the shared layouts of
+  # include/asynctrace/ (records.h, stack_hash.h) are dependencies: a layout
+  # change must rebuild the object and the skeleton.
+  file(GLOB local_headers CONFIGURE_DEPENDS "${src_dir}/*.h" "${BPF_REPO_INCLUDE_DIR}/asynctrace/*.h")
 
   add_custom_command(
     OUTPUT "${obj}"

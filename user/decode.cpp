@@ -60,27 +60,25 @@ Timing decode_timing(const at_timing& t) {
 }
 
 bool decode_event(const at_event& e, StepEvent* out) {
-  at_rec hdr;
-  std::memcpy(&hdr, e.rec, sizeof hdr);
+  const asynctrace_rec& hdr = e.rec;
   StepEvent ev;
   ev.ktime_ns = e.ktime;
   ev.task_id = hdr.a;
   ev.code_id = e.task_code;
   ev.task_known = e.name_len != 0;
   if (ev.task_known) ev.task_name = bytes(e.name, AT_NAME_LEN, e.name_len);
-  if (hdr.type == AT_REC_STEP_TIMED) {
-    uint64_t slot1[4];
-    std::memcpy(slot1, e.rec + 32, sizeof slot1);
+  if (hdr.type == ASYNCTRACE_REC_STEP_TIMED) {
+    const asynctrace_rec_step_timed& st = e.slot1.step_timed;
     ev.type = StepEvent::Type::Step;
     ev.start_ns = hdr.b;
     ev.dur_ns = hdr.c;
     ev.tid = hdr.len;
     ev.completed = (hdr.kind & 1u) != 0;
     ev.slow = (hdr.kind & 2u) != 0;
-    ev.start_stack = slot1[0];
-    ev.end_stack = slot1[1];
-    ev.nsamples = static_cast<uint32_t>(slot1[2]);
-  } else if (hdr.type == AT_REC_SAMPLE) {
+    ev.start_stack = st.start_stack;
+    ev.end_stack = st.end_stack;
+    ev.nsamples = st.nsamples;
+  } else if (hdr.type == ASYNCTRACE_REC_SAMPLE) {
     ev.type = StepEvent::Type::Sample;
     ev.at_ns = hdr.b;
     ev.stack_id = hdr.c;

@@ -271,7 +271,7 @@ Status for_each_entry(int fd, const char* map_name, Fn&& fn, bool* may_repeat = 
 }
 
 // Decodes the maps (of a live tracer or pinned by `attach`) for one pid.
-// The four maps of one BPF object (live or pinned), by fd.
+// The six state maps of one BPF object (live or pinned: kPinnedMaps), by fd.
 struct MapFds {
   int tasks = -1, codes = -1, procs = -1, stacks = -1, timing = -1, code_timing = -1;
 };

@@ -3,14 +3,19 @@
 // (tasks created and completed between two flushes, repeated states) must not
 // change what the tool shows, and a tracer arriving while another one holds
 // replay__end still gets its replay. Root, real BPF, real processes.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/bpf.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
+#include "abi.h"
+#include "asynctrace/stack_hash.h"
 #include "harness.h"
 
 using nlohmann::json;
@@ -121,6 +126,87 @@ TEST(BatchPath, OneShotGetsItsReplayWhileAnotherTracerHoldsReplayEnd) {
   bt.signal(SIGINT);
   std::string out;
   bt.wait_exit(30s, &out);
+  app.signal(SIGTERM);
+  app.wait_exit(30s, &out);
+}
+
+// The stack ids of the batch path are the runtime's (STACK records carry
+// them); the per-event programs compute theirs with
+// include/asynctrace/stack_hash.h. Interning is only right if both are one
+// function: every stack the runtime sent, read back from the maps `attach`
+// pins, has as its key the header's hash of its frames (flags included), for
+// stacks of 1 to more than ASYNCTRACE_MAX_FRAMES frames (truncated).
+struct PinnedStack {
+  at_stack_key key;
+  at_stack value;
+};
+
+std::vector<PinnedStack> pinned_stacks(const std::string& path, uint32_t pid) {
+  std::vector<PinnedStack> out;
+  union bpf_attr a = {};
+  a.pathname = reinterpret_cast<uint64_t>(path.c_str());
+  const int fd = static_cast<int>(syscall(__NR_bpf, BPF_OBJ_GET, &a, sizeof a));
+  if (fd < 0) return out;
+  at_stack_key key{}, next{};
+  bool first = true;
+  for (;;) {
+    a = {};
+    a.map_fd = static_cast<uint32_t>(fd);
+    a.key = first ? 0 : reinterpret_cast<uint64_t>(&key);
+    a.next_key = reinterpret_cast<uint64_t>(&next);
+    if (syscall(__NR_bpf, BPF_MAP_GET_NEXT_KEY, &a, sizeof a) != 0) break;
+    first = false;
+    key = next;
+    PinnedStack e{key, {}};
+    a = {};
+    a.map_fd = static_cast<uint32_t>(fd);
+    a.key = reinterpret_cast<uint64_t>(&e.key);
+    a.value = reinterpret_cast<uint64_t>(&e.value);
+    if (syscall(__NR_bpf, BPF_MAP_LOOKUP_ELEM, &a, sizeof a) == 0 && e.key.pid == pid) out.push_back(e);
+  }
+  close(fd);
+  return out;
+}
+
+TEST(BatchPath, RuntimeStackIdsAreTheStackHashHeaders) {
+  const auto pys = e2e::built_pythons();
+  ASSERT_FALSE(pys.empty());
+  e2e::Program app({tool(), "run", "--", pys.front().second, "-c",
+                    "import asyncio\n"
+                    "async def deep(n, ev):\n"
+                    "    if n == 0:\n        await ev.wait()\n"
+                    "    else:\n        await deep(n - 1, ev)\n"
+                    "async def main():\n    ev = asyncio.Event()\n"
+                    "    ts = [asyncio.create_task(deep(n, ev), name=f'deep-{n}') for n in (0, 1, 5, 31, 45)]\n"
+                    "    await asyncio.sleep(0)\n    print('READY', flush=True)\n    await asyncio.sleep(120)\n"
+                    "asyncio.run(main())"});
+  ASSERT_TRUE(app.wait_line("READY", 30s)) << app.stderr_text();
+  const std::string pid = std::to_string(app.pid());
+  e2e::Program holder({tool(), "attach", "-p", pid});
+  ASSERT_TRUE(holder.wait_line("attached pid=" + pid + " maps=/sys/fs/bpf/asynctrace/" + pid, 30s))
+      << holder.stderr_text();
+  std::vector<PinnedStack> stacks;
+  // Sent by the replay: main's, and deep-0/1/5's (2, 3 and 7 frames); deep-31
+  // and deep-45 share their first 32 frames, one truncated stack.
+  e2e::poll_until(
+      [&] {
+        stacks = pinned_stacks("/sys/fs/bpf/asynctrace/" + pid + "/stacks", static_cast<uint32_t>(app.pid()));
+        return stacks.size() >= 5;
+      },
+      10000ms);
+  EXPECT_GE(stacks.size(), 5u);
+  size_t truncated = 0;
+  for (const PinnedStack& s : stacks) {
+    ASSERT_GE(s.value.nframes, 1u);
+    ASSERT_LE(s.value.nframes, static_cast<uint32_t>(ASYNCTRACE_MAX_FRAMES));
+    EXPECT_EQ(s.key.stack_id, asynctrace_stack_hash(s.value.frames, s.value.nframes))
+        << "stack of " << s.value.nframes << " frames";
+    if (s.value.frames[s.value.nframes - 1].flags & ASYNCTRACE_FRAME_TRUNCATED) truncated++;
+  }
+  EXPECT_GE(truncated, 1u) << "the 45-deep task's stack is cut at ASYNCTRACE_MAX_FRAMES";
+  holder.signal(SIGINT);
+  std::string out;
+  holder.wait_exit(30s, &out);
   app.signal(SIGTERM);
   app.wait_exit(30s, &out);
 }

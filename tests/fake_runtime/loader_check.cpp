@@ -26,6 +26,7 @@
 #include <string>
 #include <thread>
 
+#include "asynctrace/stack_hash.h"
 #include "loader.h"
 #include "procinfo.h"
 #include "usdt_attach.h"
@@ -215,6 +216,20 @@ void check_snapshot(const Snapshot& s, pid_t pid) {
   CHECK(tn->nameless && tn->name.empty(), "nameless task");
   CHECK(tn->frames.size() == 32 && tn->frames_truncated && tn->frames[31].line == 131,
         "nameless frames %zu", tn->frames.size());
+
+  // The per-event programs name a stack by include/asynctrace/stack_hash.h
+  // over the frames they kept, as a runtime names it in a STACK record: the
+  // kernel's id of each stack fake_runtime.c sent is the header's hash of it.
+  const asynctrace_frame f1[] = {{0xc0de0001, 14, 0}};
+  const asynctrace_frame f2[] = {{0xc0de0003, 629, 0}, {0xc0de0002, 25, 0}};
+  const asynctrace_frame f3[] = {{0xc0de0003, 629, 0}, {0xc0de0004, 44, 0}, {0xc0de0002, 30, ASYNCTRACE_FRAME_TRUNCATED}};
+  asynctrace_frame deep[ASYNCTRACE_MAX_FRAMES];
+  for (uint32_t i = 0; i < ASYNCTRACE_MAX_FRAMES; i++) deep[i] = {0xc0de0002, 100 + i, 0};
+  CHECK(t1->stack_id == asynctrace_stack_hash(f1, 1), "t1 stack id %" PRIx64, t1->stack_id);
+  CHECK(t2->stack_id == asynctrace_stack_hash(f2, 2), "t2 stack id %" PRIx64, t2->stack_id);
+  CHECK(t3->stack_id == asynctrace_stack_hash(f3, 3), "t3 stack id %" PRIx64 " (flags hashed)", t3->stack_id);
+  CHECK(tn->stack_id == asynctrace_stack_hash(deep, ASYNCTRACE_MAX_FRAMES),
+        "nameless stack id %" PRIx64 " (40 frames sent, the first 32 kept and hashed)", tn->stack_id);
   CHECK(t1->seq < t2->seq && t2->seq < t3->seq, "seq order");
 
   CHECK(s.code.size() == 4, "codes %zu", s.code.size());
