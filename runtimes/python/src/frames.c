@@ -9,6 +9,7 @@
  * The frame buffers are the callers' (no hidden per-thread buffer).
  */
 #include "runtime.h"
+#include "asynctrace/stack_hash.h"
 
 /* ---- small helpers (all called with the GIL, never leave an error set) ----- */
 
@@ -138,13 +139,8 @@ size_t collect_frames(PyObject *coro, struct asynctrace_frame *frames)
 	}
 	return keep;
 }
-/* FNV-1a over frames: the stack id of a STACK record (probes.h). */
+/* The stack id of a STACK record: include/asynctrace/stack_hash.h, as BPF. */
 uint64_t stack_id(const struct asynctrace_frame *frames, size_t nframes)
 {
-	uint64_t h = 0xcbf29ce484222325ULL;
-	for (size_t i = 0; i < nframes; i++) {
-		h = (h ^ frames[i].code_id) * 0x100000001b3ULL;
-		h = (h ^ (((uint64_t)frames[i].flags << 32) | frames[i].line)) * 0x100000001b3ULL;
-	}
-	return h ? h : 1;
+	return asynctrace_stack_hash(frames, (uint32_t)nframes);
 }
