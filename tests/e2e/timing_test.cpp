@@ -98,6 +98,16 @@ TEST(Timing, SlowNamesTheBlockingFunctionAndLine) {
   auto slow = e2e::run({tool(), "slow", "-p", s.pid(), "-t", "100ms", "-d", "2500ms", "--format", "json"});
   ASSERT_EQ(slow.exit_code, 0) << slow.err;
   const int burn_from = line_of("def burn_cpu"), block_line = line_of("time.sleep(ms / 1000)");
+  // A slow step holds one piece of work the task measured around itself:
+  // between its shortest and its longest, plus the rest of the step (5% and
+  // 20 ms here; far more Python under QEMU's TCG: a nominal 200 +- 20 ms
+  // failed there at 223 ms).
+  const json truth = s.truth();
+  auto expect_work = [&](const json& r, const char* task, const std::string& line) {
+    const double d = r.at("duration_ns").get<double>() / 1e9;
+    EXPECT_GE(d, 0.999 * truth.at(task).at("min_s").get<double>()) << line << "\ntruth " << truth.dump();
+    EXPECT_LE(d, 1.05 * truth.at(task).at("max_s").get<double>() + 0.02) << line << "\ntruth " << truth.dump();
+  };
   std::map<std::string, int> seen;
   std::istringstream in(slow.out);
   std::string line;
@@ -115,11 +125,11 @@ TEST(Timing, SlowNamesTheBlockingFunctionAndLine) {
       EXPECT_GT(top.at(0).at("line").get<int>(), burn_from) << line;
       EXPECT_LT(top.at(0).at("line").get<int>(), burn_from + 6) << line;
       EXPECT_EQ(top.at(1).at("function"), "burner") << line;
-      EXPECT_NEAR(r.at("duration_ns").get<double>(), 200e6, 20e6) << line;
+      expect_work(r, "burner", line);
     } else if (name == "blocker") {
       EXPECT_EQ(top.at(0).at("function"), "blocking_io") << line;
       EXPECT_EQ(top.at(0).at("line").get<int>(), block_line) << line;
-      EXPECT_NEAR(r.at("duration_ns").get<double>(), 150e6, 20e6) << line;
+      expect_work(r, "blocker", line);
     } else {
       ADD_FAILURE() << "a step over 100 ms in task " << name << ": " << line;
     }
@@ -129,7 +139,6 @@ TEST(Timing, SlowNamesTheBlockingFunctionAndLine) {
   }
   EXPECT_GE(seen["burner"], 3) << slow.out;
   EXPECT_GE(seen["blocker"], 3) << slow.out;
-  s.truth();
   EXPECT_TRUE(e2e::wait_kernel_released(s.app.pid()).empty());
 }
 
