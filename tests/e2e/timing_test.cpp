@@ -108,7 +108,7 @@ TEST(Timing, SlowNamesTheBlockingFunctionAndLine) {
     EXPECT_GE(d, 0.999 * truth.at(task).at("min_s").get<double>()) << line << "\ntruth " << truth.dump();
     EXPECT_LE(d, 1.05 * truth.at(task).at("max_s").get<double>() + 0.02) << line << "\ntruth " << truth.dump();
   };
-  std::map<std::string, int> seen;
+  std::map<std::string, int> seen, sampled;
   std::istringstream in(slow.out);
   std::string line;
   while (std::getline(in, line)) {
@@ -116,7 +116,20 @@ TEST(Timing, SlowNamesTheBlockingFunctionAndLine) {
     const std::string name = r.at("task_name");
     seen[name]++;
     EXPECT_GE(r.at("duration_ns").get<uint64_t>(), 100'000'000u) << line;
-    ASSERT_FALSE(r.at("samples").empty()) << line;
+    if (name == "burner" || name == "blocker") {
+      expect_work(r, name.c_str(), line);
+    } else {
+      ADD_FAILURE() << "a step over 100 ms in task " << name << ": " << line;
+      continue;
+    }
+    // Where it resumed and suspended: the task's own coroutine is there.
+    ASSERT_FALSE(r.at("suspended_at").empty()) << line;
+    EXPECT_EQ(r.at("suspended_at").back().at("function"), name) << line;
+    // Samples are the watcher's, taken once a step is past the floor (100
+    // ms): best effort. Under QEMU's TCG on a loaded host a 214 ms step got
+    // none. A step sampled must name its function; each task needs one.
+    if (r.at("samples").empty()) continue;
+    sampled[name]++;
     // The most frequent sample: innermost frame is the blocking function.
     const json& top = r.at("samples").at(0).at("stack");
     ASSERT_GE(top.size(), 2u) << line;
@@ -125,20 +138,15 @@ TEST(Timing, SlowNamesTheBlockingFunctionAndLine) {
       EXPECT_GT(top.at(0).at("line").get<int>(), burn_from) << line;
       EXPECT_LT(top.at(0).at("line").get<int>(), burn_from + 6) << line;
       EXPECT_EQ(top.at(1).at("function"), "burner") << line;
-      expect_work(r, "burner", line);
-    } else if (name == "blocker") {
+    } else {
       EXPECT_EQ(top.at(0).at("function"), "blocking_io") << line;
       EXPECT_EQ(top.at(0).at("line").get<int>(), block_line) << line;
-      expect_work(r, "blocker", line);
-    } else {
-      ADD_FAILURE() << "a step over 100 ms in task " << name << ": " << line;
     }
-    // Where it resumed and suspended: the task's own coroutine is there.
-    ASSERT_FALSE(r.at("suspended_at").empty()) << line;
-    EXPECT_EQ(r.at("suspended_at").back().at("function"), name) << line;
   }
   EXPECT_GE(seen["burner"], 3) << slow.out;
   EXPECT_GE(seen["blocker"], 3) << slow.out;
+  EXPECT_GE(sampled["burner"], 1) << slow.out;
+  EXPECT_GE(sampled["blocker"], 1) << slow.out;
   EXPECT_TRUE(e2e::wait_kernel_released(s.app.pid()).empty());
 }
 
