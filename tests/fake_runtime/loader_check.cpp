@@ -26,9 +26,9 @@
 #include <string>
 #include <thread>
 
-#include "loader.h"
-#include "procinfo.h"
-#include "usdt_attach.h"
+#include "kernel/loader.h"
+#include "kernel/procinfo.h"
+#include "kernel/usdt_attach.h"
 
 using namespace asynctrace;
 using Clock = std::chrono::steady_clock;

@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "decode.h"
+#include "core/decode.h"
 #include "fuzz_common.h"
 
 namespace {

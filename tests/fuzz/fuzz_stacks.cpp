@@ -14,7 +14,7 @@
 #include <cstring>
 #include <vector>
 
-#include "decode.h"
+#include "core/decode.h"
 #include "fuzz_common.h"
 
 namespace {

@@ -2,7 +2,7 @@
 // BPF map records -> Snapshot (user/decode.cpp), as loader.cpp's read_maps
 // feeds them: what the kernel and the traced process wrote, taken at face value
 // only within the ABI's bounds.
-#include "decode.h"
+#include "core/decode.h"
 
 #include <gtest/gtest.h>
 
