@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // `asynctrace agent`: finds the probe libraries processes map, attaches each
-// once for every process (loader.cpp's Agent), forgets processes that exited,
+// once for every process (kernel/loader.h's Agent), forgets processes that exited,
 // and serves the maps as OpenMetrics (metrics.cpp) over cpp-httplib.
 #include <dirent.h>
 #include <fcntl.h>
@@ -26,7 +26,8 @@
 #include <vector>
 
 #include "cmd/agent_profiler.h"
-#include "cmd/command_util.h"
+#include "cmd/commands.h"
+#include "cmd/session.h"
 #include "core/escape.h"
 #include "kernel/loader.h"
 #include "render/metrics.h"
@@ -118,20 +119,13 @@ class LibraryScan {
       if (it == probed_.end()) {
         bool probed = false;
         const std::string host = host_path(proc, path, inode);
-        if (allowed(path) && elf_has_asynctrace_probes(host)) probed = true;
+        if (under_prefixes(path, prefixes_) && elf_has_asynctrace_probes(host)) probed = true;
         it = probed_.emplace(key, probed ? host : std::string()).first;
       }
       if (it->second.empty()) continue;
       found.insert(key);
       out.push_back(it->second);
     }
-  }
-
-  bool allowed(const std::string& path) const {
-    if (prefixes_.empty()) return true;
-    for (const std::string& p : prefixes_)
-      if (path.rfind(p, 0) == 0) return true;
-    return false;
   }
 
   // The file as reachable from here: the plain path if it is the same inode,
@@ -151,11 +145,7 @@ class LibraryScan {
 // a process started later is traced from its first task.
 std::vector<std::string> bundled_runtimes() {
   std::vector<std::string> out;
-  char buf[4096];
-  const ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) return out;
-  std::string dir(buf, static_cast<size_t>(n));
-  dir = dir.substr(0, dir.rfind('/')) + "/python";
+  const std::string dir = self_dir() + "/python";
   DIR* d = opendir(dir.c_str());
   if (!d) return out;
   while (const dirent* tag = readdir(d)) {
@@ -173,13 +163,6 @@ std::vector<std::string> bundled_runtimes() {
   closedir(d);
   std::sort(out.begin(), out.end());
   return out;
-}
-
-bool under_prefixes(const std::string& path, const std::vector<std::string>& prefixes) {
-  if (prefixes.empty()) return true;
-  for (const std::string& p : prefixes)
-    if (path.rfind(p, 0) == 0) return true;
-  return false;
 }
 
 // The agent's own CPU and memory, from /proc/self.
@@ -216,22 +199,8 @@ struct Published {
   AgentSample profiles;  // the periodic profiles' counters, when on
 };
 
-}  // namespace
-
-int run_agent(const Options& o) {
-  if (o.cleanup) {
-    if (Status st = cleanup_agent(); !st.ok()) return fail(st.error());
-    std::cout << "removed " << agent_pin_dir() << " and " << agent_lock_path() << "\n";
-    return kExitOk;
-  }
-  // Refusals first, so that a second agent or a busy port pins nothing.
-  if (Status st = check_privileges(); !st.ok()) return fail(st.error());
-  if (agent_running())
-    return fail(Error{kExitTracing, "failed to start the agent: another agent holds '" + agent_lock_path() + "'"});
-
-  Published pub;
-  pub.start_time = static_cast<double>(std::time(nullptr));
-  httplib::Server svr;
+// Serves `pub` at /metrics: OpenMetrics or Prometheus text by the Accept header.
+void serve_metrics(httplib::Server& svr, Published& pub) {
   // Two threads and no keep-alive: Prometheus and a curl never wait on each other.
   svr.new_task_queue = [] { return new httplib::ThreadPool(2); };
   svr.set_keep_alive_max_count(1);
@@ -259,14 +228,225 @@ int run_agent(const Options& o) {
   svr.Get("/", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("asynctrace agent: metrics at /metrics\n", "text/plain");
   });
-  std::thread server;
+}
+
+// The port bound (--listen; 0 picks one), before anything is attached.
+Result<int> bind_listener(const Options& o, httplib::Server& svr) {
   int port = o.listen_port;
+  if (port == 0) port = svr.bind_to_any_port(o.listen_host);
+  else if (!svr.bind_to_port(o.listen_host, port)) port = -1;
+  if (port <= 0)
+    return Error{kExitUsage, "failed to listen on '" + o.listen_host + ":" + std::to_string(o.listen_port) +
+                                 "': " + std::strerror(errno) + " (another exporter on that port? see --listen)"};
+  return port;
+}
+
+// Paths compare with the absolute paths in /proc/PID/maps.
+std::vector<std::string> absolute_paths(const std::vector<std::string>& paths) {
+  std::vector<std::string> out;
+  for (const std::string& p : paths) {
+    std::error_code ec;
+    const auto abs = std::filesystem::absolute(p, ec);
+    out.push_back(ec ? p : abs.lexically_normal().string());
+  }
+  return out;
+}
+
+// --library files, then the runtimes installed beside us (under the
+// prefixes). An explicit --library that cannot be attached is an error.
+Status attach_initial(const Options& o, Agent& agent, const std::vector<std::string>& prefixes) {
+  std::vector<std::string> initial = absolute_paths(o.libraries);
+  const size_t explicit_count = initial.size();
+  for (const std::string& lib : bundled_runtimes())
+    if (under_prefixes(lib, prefixes)) initial.push_back(lib);
+  for (size_t i = 0; i < initial.size(); ++i) {
+    const std::string& lib = initial[i];
+    if (Status st = agent.attach_library(lib); !st.ok()) {
+      const auto first = std::find(initial.begin(), initial.end(), lib) - initial.begin();
+      if (static_cast<size_t>(first) < explicit_count) return st;
+      std::cerr << "asynctrace: warning: " << escape_untrusted(st.error().message) << "\n";
+    } else if (o.verbose) {
+      std::cerr << "asynctrace: agent attached '" << escape_untrusted(lib) << "'\n";
+    }
+  }
+  return ok_status();
+}
+
+// Libraries that processes started to map since the last scan.
+void attach_new_libraries(Agent& agent, LibraryScan& libs) {
+  for (const std::string& lib : libs.scan()) {
+    const size_t before = agent.libraries();
+    if (Status st = agent.attach_library(lib); !st.ok())
+      std::cerr << "asynctrace: warning: " << escape_untrusted(st.error().message) << "\n";
+    else if (agent.libraries() > before)
+      std::cerr << "asynctrace: agent attached '" << escape_untrusted(lib) << "'\n";
+  }
+}
+
+// What the agent remembers of each process between passes: its start time,
+// its program (exec detection), its last loop mark.
+class ProcessBook {
+ public:
+  struct Pass {
+    std::vector<ProcessSample> samples;
+    std::vector<uint32_t> dead;    // exited: their entries go
+    std::vector<uint32_t> reused;  // a new program under the pid: entries go, it replays
+  };
+
+  // One pass over the snapshots of every process.
+  Pass sample(const std::vector<Snapshot>& snaps) {
+    Pass out;
+    const uint64_t now_ns = monotonic_ns();
+    std::unordered_map<uint32_t, LoopMark> next_marks;
+    for (const Snapshot& s : snaps) {
+      if (!process_alive(static_cast<pid_t>(s.pid))) {
+        out.dead.push_back(s.pid);
+        continue;
+      }
+      if (stale(s)) {
+        images_.erase(s.pid);
+        out.reused.push_back(s.pid);
+        continue;
+      }
+      auto m = marks_.find(s.pid);
+      out.samples.push_back(sample_process(s, read_comm(s.pid), m == marks_.end() ? nullptr : &m->second, now_ns,
+                                           last_sample_ns_));
+      next_marks[s.pid] = LoopMark{s.counters.busy_ns, s.counters.loop_at_ns};
+    }
+    // Keep the old mark while the runtime sent no newer LOOP record.
+    for (auto& [pid, mark] : next_marks) {
+      auto m = marks_.find(pid);
+      if (m != marks_.end() && mark.loop_at_ns == m->second.loop_at_ns) mark = m->second;
+    }
+    marks_ = std::move(next_marks);
+    last_sample_ns_ = now_ns;
+    return out;
+  }
+
+  // Forgets what it knew of the processes whose entries went.
+  void forget(const Pass& p) {
+    for (uint32_t pid : p.dead) {
+      starts_.erase(pid);
+      images_.erase(pid);
+      marks_.erase(pid);
+    }
+    for (uint32_t pid : p.reused) marks_.erase(pid);
+  }
+
+ private:
+  // A pid that exited and came back as another process between two passes,
+  // or that exec'd: the old entries go, and the new process replays its
+  // own. Seen by its start time changing, or, if we never saw the old one
+  // alive, by tasks created before the process started, or by the program
+  // we first saw being gone.
+  bool stale(const Snapshot& s) {
+    const uint64_t start = start_ticks(s.pid);
+    auto [st, fresh] = starts_.try_emplace(s.pid, start);
+    bool stale = !fresh && start && st->second != start;
+    st->second = start;
+    if (!stale && fresh && start) {
+      const uint64_t start_ns = start * (1'000'000'000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK)));
+      const uint64_t offset = boot_minus_mono_ns();
+      const uint64_t start_mono = start_ns > offset ? start_ns - offset : 0;
+      for (const TaskRecord& t : s.tasks)
+        if (t.create_ns && t.create_ns + kStartSlackNs < start_mono) stale = true;
+    }
+    auto img = images_.find(s.pid);
+    if (img == images_.end()) {
+      ImageWatch w(static_cast<pid_t>(s.pid));
+      if (w.valid()) images_.emplace(s.pid, std::move(w));
+    } else if (img->second.image_gone() && process_alive(static_cast<pid_t>(s.pid))) {
+      stale = true;  // exec(), or another process with this pid
+    }
+    return stale;
+  }
+
+  std::unordered_map<uint32_t, LoopMark> marks_;
+  uint64_t last_sample_ns_ = monotonic_ns();
+  std::unordered_map<uint32_t, uint64_t> starts_;     // pid -> start time of the process we hold state of
+  std::unordered_map<uint32_t, ImageWatch> images_;  // pid -> the program we hold state of
+};
+
+// Removes the entries of exited and reused pids; asks the new programs
+// under reused pids for a replay.
+void forget_processes(const Options& o, Agent& agent, ProcessBook& book, const ProcessBook::Pass& pass) {
+  agent.withdraw_requests();
+  std::vector<uint32_t> gone = pass.dead;
+  gone.insert(gone.end(), pass.reused.begin(), pass.reused.end());
+  if (Status st = agent.forget(gone); !st.ok())
+    std::cerr << "asynctrace: warning: " << st.error().message << "\n";
+  book.forget(pass);
+  for (uint32_t pid : pass.reused) {
+    if (o.verbose) std::cerr << "asynctrace: pid " << pid << " runs a new program: entries of the old one removed\n";
+    const ProcInfo info = inspect_process(static_cast<pid_t>(pid));
+    if (info.kind != ProcKind::Probed) continue;
+    if (Status st = agent.request_replay(info); !st.ok() && o.verbose)
+      std::cerr << "asynctrace: " << st.error().message << "\n";
+  }
+}
+
+// The main loop: scan, sample, forget, profile, collect, publish; once a
+// second until a stop signal. Returns the exit code.
+int agent_loop(const Options& o, Agent& agent, Profiler* profiler, Published& pub,
+               const std::vector<std::string>& prefixes) {
+  LibraryScan libs(prefixes);
+  ProcessBook book;
+  using Clock = std::chrono::steady_clock;
+  auto next_scan = Clock::now();
+  auto next_gc = Clock::now() + std::chrono::seconds(10);
+  while (!g_stop) {
+    const auto now = Clock::now();
+    if (now >= next_scan) {
+      next_scan = now + o.scan;
+      attach_new_libraries(agent, libs);
+    }
+    auto snaps = agent.snapshots();
+    if (!snaps.ok()) return fail(snaps.error());
+    ProcessBook::Pass pass = book.sample(snaps.value());
+    forget_processes(o, agent, book, pass);
+    if (profiler) {
+      std::vector<std::pair<uint32_t, std::string>> procs;
+      for (const ProcessSample& p : pass.samples) procs.emplace_back(p.pid, p.comm);
+      profiler->tick(procs);
+    }
+    if (now >= next_gc) {
+      next_gc = now + std::chrono::seconds(10);
+      for (const ProcessSample& p : pass.samples) (void)agent.gc(p.pid);  // best effort: costs memory only
+    }
+    {
+      std::lock_guard lock(pub.mu);
+      pub.procs = std::move(pass.samples);
+      pub.libraries = agent.libraries();
+      if (profiler) profiler->fill(pub.profiles);
+    }
+    for (int i = 0; i < 10 && !g_stop; ++i) usleep(100 * 1000);
+  }
+  return kExitOk;
+}
+
+int cleanup(const Options&) {
+  if (Status st = cleanup_agent(); !st.ok()) return fail(st.error());
+  std::cout << "removed " << agent_pin_dir() << " and " << agent_lock_path() << "\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+int run_agent(const Options& o) {
+  if (o.cleanup) return cleanup(o);
+  // Refusals first, so that a second agent or a busy port pins nothing.
+  if (Status st = check_privileges(); !st.ok()) return fail(st.error());
+  if (agent_running())
+    return fail(Error{kExitTracing, "failed to start the agent: another agent holds '" + agent_lock_path() + "'"});
+  Published pub;
+  pub.start_time = static_cast<double>(std::time(nullptr));
+  httplib::Server svr;
+  serve_metrics(svr, pub);
+  int port = 0;
   if (!o.no_listen) {
-    if (port == 0) port = svr.bind_to_any_port(o.listen_host);
-    else if (!svr.bind_to_port(o.listen_host, port)) port = -1;
-    if (port <= 0)
-      return fail(Error{kExitUsage, "failed to listen on '" + o.listen_host + ":" + std::to_string(o.listen_port) +
-                                        "': " + std::strerror(errno) + " (another exporter on that port? see --listen)"});
+    auto bound = bind_listener(o, svr);
+    if (!bound.ok()) return fail(bound.error());
+    port = bound.value();
   }
   std::unique_ptr<Profiler> profiler;
   if (!o.profile_dir.empty() || !o.profile_push.empty()) {
@@ -277,35 +457,15 @@ int run_agent(const Options& o) {
   if (!started.ok()) return fail(started.error());
   std::unique_ptr<Agent> agent = std::move(started.value());
   install_stop_handlers();
+  std::thread server;
   if (!o.no_listen) server = std::thread([&svr] { svr.listen_after_bind(); });
 
-  // Prefixes compare with the absolute paths in /proc/PID/maps.
-  std::vector<std::string> prefixes;
-  for (const std::string& p : o.library_prefixes) {
-    std::error_code ec;
-    const auto abs = std::filesystem::absolute(p, ec);
-    prefixes.push_back(ec ? p : abs.lexically_normal().string());
+  const std::vector<std::string> prefixes = absolute_paths(o.library_prefixes);
+  if (Status st = attach_initial(o, *agent, prefixes); !st.ok()) {
+    svr.stop();
+    if (server.joinable()) server.join();
+    return fail(st.error());
   }
-  std::vector<std::string> initial;
-  for (const std::string& lib : o.libraries) {
-    std::error_code ec;
-    const auto abs = std::filesystem::absolute(lib, ec);
-    initial.push_back(ec ? lib : abs.lexically_normal().string());
-  }
-  for (const std::string& lib : bundled_runtimes())
-    if (under_prefixes(lib, prefixes)) initial.push_back(lib);
-  for (const std::string& lib : initial) {
-    if (Status st = agent->attach_library(lib); !st.ok()) {
-      // An explicit --library that cannot be attached is an error.
-      if (std::find(initial.begin(), initial.begin() + static_cast<std::ptrdiff_t>(o.libraries.size()), lib) !=
-          initial.begin() + static_cast<std::ptrdiff_t>(o.libraries.size()))
-        return fail(st.error());
-      std::cerr << "asynctrace: warning: " << escape_untrusted(st.error().message) << "\n";
-    } else if (o.verbose) {
-      std::cerr << "asynctrace: agent attached '" << escape_untrusted(lib) << "'\n";
-    }
-  }
-  LibraryScan libs(prefixes);
   std::cout << "agent maps=" << agent_pin_dir() << (agent->reused_pins() ? " (reused)" : "");
   if (!o.no_listen) {
     const bool v6 = o.listen_host.find(':') != std::string::npos;
@@ -313,131 +473,12 @@ int run_agent(const Options& o) {
   }
   std::cout << std::endl;
 
-  using Clock = std::chrono::steady_clock;
-  auto next_scan = Clock::now();
-  auto next_gc = Clock::now() + std::chrono::seconds(10);
-  std::unordered_map<uint32_t, LoopMark> marks;
-  uint64_t last_sample_ns = monotonic_ns();
-  std::unordered_map<uint32_t, uint64_t> starts;  // pid -> start time of the process we hold state of
-  // pid -> fd on /proc/PID/maps, opened on the program we hold state of: it
-  // reads nothing once exec() replaced that program (or the pid is reused).
-  std::unordered_map<uint32_t, int> images;
-  auto drop_image = [&images](uint32_t pid) {
-    auto it = images.find(pid);
-    if (it == images.end()) return;
-    close(it->second);
-    images.erase(it);
-  };
-  int code = kExitOk;
-  while (!g_stop) {
-    const auto now = Clock::now();
-    if (now >= next_scan) {
-      next_scan = now + o.scan;
-      for (const std::string& lib : libs.scan()) {
-        const size_t before = agent->libraries();
-        if (Status st = agent->attach_library(lib); !st.ok())
-          std::cerr << "asynctrace: warning: " << escape_untrusted(st.error().message) << "\n";
-        else if (agent->libraries() > before)
-          std::cerr << "asynctrace: agent attached '" << escape_untrusted(lib) << "'\n";
-      }
-    }
-    auto snaps = agent->snapshots();
-    if (!snaps.ok()) {
-      code = fail(snaps.error());
-      break;
-    }
-    // Exited processes: their entries go (a pid reused by then is a new
-    // process whose runtime replays into fresh entries).
-    std::vector<uint32_t> dead;
-    std::vector<ProcessSample> samples;
-    const uint64_t now_ns = monotonic_ns();
-    std::unordered_map<uint32_t, LoopMark> next_marks;
-    std::vector<uint32_t> reused;
-    for (const Snapshot& s : snaps.value()) {
-      if (!process_alive(static_cast<pid_t>(s.pid))) {
-        dead.push_back(s.pid);
-        continue;
-      }
-      // A pid that exited and came back as another process between two
-      // passes: the old entries go, and the new process replays its own.
-      // Seen by its start time changing, or, if we never saw the old one
-      // alive, by tasks created before the process started.
-      const uint64_t start = start_ticks(s.pid);
-      auto [st, fresh] = starts.try_emplace(s.pid, start);
-      bool stale = !fresh && start && st->second != start;
-      st->second = start;
-      if (!stale && fresh && start) {
-        const uint64_t start_ns = start * (1'000'000'000ull / static_cast<uint64_t>(sysconf(_SC_CLK_TCK)));
-        const uint64_t offset = boot_minus_mono_ns();
-        const uint64_t start_mono = start_ns > offset ? start_ns - offset : 0;
-        for (const TaskRecord& t : s.tasks)
-          if (t.create_ns && t.create_ns + kStartSlackNs < start_mono) stale = true;
-      }
-      auto img = images.find(s.pid);
-      if (img == images.end()) {
-        const int fd = open(("/proc/" + std::to_string(s.pid) + "/maps").c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd >= 0) images.emplace(s.pid, fd);
-      } else if (char c; pread(img->second, &c, 1, 0) == 0 && process_alive(static_cast<pid_t>(s.pid))) {
-        stale = true;  // exec(), or another process with this pid
-      }
-      if (stale) {
-        drop_image(s.pid);
-        reused.push_back(s.pid);
-        continue;
-      }
-      auto m = marks.find(s.pid);
-      samples.push_back(sample_process(s, read_comm(s.pid), m == marks.end() ? nullptr : &m->second, now_ns,
-                                       last_sample_ns));
-      next_marks[s.pid] = LoopMark{s.counters.busy_ns, s.counters.loop_at_ns};
-    }
-    // Keep the old mark while the runtime sent no newer LOOP record.
-    for (auto& [pid, mark] : next_marks) {
-      auto m = marks.find(pid);
-      if (m != marks.end() && mark.loop_at_ns == m->second.loop_at_ns) mark = m->second;
-    }
-    marks = std::move(next_marks);
-    last_sample_ns = now_ns;
-    agent->withdraw_requests();
-    dead.insert(dead.end(), reused.begin(), reused.end());
-    if (Status st = agent->forget(dead); !st.ok())
-      std::cerr << "asynctrace: warning: " << st.error().message << "\n";
-    for (uint32_t pid : dead) {
-      if (std::find(reused.begin(), reused.end(), pid) == reused.end()) {
-        starts.erase(pid);
-        drop_image(pid);
-      }
-      marks.erase(pid);
-    }
-    for (uint32_t pid : reused) {
-      if (o.verbose) std::cerr << "asynctrace: pid " << pid << " runs a new program: entries of the old one removed\n";
-      const ProcInfo info = inspect_process(static_cast<pid_t>(pid));
-      if (info.kind != ProcKind::Probed) continue;
-      if (Status st = agent->request_replay(info); !st.ok() && o.verbose)
-        std::cerr << "asynctrace: " << st.error().message << "\n";
-    }
-    if (profiler) {
-      std::vector<std::pair<uint32_t, std::string>> procs;
-      for (const ProcessSample& p : samples) procs.emplace_back(p.pid, p.comm);
-      profiler->tick(procs);
-    }
-    if (now >= next_gc) {
-      next_gc = now + std::chrono::seconds(10);
-      for (const ProcessSample& p : samples) (void)agent->gc(p.pid);  // best effort: costs memory only
-    }
-    {
-      std::lock_guard lock(pub.mu);
-      pub.procs = std::move(samples);
-      pub.libraries = agent->libraries();
-      if (profiler) profiler->fill(pub.profiles);
-    }
-    for (int i = 0; i < 10 && !g_stop; ++i) usleep(100 * 1000);
-  }
+  const int code = agent_loop(o, *agent, profiler.get(), pub, prefixes);
   if (o.verbose && g_stop) std::cerr << "asynctrace: agent stopping on " << strsignal(g_stop) << "\n";
   if (server.joinable()) {
     svr.stop();
     server.join();
   }
-  for (const auto& [pid, fd] : images) close(fd);
   if (profiler) profiler->stop();  // recordings end before the probes detach
   agent.reset();  // probes detach; the pinned maps stay
   return code;

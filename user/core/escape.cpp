@@ -116,4 +116,10 @@ std::string ljust(std::string_view s, size_t width) {
   return out;
 }
 
+std::string hex_id(uint64_t id) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(id));
+  return buf;
+}
+
 }  // namespace asynctrace

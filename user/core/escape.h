@@ -2,6 +2,7 @@
 // Strings from a traced process are untrusted bytes: escape before printing.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -20,5 +21,8 @@ size_t display_width(std::string_view utf8);
 
 // Left-justifies `s` in `width` code points (Python f"{s:<width}").
 std::string ljust(std::string_view s, size_t width);
+
+// An id as Python's hex() writes it: "0x7f...".
+std::string hex_id(uint64_t id);
 
 }  // namespace asynctrace

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// Kernel side access: the only header of user/ that speaks of attaching. The
-// implementation (loader.cpp) is the only file that includes the BPF skeleton.
+// Kernel side access: the only header outside kernel/ that speaks of
+// attaching. Implemented in kernel/ (tracer.cpp, pins.cpp, agent.cpp over
+// object, attach, maps, replay); only kernel/ includes libbpf and the skeleton.
 #pragma once
 
 #include <sys/types.h>
@@ -28,28 +29,31 @@ struct TraceOptions {
   bool events = false;     // forward STEP_TIMED/SAMPLE events to poll_events()
 };
 
-// An attached tracer: BPF object loaded, probes of `proc.probe_lib` attached for
-// one pid. Destruction detaches everything (no uprobes left behind).
-class Tracer {
+// A view of one process's maps: a tracer of our own or the pinned maps of a
+// holder (`asynctrace attach`, the agent). Reads only.
+class MapView {
  public:
-  virtual ~Tracer() = default;
-  // Waits until the runtime finished replaying its live state (replay__end seen).
+  virtual ~MapView() = default;
+  // Waits until the runtime finished replaying its live state into these
+  // maps (kernel/replay.h).
   virtual Status wait_replay(std::chrono::milliseconds timeout) = 0;
   // Reads the maps for the traced pid.
   virtual Result<Snapshot> snapshot() const = 0;
-  // Pins the maps under pin_dir(pid) (0700) so that other asynctrace commands
-  // read them without attaching; the pins go when the Tracer goes.
-  virtual Status pin() = 0;
   // Frees kernel memory nothing refers to any more (interned stacks of tasks
   // that moved on). Holders call it now and then.
   virtual Status gc() { return ok_status(); }
+};
+
+// An attached tracer: BPF object loaded, probes of `proc.probe_lib` attached for
+// one pid; it owns them. Destruction detaches everything (no uprobes left behind).
+class Tracer : public MapView {
+ public:
+  // Pins the maps under pin_dir(pid) (0700) so that other asynctrace commands
+  // read them without attaching; the pins go when the Tracer goes.
+  virtual Status pin() = 0;
   // Delivers the events forwarded since the last call (TraceOptions::events),
-  // waiting up to timeout_ms for the first. Tracers over pinned maps have none.
-  virtual Status poll_events(const std::function<void(const StepEvent&)>& fn, int timeout_ms) {
-    (void)fn;
-    (void)timeout_ms;
-    return ok_status();
-  }
+  // waiting up to timeout_ms for the first.
+  virtual Status poll_events(const std::function<void(const StepEvent&)>& fn, int timeout_ms) = 0;
 };
 
 // Keeps the runtime's timing__on (and steps__on) semaphores raised while it
@@ -78,7 +82,7 @@ bool pin_holder_alive(pid_t pid);
 // nobody holds the maps; stale pins of a killed holder are removed. Without
 // a per-process holder, a running agent's maps serve (filtered to `pid`), if
 // the agent knows the process.
-Result<std::unique_ptr<Tracer>> open_pinned(pid_t pid, const ProcInfo* proc, bool verbose = false);
+Result<std::unique_ptr<MapView>> open_pinned(pid_t pid, const ProcInfo* proc, bool verbose = false);
 
 // Removes every pin whose `asynctrace attach` is gone (killed with SIGKILL):
 // run at the start of each tracing command, so a killed holder leaves nothing

@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
-// Classifies a pid from /proc alone. The ELF note scan is a few pread()s of
-// section headers and one note section per mapped file: no libelf, so a
-// garbage or truncated file can at worst make us answer "no probes".
+// Classifies a pid from /proc alone. The ELF note scan (elf_notes.h) is a
+// few pread()s of headers and note sections per mapped file: a garbage or
+// truncated file can at worst make us answer "no probes".
 #include "kernel/procinfo.h"
 
-#include <elf.h>
+#include "kernel/elf_notes.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -19,64 +20,11 @@
 namespace asynctrace {
 namespace {
 
-constexpr uint32_t kNtStapsdt = 3;                    // note type of SystemTap SDT probes
-constexpr uint64_t kMaxNoteSection = 64ull << 20;     // larger is not a real .note.stapsdt
-constexpr uint64_t kMaxSectionHeaders = 1u << 16;     // sanity bound on e_shnum
-
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  int get() const { return fd_; }
-
- private:
-  int fd_;
-};
-
-bool read_exact(int fd, void* buf, size_t len, uint64_t off) {
-  auto* p = static_cast<char*>(buf);
-  while (len > 0) {
-    ssize_t n = pread(fd, p, len, static_cast<off_t>(off));
-    if (n <= 0) return false;  // error or the file is shorter than its headers claim
-    p += n;
-    len -= static_cast<size_t>(n);
-    off += static_cast<uint64_t>(n);
-  }
-  return true;
-}
-
 std::string read_first_line(const std::string& path) {
   std::ifstream in(path);
   std::string line;
   std::getline(in, line);
   return line;
-}
-
-// True if a note section's bytes hold a stapsdt note of provider "asynctrace".
-bool notes_have_asynctrace(const std::vector<char>& sec) {
-  size_t off = 0;
-  auto align4 = [](uint64_t v) { return (v + 3) & ~uint64_t{3}; };
-  while (off + sizeof(Elf64_Nhdr) <= sec.size()) {
-    Elf64_Nhdr nh;
-    std::memcpy(&nh, sec.data() + off, sizeof nh);
-    uint64_t name_off = off + sizeof nh;
-    uint64_t desc_off = name_off + align4(nh.n_namesz);
-    uint64_t next = desc_off + align4(nh.n_descsz);
-    if (next > sec.size() || next <= off) return false;  // malformed: stop, do not guess
-    std::string_view name(sec.data() + name_off, nh.n_namesz);
-    // Desc layout: pc, base, semaphore (3 x 8 bytes), then "provider\0name\0args\0".
-    if (nh.n_type == kNtStapsdt && name == std::string_view("stapsdt\0", 8) && nh.n_descsz > 24) {
-      std::string_view rest(sec.data() + desc_off + 24, nh.n_descsz - 24);
-      std::string_view provider = rest.substr(0, rest.find('\0'));
-      if (provider == "asynctrace") return true;
-    }
-    off = next;
-  }
-  return false;
 }
 
 struct Mapping {
@@ -133,46 +81,10 @@ std::string host_path(const std::string& proc_dir, const Mapping& m) {
 }  // namespace
 
 bool elf_has_asynctrace_probes(const std::string& path) {
-  Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) return false;
-  struct stat st {};
-  if (fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
-
-  Elf64_Ehdr eh;
-  if (!read_exact(fd.get(), &eh, sizeof eh, 0)) return false;
-  if (std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0 || eh.e_ident[EI_CLASS] != ELFCLASS64 ||
-      eh.e_ident[EI_DATA] != ELFDATA2LSB)
-    return false;
-  if (eh.e_shoff == 0 || eh.e_shentsize != sizeof(Elf64_Shdr)) return false;
-
-  // e_shnum / e_shstrndx overflow into section 0 for files with many sections.
-  Elf64_Shdr sh0;
-  if (!read_exact(fd.get(), &sh0, sizeof sh0, eh.e_shoff)) return false;
-  uint64_t shnum = eh.e_shnum ? eh.e_shnum : sh0.sh_size;
-  uint64_t shstrndx = eh.e_shstrndx == SHN_XINDEX ? sh0.sh_link : eh.e_shstrndx;
-  if (shnum == 0 || shnum > kMaxSectionHeaders || shstrndx >= shnum) return false;
-  if (eh.e_shoff > size || shnum * sizeof(Elf64_Shdr) > size - eh.e_shoff) return false;
-
-  std::vector<Elf64_Shdr> shdrs(shnum);
-  if (!read_exact(fd.get(), shdrs.data(), shnum * sizeof(Elf64_Shdr), eh.e_shoff)) return false;
-  const Elf64_Shdr& strtab = shdrs[shstrndx];
-  if (strtab.sh_offset > size || strtab.sh_size > size - strtab.sh_offset ||
-      strtab.sh_size > kMaxNoteSection)
-    return false;
-  std::vector<char> names(strtab.sh_size + 1, '\0');  // +1: always NUL-terminated
-  if (!read_exact(fd.get(), names.data(), strtab.sh_size, strtab.sh_offset)) return false;
-
-  static constexpr std::string_view kSection = ".note.stapsdt";
-  for (const Elf64_Shdr& sh : shdrs) {
-    if (sh.sh_type != SHT_NOTE || sh.sh_name >= strtab.sh_size) continue;
-    if (std::string_view(names.data() + sh.sh_name) != kSection) continue;
-    if (sh.sh_offset > size || sh.sh_size > size - sh.sh_offset || sh.sh_size > kMaxNoteSection)
-      return false;
-    std::vector<char> sec(sh.sh_size);
-    if (!read_exact(fd.get(), sec.data(), sec.size(), sh.sh_offset)) return false;
-    if (notes_have_asynctrace(sec)) return true;
-  }
+  const auto notes = elf::read_stapsdt(path);  // a garbage file: no probes
+  if (!notes.ok()) return false;
+  for (const elf::Note& n : notes.value().notes)
+    if (n.provider == "asynctrace") return true;
   return false;
 }
 
@@ -194,9 +106,7 @@ ProcInfo inspect_process(pid_t pid, const std::string& proc_root) {
   }
   if (stat_line.empty()) return info;  // vanished between the two reads
 
-  char buf[4096];
-  ssize_t n = readlink((dir + "/exe").c_str(), buf, sizeof buf - 1);
-  if (n > 0) info.exe.assign(buf, static_cast<size_t>(n));
+  info.exe = proc_exe(dir);
 
   bool python = basename_of(info.exe).rfind("python", 0) == 0;
   for (const Mapping& m : mapped_files(dir + "/maps")) {
@@ -238,6 +148,49 @@ Error proc_error(const ProcInfo& info) {
       break;
   }
   return {kExitInternal, "process " + pid + " (" + info.comm + ") has asynctrace probes; no error"};
+}
+
+std::string proc_exe(const std::string& proc_dir) {
+  char buf[4096];
+  const ssize_t n = readlink((proc_dir + "/exe").c_str(), buf, sizeof buf);
+  return n > 0 ? std::string(buf, static_cast<size_t>(n)) : std::string();
+}
+
+std::string self_dir() {
+  const std::string p = proc_exe("/proc/self");
+  const auto slash = p.rfind('/');
+  return p.empty() || slash == std::string::npos ? "." : p.substr(0, slash);
+}
+
+bool under_prefixes(const std::string& path, const std::vector<std::string>& prefixes) {
+  if (prefixes.empty()) return true;
+  for (const std::string& p : prefixes)
+    if (path.rfind(p, 0) == 0) return true;
+  return false;
+}
+
+ImageWatch::ImageWatch(pid_t pid)
+    : pid_(pid), fd_(open(("/proc/" + std::to_string(pid) + "/maps").c_str(), O_RDONLY | O_CLOEXEC)) {}
+
+ImageWatch::~ImageWatch() {
+  if (fd_ >= 0) close(fd_);
+}
+
+bool ImageWatch::image_gone() const {
+  char c;
+  return fd_ >= 0 && pread(fd_, &c, 1, 0) == 0;
+}
+
+bool ImageWatch::replaced() const {
+  if (!image_gone()) return false;
+  // An exiting process also has no address space: only a live one with a
+  // new address space has exec'd.
+  const int fresh = open(("/proc/" + std::to_string(pid_) + "/maps").c_str(), O_RDONLY | O_CLOEXEC);
+  if (fresh < 0) return false;
+  char c;
+  const bool mapped = pread(fresh, &c, 1, 0) == 1;
+  close(fresh);
+  return mapped;
 }
 
 }  // namespace asynctrace

@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <vector>
 
 #include "core/result.h"
 
@@ -32,5 +33,40 @@ Error proc_error(const ProcInfo& info);
 
 // True if the ELF file at `path` carries a .note.stapsdt note of provider "asynctrace".
 bool elf_has_asynctrace_probes(const std::string& path);
+
+// The program of a /proc directory ("/proc/self", "/proc/1234"): readlink of
+// its exe, "" if unreadable.
+std::string proc_exe(const std::string& proc_dir);
+
+// The directory of this binary ("." if unknown): where `run` and the agent
+// find the runtimes installed beside it.
+std::string self_dir();
+
+// True if `path` starts with one of `prefixes` (every path if there are none):
+// the agent's --library-prefix.
+bool under_prefixes(const std::string& path, const std::vector<std::string>& prefixes);
+
+// Notices a traced program going away while its pid stays: an fd on
+// /proc/PID/maps refers to the address space of the program it was opened
+// on, and reads nothing once exec() replaced (or exit() dropped) it.
+class ImageWatch {
+ public:
+  explicit ImageWatch(pid_t pid);
+  ~ImageWatch();
+  ImageWatch(ImageWatch&& o) noexcept : pid_(o.pid_), fd_(o.fd_) { o.fd_ = -1; }
+  ImageWatch(const ImageWatch&) = delete;
+  ImageWatch& operator=(const ImageWatch&) = delete;
+  ImageWatch& operator=(ImageWatch&&) = delete;
+
+  bool valid() const { return fd_ >= 0; }
+  // The address space it was opened on is gone (exec, exit, or the pid reused).
+  bool image_gone() const;
+  // Gone, and the pid lives on with a new address space: the program exec'd.
+  bool replaced() const;
+
+ private:
+  pid_t pid_;
+  int fd_;
+};
 
 }  // namespace asynctrace

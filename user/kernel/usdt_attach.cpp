@@ -2,13 +2,13 @@
 // See usdt_attach.h. The address arithmetic follows libbpf 1.1's usdt.c so a
 // site resolves to the same file offset on both attach paths.
 #include "kernel/usdt_attach.h"
+#include "kernel/elf_notes.h"
 #include "kernel/kernel_features.h"
 
 #include <bpf/bpf.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <gelf.h>
-#include <libelf.h>
+#include <elf.h>
 #include <linux/perf_event.h>
 #include <stddef.h>
 #include <sys/ioctl.h>
@@ -30,45 +30,15 @@ namespace asynctrace::usdt {
 namespace {
 
 constexpr const char* kNoteSection = ".note.stapsdt";
-constexpr const char* kBaseSection = ".stapsdt.base";
-constexpr const char* kNoteOwner = "stapsdt";
-constexpr uint32_t kNoteType = 3;  // NT_STAPSDT
 
 Error elf_error(const std::string& path, const std::string& why) {
   return Error{kExitTracing, "failed to read USDT notes of '" + path + "': " + why};
 }
 
-struct Segment {
-  uint64_t vaddr = 0, memsz = 0, offset = 0;
-  bool exec = false;
-};
-
-const Segment* find_segment(const std::vector<Segment>& segs, uint64_t vaddr) {
-  for (const Segment& s : segs)
+const elf::Segment* find_segment(const std::vector<elf::Segment>& segs, uint64_t vaddr) {
+  for (const elf::Segment& s : segs)
     if (s.vaddr <= vaddr && vaddr < s.vaddr + s.memsz) return &s;
   return nullptr;
-}
-
-// Owns the fd and the libelf handle of one file.
-struct ElfFile {
-  int fd = -1;
-  Elf* elf = nullptr;
-  ~ElfFile() {
-    if (elf) elf_end(elf);
-    if (fd >= 0) close(fd);
-  }
-};
-
-bool section_by_name(Elf* elf, size_t shstrndx, const char* name, Elf_Scn** scn, GElf_Shdr* shdr) {
-  for (Elf_Scn* s = elf_nextscn(elf, nullptr); s; s = elf_nextscn(elf, s)) {
-    if (!gelf_getshdr(s, shdr)) return false;
-    const char* n = elf_strptr(elf, shstrndx, shdr->sh_name);
-    if (n && std::strcmp(n, name) == 0) {
-      *scn = s;
-      return true;
-    }
-  }
-  return false;
 }
 
 #if defined(__x86_64__)
@@ -214,86 +184,34 @@ Result<Spec> parse_args(std::string_view args) {
 }
 
 Result<std::vector<Site>> read_sites(const std::string& path, std::string_view provider) {
-  if (elf_version(EV_CURRENT) == EV_NONE) return elf_error(path, "libelf is too old");
-  ElfFile f;
-  f.fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (f.fd < 0) return elf_error(path, std::strerror(errno));
-  f.elf = elf_begin(f.fd, ELF_C_READ_MMAP, nullptr);
-  if (!f.elf || elf_kind(f.elf) != ELF_K_ELF) return elf_error(path, "not an ELF file");
-  GElf_Ehdr ehdr;
-  if (gelf_getclass(f.elf) != ELFCLASS64 || !gelf_getehdr(f.elf, &ehdr))
-    return elf_error(path, "not a 64-bit ELF file");
-  if (ehdr.e_type != ET_EXEC && ehdr.e_type != ET_DYN)
-    return elf_error(path, "neither an executable nor a shared object");
-  if (ehdr.e_ident[EI_DATA] != ELFDATA2LSB) return elf_error(path, "not little-endian");
-
+  auto parsed = elf::read_stapsdt(path);  // the one note reader (elf_notes.h)
+  if (!parsed.ok()) return elf_error(path, parsed.error().message);
+  const elf::StapsdtNotes& f = parsed.value();
+  if (f.type != ET_EXEC && f.type != ET_DYN) return elf_error(path, "neither an executable nor a shared object");
   // Probe and semaphore addresses are link-time virtual addresses; uprobes
   // take file offsets, which the PT_LOAD segments translate to.
-  std::vector<Segment> segs;
-  size_t phnum = 0;
-  if (elf_getphdrnum(f.elf, &phnum) != 0) return elf_error(path, "bad program headers");
-  for (size_t i = 0; i < phnum; i++) {
-    GElf_Phdr ph;
-    if (!gelf_getphdr(f.elf, static_cast<int>(i), &ph)) return elf_error(path, "bad program header");
-    if (ph.p_type != PT_LOAD) continue;
-    segs.push_back({ph.p_vaddr, ph.p_memsz, ph.p_offset, (ph.p_flags & PF_X) != 0});
-  }
-  if (segs.empty()) return elf_error(path, "no PT_LOAD segments");
-
-  size_t shstrndx = 0;
-  if (elf_getshdrstrndx(f.elf, &shstrndx) != 0) return elf_error(path, "bad section headers");
-  Elf_Scn* notes = nullptr;
-  GElf_Shdr notes_sh;
-  if (!section_by_name(f.elf, shstrndx, kNoteSection, &notes, &notes_sh) || notes_sh.sh_type != SHT_NOTE)
-    return elf_error(path, std::string("no ") + kNoteSection + " section");
-  // Prelink moves code but not the (unallocated) notes; .stapsdt.base's
-  // address versus the base recorded in each note gives the shift.
-  uint64_t base_addr = 0;
-  Elf_Scn* base = nullptr;
-  GElf_Shdr base_sh;
-  if (section_by_name(f.elf, shstrndx, kBaseSection, &base, &base_sh)) base_addr = base_sh.sh_addr;
-
-  Elf_Data* data = elf_getdata(notes, nullptr);
-  if (!data || !data->d_buf) return elf_error(path, "empty notes section");
-  const char* buf = static_cast<const char*>(data->d_buf);
+  if (f.segments.empty()) return elf_error(path, "no PT_LOAD segments");
+  if (!f.has_section) return elf_error(path, std::string("no ") + kNoteSection + " section");
   std::vector<Site> sites;
-  GElf_Nhdr nh;
-  size_t name_off = 0, desc_off = 0;
-  for (size_t off = 0; (off = gelf_getnote(data, off, &nh, &name_off, &desc_off)) > 0;) {
-    if (nh.n_type != kNoteType || nh.n_namesz != std::strlen(kNoteOwner) + 1 ||
-        std::memcmp(buf + name_off, kNoteOwner, nh.n_namesz) != 0)
-      continue;
-    // desc: u64 pc, u64 base, u64 semaphore, "provider\0name\0args\0"
-    const char* d = buf + desc_off;
-    const char* d_end = d + nh.n_descsz;
-    uint64_t addr[3];
-    if (nh.n_descsz < sizeof addr + 3) return elf_error(path, "truncated note");
-    std::memcpy(addr, d, sizeof addr);
-    const char* prov = d + sizeof addr;
-    const char* prov_end = static_cast<const char*>(std::memchr(prov, 0, d_end - prov));
-    if (!prov_end || prov_end + 1 >= d_end) return elf_error(path, "malformed note");
-    const char* name = prov_end + 1;
-    const char* name_end = static_cast<const char*>(std::memchr(name, 0, d_end - name));
-    if (!name_end || name_end == name || name_end + 1 >= d_end) return elf_error(path, "malformed note");
-    const char* args = name_end + 1;
-    const char* args_end = static_cast<const char*>(std::memchr(args, 0, d_end - args));
-    if (!args_end) return elf_error(path, "malformed note");
-    if (std::string_view(prov, prov_end - prov) != provider) continue;
-
+  for (const elf::Note& n : f.notes) {
+    if (!n.error.empty()) return elf_error(path, n.error);
+    if (n.provider != provider) continue;
     Site site;
-    site.name.assign(name, name_end);
-    if (*args != ':') site.args.assign(args, args_end);  // ":..." is libbpf's "no arguments"
-    uint64_t ip = addr[0];
-    if (base_addr && addr[1]) ip += base_addr - addr[1];
-    const Segment* seg = find_segment(segs, ip);
+    site.name = n.name;
+    if (n.args.empty() || n.args[0] != ':') site.args = n.args;  // ":..." is libbpf's "no arguments"
+    // Prelink moves code but not the (unallocated) notes; .stapsdt.base's
+    // address versus the base recorded in each note gives the shift.
+    uint64_t ip = n.pc;
+    if (f.base_addr && n.base) ip += f.base_addr - n.base;
+    const elf::Segment* seg = find_segment(f.segments, ip);
     if (!seg || !seg->exec)
       return elf_error(path, "probe '" + site.name + "' is not in an executable segment");
     site.offset = ip - seg->vaddr + seg->offset;
-    if (addr[2]) {
-      seg = find_segment(segs, addr[2]);
+    if (n.semaphore) {
+      seg = find_segment(f.segments, n.semaphore);
       if (!seg || seg->exec)
         return elf_error(path, "semaphore of probe '" + site.name + "' is not in a data segment");
-      site.sema_offset = addr[2] - seg->vaddr + seg->offset;
+      site.sema_offset = n.semaphore - seg->vaddr + seg->offset;
     }
     sites.push_back(std::move(site));
   }

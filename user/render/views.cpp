@@ -285,12 +285,6 @@ std::string render_stats(const TaskGraph& g) {
   return out;
 }
 
-std::string hex_id(uint64_t id) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(id));
-  return buf;
-}
-
 std::vector<TreeNode> build_forest(const TaskGraph& g, const ForestLimits& limits) {
   Builder b(g);
   std::vector<bool> awaiting(b.ntasks, false), is_child(b.ntasks, false);

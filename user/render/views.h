@@ -10,6 +10,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "core/escape.h"
 #include "core/model.h"
 
 namespace asynctrace {
@@ -67,7 +68,5 @@ nlohmann::json graph_json(const TaskGraph& g, bool with_tree, const ForestLimits
 // `stats`: counters of the tracer for one process.
 nlohmann::json stats_json(const TaskGraph& g);
 std::string render_stats(const TaskGraph& g);
-
-std::string hex_id(uint64_t id);  // Python's hex(): "0x7f..."
 
 }  // namespace asynctrace
