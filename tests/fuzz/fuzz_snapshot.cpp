@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Map snapshots: raw bytes read as the records of bpf/abi.h, exactly as
-// loader.cpp's read_maps() receives them from the kernel, decoded by
+// kernel/maps.cpp's read_maps() receives them from the kernel, decoded by
 // SnapshotDecoder (user/decode.cpp) and rendered by every view.
 //
 // Input: u32 pid, then records, each a tag byte followed by the raw record

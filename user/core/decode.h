@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // BPF map records (bpf/abi.h) -> Snapshot. Pure: no libbpf, no kernel, so the
 // decoding of what the kernel and the traced process wrote is unit-testable
-// and fuzzable (tests/fuzz/). loader.cpp feeds it the entries it reads.
+// and fuzzable (tests/fuzz/). kernel/maps.cpp feeds it the entries it reads.
 #pragma once
 
 #include <cstdint>

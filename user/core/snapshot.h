@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // Decoded state of one traced process, as read from the BPF maps. Produced by
-// the loader (user/loader.cpp), consumed by the model and views. No libbpf here.
+// kernel/ (user/kernel/maps.cpp), consumed by the model and views. No libbpf here.
 #pragma once
 
 #include <array>

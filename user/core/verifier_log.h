@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // What libbpf says when the kernel refuses a BPF program, as text: pure
-// parsing, no libbpf, so it is unit-tested without a kernel. loader.cpp feeds
+// parsing, no libbpf, so it is unit-tested without a kernel. kernel/object.cpp feeds
 // it the messages of libbpf's log callback.
 #pragma once
 

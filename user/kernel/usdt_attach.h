@@ -5,7 +5,7 @@
 // all sites of a probe with a single BPF_TRACE_UPROBE_MULTI link (kernel >= 6.6).
 // Closing such a link waits for one RCU grace period instead of one per site.
 // Older kernels get the same attach from one perf-event uprobe per site
-// (attach_uprobes picks). Only loader.cpp uses this; it owns the BPF object
+// (attach_uprobes picks). Only kernel/ uses this; tracer.cpp and agent.cpp own the BPF object
 // and the spec map.
 #pragma once
 
