@@ -21,7 +21,6 @@ namespace asynctrace::elf {
 
 constexpr uint64_t kMaxTotalRead = 64ull << 20;  // every read of one file together
 constexpr uint64_t kMaxSectionHeaders = 1u << 16;
-constexpr uint64_t kMaxProgramHeaders = 1u << 16;
 
 struct Segment {  // a PT_LOAD program header
   uint64_t vaddr = 0, memsz = 0, offset = 0;
