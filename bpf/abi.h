@@ -4,7 +4,7 @@
  * C++ tool (user/) reads, and nothing else. What a runtime hands a tracer
  * (frames, batch records) is defined once, in include/asynctrace/records.h;
  * the maps reuse it (struct asynctrace_frame in a stack, the record header in
- * an event). Fixed-width fields only, explicit padding; user/abi_check.cpp
+ * an event). Fixed-width fields only, explicit padding; user/core/abi_check.cpp
  * static_asserts every size and offset. Map keys carry the pid so one set of
  * maps holds many processes.
  */

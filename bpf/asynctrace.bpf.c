@@ -2,7 +2,7 @@
 /*
  * asynctrace kernel side: one USDT program per probe of
  * include/asynctrace/probes.h, keeping the live task graph of the traced
- * process in maps that user space (user/loader.cpp) reads on demand.
+ * process in maps that user space (user/kernel/maps.cpp) reads on demand.
  *
  * One object, cut into headers by role (included below, in this order):
  *   maps.bpf.h    the maps, the loader's globals, per-CPU slot claims, procs;

@@ -4,7 +4,7 @@
  * hands a tracer (frames, batch records and their payload slots) and of the
  * kinds and record types they carry. Shared by runtimes (through probes.h),
  * the BPF programs (bpf/) and the tool (user/), which checks every offset
- * (user/abi_check.cpp).
+ * (user/core/abi_check.cpp).
  *
  * No dependencies: fixed-width fields typed with the compiler's own
  * __UINT*_TYPE__ (the types <stdint.h> calls uint8_t .. uint64_t), so this

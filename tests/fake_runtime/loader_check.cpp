@@ -27,9 +27,9 @@
 #include <thread>
 
 #include "asynctrace/stack_hash.h"
-#include "loader.h"
-#include "procinfo.h"
-#include "usdt_attach.h"
+#include "kernel/loader.h"
+#include "kernel/procinfo.h"
+#include "kernel/usdt_attach.h"
 
 using namespace asynctrace;
 using Clock = std::chrono::steady_clock;

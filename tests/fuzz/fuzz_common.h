@@ -17,9 +17,9 @@
 #include <nlohmann/json.hpp>
 
 #include "abi.h"
-#include "model.h"
-#include "snapshot.h"
-#include "views.h"
+#include "core/model.h"
+#include "core/snapshot.h"
+#include "render/views.h"
 
 namespace fuzzcheck {
 

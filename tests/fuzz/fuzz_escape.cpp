@@ -14,7 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "escape.h"
+#include "core/escape.h"
 #include "fuzz_common.h"
 
 namespace {

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Map snapshots: raw bytes read as the records of bpf/abi.h, exactly as
-// loader.cpp's read_maps() receives them from the kernel, decoded by
-// SnapshotDecoder (user/decode.cpp) and rendered by every view.
+// kernel/maps.cpp's read_maps() receives them from the kernel, decoded by
+// SnapshotDecoder (user/core/decode.cpp) and rendered by every view.
 //
 // Input: u32 pid, then records, each a tag byte followed by the raw record
 // (a record cut by the end of the input is zero-padded):
@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "decode.h"
+#include "core/decode.h"
 #include "fuzz_common.h"
 
 namespace {

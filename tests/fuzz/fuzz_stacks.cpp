@@ -6,7 +6,7 @@
 // frame flags, huge lengths and counts, and bulk shapes (deep chains, wide
 // fans, diamond ladders) of up to 80 tasks, well past the (scaled down)
 // forest limits of fuzz_common.h. Then the same decoder
-// (user/decode.cpp) and pipeline as fuzz_snapshot.
+// (user/core/decode.cpp) and pipeline as fuzz_snapshot.
 #include <algorithm>
 #include <cstddef>
 #include <cstdio>
@@ -14,7 +14,7 @@
 #include <cstring>
 #include <vector>
 
-#include "decode.h"
+#include "core/decode.h"
 #include "fuzz_common.h"
 
 namespace {

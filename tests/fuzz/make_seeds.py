@@ -366,6 +366,49 @@ def synthetic():
     proc = struct.pack("<8Q", 1, 3, 42, 0, 0, 0, 0, 4)
     write("fuzz_snapshot", "taskgroup", snapshot_seed(pid, tasks, codes, proc))
     write("fuzz_snapshot", "truncated", snapshot_seed(pid, tasks, codes, None)[:-100])
+    elf_seeds()
+
+
+# ---- ELF files (fuzz_elf_notes) --------------------------------------------------
+
+def elf_file(notes, base_addr=0x4000, overlap=0, phnum=1):
+    """A minimal ELF64 LE shared object: one PT_LOAD (r-x), sections .shstrtab,
+    .note.stapsdt (the `notes`: (pc, base, sema, provider, name, args)) and
+    .stapsdt.base; `overlap` more .note.stapsdt headers over the same bytes."""
+    shstr = b"\0.shstrtab\0.note.stapsdt\0.stapsdt.base\0"
+    body = b""
+    for pc, base, sema, prov, name, args in notes:
+        desc = struct.pack("<3Q", pc, base, sema) + prov + b"\0" + name + b"\0" + args + b"\0"
+        body += struct.pack("<3I", 8, len(desc), 3) + b"stapsdt\0" + desc + b"\0" * (-len(desc) % 4)
+    eh_size, ph_size, sh_size = 64, 56, 64
+    ph_off = eh_size
+    shstr_off = ph_off + ph_size * phnum
+    notes_off = shstr_off + len(shstr)
+    sh_off = notes_off + len(body)
+    sh_off += -sh_off % 8
+    sections = [
+        struct.pack("<IIQQQQIIQQ", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        struct.pack("<IIQQQQIIQQ", 1, 3, 0, 0, shstr_off, len(shstr), 0, 0, 1, 0),
+        struct.pack("<IIQQQQIIQQ", 25, 1, 2, base_addr, 0, 1, 0, 0, 1, 0),
+    ] + [struct.pack("<IIQQQQIIQQ", 11, 7, 0, 0, notes_off, len(body), 0, 0, 4, 0)] * (1 + overlap)
+    eh = b"\x7fELF" + bytes([2, 1, 1, 0]) + b"\0" * 8
+    eh += struct.pack("<HHIQQQIHHHHHH", 3, 62, 1, 0, ph_off, sh_off, 0, eh_size, ph_size, phnum, sh_size,
+                      len(sections), 1)
+    ph = struct.pack("<IIQQQQQQ", 1, 5, 0, 0, 0, 0x10000, 0x10000, 0x1000) * phnum
+    out = eh + ph + shstr + body
+    out += b"\0" * (sh_off - len(out))
+    return out + b"".join(sections)
+
+
+def elf_seeds():
+    probes = [(0x1000 + i * 16, 0x4000, 0x2000 if i == 0 else 0, b"asynctrace", name, args)
+              for i, (name, args) in enumerate([(b"replay__end", b"8@%rdi"), (b"task__create", b"8@%rdi -8@-24(%rbp)"),
+                                                 (b"timing__on", b":")])]
+    write("fuzz_elf_notes", "asynctrace", elf_file(probes))
+    write("fuzz_elf_notes", "other-provider", elf_file([(0x1000, 0, 0, b"libc", b"setjmp", b"8@%rdi")]))
+    write("fuzz_elf_notes", "overlapping-sections", elf_file(probes, overlap=6))
+    write("fuzz_elf_notes", "malformed-note", elf_file([(0x1000, 0, 0, b"asynctrace", b"", b"")])[:-70])
+    write("fuzz_elf_notes", "truncated", elf_file(probes)[:200])
 
 
 def main():

@@ -5,7 +5,7 @@
 // the golden text and the external checks (schema, protoc, browser) see one input.
 #pragma once
 
-#include "profile.h"
+#include "profile/profile.h"
 
 namespace asynctrace::testing {
 

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "cli.h"
+#include "core/cli.h"
 
 #include <gtest/gtest.h>
 
-#include "result.h"
+#include "core/result.h"
 
 using namespace asynctrace;
 using namespace std::chrono_literals;

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-#include "escape.h"
+#include "core/escape.h"
 
 #include <gtest/gtest.h>
 

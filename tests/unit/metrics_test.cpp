@@ -2,7 +2,7 @@
 // The agent's exposition (user/metrics.cpp) for hand-built samples: names,
 // labels, escaping of hostile names, cumulative histogram buckets, the
 // coroutine bound, both formats' framing.
-#include "metrics.h"
+#include "render/metrics.h"
 
 #include <gtest/gtest.h>
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // The agent's periodic profiles, pure parts: file names, retention, the
 // ingest request (user/profile_schedule.h).
-#include "profile_schedule.h"
+#include "profile/profile_schedule.h"
 
 #include <gtest/gtest.h>
 

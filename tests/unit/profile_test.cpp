@@ -11,9 +11,9 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "escape.h"
-#include "export.h"
-#include "profile.h"
+#include "core/escape.h"
+#include "profile/export.h"
+#include "profile/profile.h"
 #include "sample_profile.h"
 
 using namespace asynctrace;

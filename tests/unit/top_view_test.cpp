@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // top's rows, header and warnings from recorded task graphs.
-#include "top_view.h"
+#include "render/top_view.h"
 
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
-#include "model.h"
+#include "core/model.h"
 
 using namespace asynctrace;
 

@@ -3,8 +3,9 @@
 // feature table's reports: what the user reads when the kernel says no.
 #include <gtest/gtest.h>
 
-#include "kernel_features.h"
-#include "verifier_log.h"
+#include "core/features.h"
+#include "render/features_view.h"
+#include "core/verifier_log.h"
 
 using namespace asynctrace;
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Rendering from recorded snapshots, against Python 3.14's output for the same
 // program shape.
-#include "views.h"
+#include "render/views.h"
 
 #include <gtest/gtest.h>
 
@@ -10,7 +10,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "model.h"
+#include "core/model.h"
 
 using namespace asynctrace;
 

@@ -1,0 +1,200 @@
+// SPDX-License-Identifier: Apache-2.0
+// The profile recorder (profile/recorder.h) on hand-made step and sample
+// events: merging, sample shares, await chains, wall time, timelines.
+#include "profile/recorder.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+using namespace asynctrace;
+
+namespace {
+
+// Stacks and codes from a table, as the tracer's maps would give them.
+class FakeStacks final : public StackSource {
+ public:
+  const StackInfo* stack(uint64_t id) override {
+    auto it = stacks.find(id);
+    return it == stacks.end() ? nullptr : &it->second;
+  }
+  const CodeInfo* code(uint64_t id) override {
+    auto it = codes.find(id);
+    return it == codes.end() ? nullptr : &it->second;
+  }
+  std::unordered_map<uint64_t, StackInfo> stacks;
+  std::unordered_map<uint64_t, CodeInfo> codes;
+};
+
+FakeStacks book() {
+  FakeStacks b;
+  b.codes[1] = {"main", "app.py", 1, false};
+  b.codes[2] = {"fetch", "app.py", 10, false};
+  b.codes[3] = {"json.loads", "json.py", 100, false};
+  b.stacks[100] = {{{2, 12}, {1, 3}}, false};            // fetch <- main, innermost first
+  b.stacks[200] = {{{3, 101}, {2, 13}, {1, 3}}, false};  // json.loads inside fetch
+  return b;
+}
+
+StepEvent step(uint64_t task, uint64_t start, uint64_t dur, uint64_t end_stack, bool completed = false) {
+  StepEvent e;
+  e.type = StepEvent::Type::Step;
+  e.task_id = task;
+  e.task_name = "worker";
+  e.task_known = true;
+  e.code_id = 2;
+  e.start_ns = start;
+  e.dur_ns = dur;
+  e.end_stack = end_stack;
+  e.completed = completed;
+  return e;
+}
+
+StepEvent sample(uint64_t task, uint64_t at, uint64_t stack) {
+  StepEvent e;
+  e.type = StepEvent::Type::Sample;
+  e.task_id = task;
+  e.at_ns = at;
+  e.stack_id = stack;
+  return e;
+}
+
+std::vector<std::string> names(const Profile& p, const ProfSample& s) {
+  std::vector<std::string> out;
+  for (uint32_t f : s.stack) out.push_back(p.frames[f].name);
+  return out;
+}
+
+uint64_t total(const Profile& p) {
+  uint64_t t = 0;
+  for (const ProfSample& s : p.samples) t += s.weight_ns;
+  return t;
+}
+
+}  // namespace
+
+TEST(Recorder, EqualStepsMergeIntoOneSample) {
+  FakeStacks b = book();
+  Profile p;
+  Recorder r(p, b, 1000);
+  r.step(step(7, 2000, 50, 100));
+  r.step(step(7, 3000, 70, 100));
+  r.finish(5000);
+  EXPECT_EQ(r.steps(), 2u);
+  ASSERT_EQ(p.samples.size(), 1u);
+  EXPECT_EQ(p.samples[0].weight_ns, 120u);
+  EXPECT_EQ(p.samples[0].task_name, "worker");
+  EXPECT_EQ(p.samples[0].coroutine, "fetch");
+  // Root first: the task, then its coroutines outermost first.
+  EXPECT_EQ(names(p, p.samples[0]), (std::vector<std::string>{"worker", "main", "fetch"}));
+}
+
+TEST(Recorder, SamplesShareTheStepAndNameTheirFunctions) {
+  FakeStacks b = book();
+  Profile p;
+  Recorder r(p, b, 0);
+  r.sample(sample(7, 1010, 200));
+  r.sample(sample(7, 1020, 200));
+  r.sample(sample(7, 1030, 100));
+  r.step(step(7, 1000, 100, 100));
+  r.finish(2000);
+  EXPECT_EQ(r.samples(), 3u);
+  EXPECT_EQ(total(p), 100u);  // the step's time, split, nothing lost to rounding
+  bool function_seen = false;
+  for (const ProfSample& s : p.samples)
+    for (uint32_t f : s.stack)
+      if (p.frames[f].kind == ProfFrame::Kind::Function) {
+        EXPECT_EQ(p.frames[f].name, "json.loads");  // not one of the task's coroutines
+        function_seen = true;
+      }
+  EXPECT_TRUE(function_seen);
+}
+
+TEST(Recorder, SamplesOutsideTheStepAreNotCounted) {
+  FakeStacks b = book();
+  Profile p;
+  Recorder r(p, b, 0);
+  r.sample(sample(7, 500, 200));   // before the step
+  r.sample(sample(8, 1050, 200));  // another task
+  r.step(step(7, 1000, 100, 100));
+  r.finish(2000);
+  ASSERT_EQ(p.samples.size(), 1u);
+  for (uint32_t f : p.samples[0].stack) EXPECT_NE(p.frames[f].kind, ProfFrame::Kind::Function);
+}
+
+TEST(Recorder, WallModeCountsTheWaitsBetweenStepsAndToTheEnd) {
+  FakeStacks b = book();
+  Profile p;
+  p.mode = ProfMode::Wall;
+  Recorder r(p, b, 0);
+  r.step(step(7, 1000, 100, 100));
+  r.step(step(7, 1500, 100, 100));  // waited 400 ns suspended at stack 100
+  r.finish(2000);                   // and 400 more until the end
+  EXPECT_EQ(total(p), 200u + 400u + 400u);
+  uint64_t awaiting = 0;
+  for (const ProfSample& s : p.samples)
+    if (p.frames[s.stack.back()].kind == ProfFrame::Kind::Await) awaiting += s.weight_ns;
+  EXPECT_EQ(awaiting, 800u);
+}
+
+TEST(Recorder, CompletedTasksDoNotWaitInWallMode) {
+  FakeStacks b = book();
+  Profile p;
+  p.mode = ProfMode::Wall;
+  Recorder r(p, b, 0);
+  r.step(step(7, 1000, 100, 100, true));
+  r.finish(5000);
+  EXPECT_EQ(total(p), 100u);
+}
+
+TEST(Recorder, AwaitChainsPrefixTheStack) {
+  FakeStacks b = book();
+  Profile p;
+  Recorder r(p, b, 0);
+  std::unordered_map<uint64_t, std::vector<ChainLink>> chains;
+  chains[7] = {ChainLink{"parent", {NamedFrame{"main", "app.py", 3, 1}}}};
+  r.set_chains(std::move(chains));
+  r.step(step(7, 1000, 100, 100));
+  r.finish(2000);
+  ASSERT_EQ(p.samples.size(), 1u);
+  EXPECT_EQ(names(p, p.samples[0]), (std::vector<std::string>{"parent", "main", "worker", "main", "fetch"}));
+}
+
+TEST(Recorder, UnknownCodesAreNamedByTheirId) {
+  FakeStacks b = book();
+  b.stacks[300] = {{{0x99, 5}}, false};
+  const auto fs = name_frames(b, b.stack(300));
+  ASSERT_EQ(fs.size(), 1u);
+  EXPECT_EQ(fs[0].func, "<code 0x99>");
+  EXPECT_TRUE(name_frames(b, nullptr).empty());
+}
+
+TEST(Recorder, TimelinesOpenAndCloseEachStep) {
+  FakeStacks b = book();
+  Profile p;
+  Recorder r(p, b, 1000);
+  r.step(step(7, 2000, 50, 100));
+  r.finish(5000);
+  ASSERT_EQ(p.timelines.size(), 1u);
+  const auto& ev = p.timelines[0].events;
+  ASSERT_EQ(ev.size(), 6u);  // worker, main, fetch: opened at 1000, closed at 1050
+  EXPECT_TRUE(ev.front().open);
+  EXPECT_EQ(ev.front().at_ns, 1000u);
+  EXPECT_FALSE(ev.back().open);
+  EXPECT_EQ(ev.back().at_ns, 1050u);
+  EXPECT_FALSE(r.timelines_cut());
+}
+
+TEST(SampleBook, TakesTheSamplesOfOneStep) {
+  SampleBook s;
+  s.add(sample(1, 10, 5));
+  s.add(sample(1, 20, 5));
+  s.add(sample(1, 40, 5));
+  const auto during = s.take(1, 15, 10);  // [15, 25]
+  ASSERT_EQ(during.size(), 1u);
+  EXPECT_EQ(during[0].at_ns, 20u);
+  EXPECT_EQ(s.take(1, 30, 20).size(), 1u);
+  EXPECT_TRUE(s.take(1, 0, 100).empty());
+}

@@ -1,0 +1,280 @@
+// SPDX-License-Identifier: Apache-2.0
+// Step and sample events -> Profile, while they arrive (record, the agent's
+// periodic profiles through it): stacks named through a StackSource, steps
+// merged by stack and labels, await chains as prefixes, wall time of
+// suspended tasks, speedscope timelines. Includes core/ and profile/ only.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "core/escape.h"
+#include "core/model.h"
+#include "core/snapshot.h"
+#include "profile/profile.h"
+
+namespace asynctrace {
+
+// Resolves the stack and code ids of events (the tracer's maps, in cmd/).
+class StackSource {
+ public:
+  virtual ~StackSource() = default;
+  virtual const StackInfo* stack(uint64_t id) = 0;  // null if unknown
+  virtual const CodeInfo* code(uint64_t id) = 0;    // null if unknown
+};
+
+struct NamedFrame {
+  std::string func, file;
+  uint32_t line = 0;
+  uint64_t code_id = 0;
+};
+
+// The frames of `st` (innermost first), named by `book`; "<code 0x..>" for
+// codes it does not know.
+std::vector<NamedFrame> name_frames(StackSource& book, const StackInfo* st);
+
+// Samples taken during recent steps, per task (they arrive before their step).
+class SampleBook {
+ public:
+  void add(const StepEvent& s) {
+    auto& q = by_task_[s.task_id];
+    q.push_back(s);
+    if (q.size() > 4096) q.pop_front();
+  }
+  // The samples of the step [start, start + dur] of `task`, removed.
+  std::vector<StepEvent> take(uint64_t task, uint64_t start, uint64_t dur) {
+    std::vector<StepEvent> out;
+    auto it = by_task_.find(task);
+    if (it == by_task_.end()) return out;
+    auto& q = it->second;
+    while (!q.empty() && q.front().at_ns <= start + dur) {
+      if (q.front().at_ns >= start) out.push_back(q.front());
+      q.pop_front();
+    }
+    if (q.empty()) by_task_.erase(it);
+    return out;
+  }
+
+ private:
+  std::unordered_map<uint64_t, std::deque<StepEvent>> by_task_;
+};
+
+struct ChainLink {
+  std::string name;                 // task name
+  std::vector<NamedFrame> frames;   // its coroutine stack, innermost first
+};
+
+// For every live task: its awaiters from the root down, each with its stack.
+std::unordered_map<uint64_t, std::vector<ChainLink>> await_chains(const TaskGraph& g);
+
+// Builds the profile while the events arrive, so memory stays bounded by
+// distinct stacks and live tasks, not by the number of steps: equal stacks
+// with equal labels are merged as they come, timelines stop at kMaxEvents.
+class Recorder {
+ public:
+  static constexpr size_t kMaxEvents = 1'000'000;  // timeline events kept (speedscope)
+
+  Recorder(Profile& p, StackSource& book, uint64_t start_ns) : p_(p), book_(book), start_ns_(start_ns) {}
+
+  void set_chains(std::unordered_map<uint64_t, std::vector<ChainLink>> chains) {
+    for (auto& [id, c] : chains) chains_[id] = std::move(c);
+    cache_.clear();  // prefixes may have changed
+  }
+  void name(uint64_t task, const std::string& n) {
+    std::string& old = names_[task];
+    if (old != n) {
+      old = n;
+      cache_.clear();
+    }
+  }
+  void sample(const StepEvent& s) {
+    samples_.add(s);
+    ++nsamples_;
+  }
+  size_t steps() const { return nsteps_; }
+  size_t samples() const { return nsamples_; }
+  bool timelines_cut() const { return cut_; }
+
+  void step(const StepEvent& ev) {
+    ++nsteps_;
+    if (ev.task_known) name(ev.task_id, ev.task_name);
+    auto during = samples_.take(ev.task_id, ev.start_ns, ev.dur_ns);
+    Last& last = last_[ev.task_id];
+    if (during.empty()) {
+      // The common case, a step without samples: its stacks were built
+      // before for the same (task, stacks), merged by index.
+      Cached& c = cached(ev.task_id, ev.end_stack, ev.start_stack, ev.code_id, false);
+      c.weight->second += ev.dur_ns;
+      if (p_.mode == ProfMode::Wall && last.end_ns && ev.start_ns > last.end_ns)
+        cached(ev.task_id, last.end_stack, 0, ev.code_id, true).weight->second += ev.start_ns - last.end_ns;
+      last = Last{ev.start_ns + ev.dur_ns, ev.end_stack, ev.code_id, ev.completed};
+      if (ev.completed) last_.erase(ev.task_id);
+      timeline(ev, c.opened);
+      return;
+    }
+    const std::string name = task_name(ev.task_id);
+    const std::string coro = coroutine_of(ev.code_id);
+    const auto end_frames = name_frames(book_, book_.stack(ev.end_stack));
+    const auto start_frames = name_frames(book_, book_.stack(ev.start_stack));
+    const auto& coro_frames = end_frames.empty() ? start_frames : end_frames;
+    std::unordered_set<uint64_t> coro_codes;
+    for (const auto& f : end_frames) coro_codes.insert(f.code_id);
+    for (const auto& f : start_frames) coro_codes.insert(f.code_id);
+    const std::vector<uint32_t> base = prefix(ev.task_id, name);
+    // A step's time goes to its samples in equal shares.
+    const uint64_t share = ev.dur_ns / during.size();
+    for (size_t i = 0; i < during.size(); ++i) {
+      std::vector<uint32_t> stack = base;
+      append(stack, name_frames(book_, book_.stack(during[i].stack_id)), &coro_codes);
+      add(std::move(stack), i + 1 == during.size() ? ev.dur_ns - share * (during.size() - 1) : share, name, coro);
+    }
+    // Wall mode: the time since the task's previous step, suspended where
+    // that step left it.
+    if (p_.mode == ProfMode::Wall && last.end_ns && ev.start_ns > last.end_ns)
+      cached(ev.task_id, last.end_stack, 0, ev.code_id, true).weight->second += ev.start_ns - last.end_ns;
+    last = Last{ev.start_ns + ev.dur_ns, ev.end_stack, ev.code_id, ev.completed};
+    if (ev.completed) last_.erase(ev.task_id);
+    timeline(ev, opened(name, coro_frames));
+  }
+
+  // Wall mode: tasks still suspended at the end wait up to the end.
+  void finish(uint64_t end_ns) {
+    if (p_.mode == ProfMode::Wall) {
+      for (const auto& [task, l] : last_) {
+        if (l.completed || end_ns <= l.end_ns) continue;
+        const std::string name = task_name(task);
+        std::vector<uint32_t> stack = prefix(task, name);
+        append(stack, name_frames(book_, book_.stack(l.end_stack)), nullptr);
+        stack.push_back(p_.frame(ProfFrame::Kind::Await, "awaiting"));
+        add(std::move(stack), end_ns - l.end_ns, name, coroutine_of(l.code_id));
+      }
+    }
+    for (auto& [key, weight] : merged_)
+      p_.samples.push_back({key.stack, weight, key.task_name, key.coroutine});
+    merged_.clear();
+  }
+
+ private:
+  struct Key {
+    std::vector<uint32_t> stack;
+    std::string task_name, coroutine;
+    bool operator<(const Key& o) const {
+      return std::tie(stack, task_name, coroutine) < std::tie(o.stack, o.task_name, o.coroutine);
+    }
+  };
+  struct Last {
+    uint64_t end_ns = 0, end_stack = 0, code_id = 0;
+    bool completed = false;
+  };
+  struct Cached {
+    std::map<Key, uint64_t>::iterator weight;  // its entry in merged_
+    std::vector<uint32_t> opened;              // timeline frames, outermost first
+  };
+  struct CacheKey {
+    uint64_t task, end_stack, start_stack;
+    bool await;
+    bool operator==(const CacheKey& o) const {
+      return task == o.task && end_stack == o.end_stack && start_stack == o.start_stack && await == o.await;
+    }
+  };
+  struct CacheHash {
+    size_t operator()(const CacheKey& k) const {
+      uint64_t h = k.task * 0x9E3779B97F4A7C15ull ^ k.end_stack ^ (k.start_stack * 0xff51afd7ed558ccdull);
+      return static_cast<size_t>(h ^ (h >> 29) ^ k.await);
+    }
+  };
+
+  // The merged entry for a step (await: a wait) of `task` at these stacks.
+  Cached& cached(uint64_t task, uint64_t end_stack, uint64_t start_stack, uint64_t code_id, bool await) {
+    const CacheKey key{task, end_stack, start_stack, await};
+    if (auto it = cache_.find(key); it != cache_.end()) return it->second;
+    if (cache_.size() > 100000) cache_.clear();  // bounded: rebuilt on demand
+    const std::string name = task_name(task);
+    const auto end_frames = name_frames(book_, book_.stack(end_stack));
+    const auto start_frames = await ? std::vector<NamedFrame>{} : name_frames(book_, book_.stack(start_stack));
+    const auto& coro_frames = end_frames.empty() ? start_frames : end_frames;
+    std::vector<uint32_t> stack = prefix(task, name);
+    append(stack, coro_frames, nullptr);
+    if (await) stack.push_back(p_.frame(ProfFrame::Kind::Await, "awaiting"));
+    auto w = merged_.try_emplace(Key{std::move(stack), name, coroutine_of(code_id)}, 0).first;
+    return cache_.emplace(key, Cached{w, opened(name, coro_frames)}).first->second;
+  }
+  std::vector<uint32_t> opened(const std::string& name, const std::vector<NamedFrame>& coro_frames) {
+    std::vector<uint32_t> out{p_.frame(ProfFrame::Kind::Task, name)};
+    for (auto f = coro_frames.rbegin(); f != coro_frames.rend(); ++f)
+      out.push_back(p_.frame(ProfFrame::Kind::Coroutine, f->func, f->file, f->line));
+    return out;
+  }
+
+  std::string task_name(uint64_t task) const {
+    const auto it = names_.find(task);
+    return it == names_.end() ? hex_id(task) : it->second;
+  }
+  std::string coroutine_of(uint64_t code_id) {
+    const CodeInfo* c = code_id ? book_.code(code_id) : nullptr;
+    return c ? c->qualname : "";
+  }
+  // Root-first frames of the task's await chain, then the task itself.
+  std::vector<uint32_t> prefix(uint64_t task, const std::string& name) {
+    std::vector<uint32_t> out;
+    if (auto it = chains_.find(task); it != chains_.end()) {
+      for (const ChainLink& l : it->second) {
+        out.push_back(p_.frame(ProfFrame::Kind::Task, l.name));
+        for (auto f = l.frames.rbegin(); f != l.frames.rend(); ++f)
+          out.push_back(p_.frame(ProfFrame::Kind::Coroutine, f->func, f->file, f->line));
+      }
+    }
+    out.push_back(p_.frame(ProfFrame::Kind::Task, name));
+    return out;
+  }
+  // Frames innermost first, appended outermost first; with `coroutines`,
+  // frames of other code are plain functions (sampled inside the step).
+  void append(std::vector<uint32_t>& stack, const std::vector<NamedFrame>& fs,
+              const std::unordered_set<uint64_t>* coroutines) {
+    for (auto f = fs.rbegin(); f != fs.rend(); ++f) {
+      const bool coro = !coroutines || coroutines->count(f->code_id);
+      stack.push_back(p_.frame(coro ? ProfFrame::Kind::Coroutine : ProfFrame::Kind::Function, f->func, f->file, f->line));
+    }
+  }
+  void add(std::vector<uint32_t> stack, uint64_t w, const std::string& name, const std::string& coro) {
+    merged_[Key{std::move(stack), name, coro}] += w;
+  }
+  void timeline(const StepEvent& ev, const std::vector<uint32_t>& opened) {
+    const size_t need = 2 * opened.size();
+    if (events_ + need > kMaxEvents) {
+      cut_ = true;
+      return;
+    }
+    auto [tl, fresh] = timeline_of_.try_emplace(ev.task_id, p_.timelines.size());
+    if (fresh) p_.timelines.push_back({ev.task_id, task_name(ev.task_id), {}});
+    ProfTimeline& line = p_.timelines[tl->second];
+    const uint64_t s = ev.start_ns > start_ns_ ? ev.start_ns - start_ns_ : 0;
+    const uint64_t e = std::max(s, ev.start_ns + ev.dur_ns > start_ns_ ? ev.start_ns + ev.dur_ns - start_ns_ : 0);
+    if (!line.events.empty() && line.events.back().at_ns > s) return;  // overlaps: skip
+    for (uint32_t fr : opened) line.events.push_back({s, fr, true});
+    for (auto fr = opened.rbegin(); fr != opened.rend(); ++fr) line.events.push_back({e, *fr, false});
+    events_ += need;
+  }
+
+  Profile& p_;
+  StackSource& book_;
+  uint64_t start_ns_;
+  SampleBook samples_;
+  std::unordered_map<uint64_t, std::vector<ChainLink>> chains_;
+  std::unordered_map<uint64_t, std::string> names_;
+  std::unordered_map<uint64_t, Last> last_;
+  std::unordered_map<uint64_t, size_t> timeline_of_;
+  std::map<Key, uint64_t> merged_;
+  std::unordered_map<CacheKey, Cached, CacheHash> cache_;
+  size_t events_ = 0, nsteps_ = 0, nsamples_ = 0;
+  bool cut_ = false;
+};
+
+}  // namespace asynctrace
