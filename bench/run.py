@@ -509,24 +509,22 @@ def pstree_bench(args, runner, py):
             w.expect(r"^holding tasks=", 300)
             row = {"tasks": n, "python": py}
             argv = [tool, "pstree", "-p", str(w.pid), "--timeout", "60s"]
+            def timed_pstrees(label, key):
+                runs = [run_rusage(argv) for _ in range(args.pstree_reps)]
+                for _, _, rc, err in runs:
+                    if rc != 0:
+                        raise BenchError(f"pstree {label} failed rc={rc}: {err.strip()[-400:]}")
+                row[f"{key}_ms"] = [secs * 1e3 for secs, *_ in runs]
+                row[f"{key}_maxrss_kib"] = max(rss for _, rss, *_ in runs)
+
             # One-shot: attach + replay + read + detach each time.
-            one = [run_rusage(argv) for _ in range(args.pstree_reps)]
-            for s, _, rc, err in one:
-                if rc != 0:
-                    raise BenchError(f"pstree one-shot failed rc={rc}: {err.strip()[-400:]}")
-            row["oneshot_ms"] = [s * 1e3 for s, *_ in one]
-            row["oneshot_maxrss_kib"] = max(r for _, r, *_ in one)
+            timed_pstrees("one-shot", "oneshot")
             # Held: `asynctrace attach` keeps the maps pinned; pstree reads them.
             t0 = time.perf_counter()
             tracer = Proc([tool, "attach", "-p", str(w.pid), "--timeout", "60s"], tracer=True)
             tracer.expect(r"^attached pid=", 300)
             row["attach_s"] = time.perf_counter() - t0
-            held = [run_rusage(argv) for _ in range(args.pstree_reps)]
-            for s, _, rc, err in held:
-                if rc != 0:
-                    raise BenchError(f"pstree (held) failed rc={rc}: {err.strip()[-400:]}")
-            row["held_ms"] = [s * 1e3 for s, *_ in held]
-            row["held_maxrss_kib"] = max(r for _, r, *_ in held)
+            timed_pstrees("(held)", "held")
             row["seen_tasks"] = count_tasks(tool, w.pid)
             info = map_info(w.pid, "tasks")
             row["tasks_map"] = {k: info.get(k) for k in ("id", "bytes_key", "bytes_value", "max_entries",

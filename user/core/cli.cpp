@@ -240,42 +240,34 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   o.format = fmt == "json" ? Format::Json : Format::Text;
   // A zero timeout or duration would mean "give up at once": refused like
   // garbage, with the flag named (leave --duration out to stay attached).
-  auto bad_duration = [&r](const char* flag, const std::string& text, const char* examples) {
+  // `duration_flag` parses `text` into *out; false (and r set) if it is not
+  // a duration of at least `min_ms` (1 ms when 0 is not allowed).
+  auto duration_flag = [&r](const char* flag, const std::string& text, long min_ms, const char* examples,
+                            std::chrono::milliseconds* out) {
+    auto d = parse_duration(text);
+    if (d && d->count() >= min_ms) {
+      *out = *d;
+      return true;
+    }
     r.exit_code = kExitUsage;
     r.err = std::string("asynctrace: error: ") + flag + ": invalid duration '" + text +
             "' (a positive time such as " + examples + ")";
-    return r;
+    return false;
   };
-  auto d = parse_duration(timeout);
-  if (!d || d->count() == 0) return bad_duration("--timeout", timeout, "500ms or 2s");
-  o.timeout = *d;
-  if (o.command == Command::Attach && !duration.empty()) {
-    auto dd = parse_duration(duration);
-    if (!dd || dd->count() == 0) return bad_duration("--duration", duration, "30s or 5m");
-    o.duration = *dd;
-  }
-  if (o.command == Command::Top) {
-    auto di = parse_duration(interval);
-    if (!di || di->count() < 10) return bad_duration("--interval", interval, "500ms or 2s (10ms at least)");
-    o.interval = *di;
-    auto ds = parse_duration(stuck);
-    if (!ds || ds->count() == 0) return bad_duration("--stuck", stuck, "10s or 1m");
-    o.stuck = *ds;
-  }
-  if (o.command == Command::Slow) {
-    auto dt = parse_duration(threshold);
-    if (!dt || dt->count() == 0) return bad_duration("--threshold", threshold, "50ms or 1s");
-    o.threshold = *dt;
-    if (!slow_duration.empty()) {
-      auto dd = parse_duration(slow_duration);
-      if (!dd || dd->count() == 0) return bad_duration("--duration", slow_duration, "30s or 5m");
-      o.duration = *dd;
-    }
-  }
+  if (!duration_flag("--timeout", timeout, 1, "500ms or 2s", &o.timeout)) return r;
+  if (o.command == Command::Attach && !duration.empty() &&
+      !duration_flag("--duration", duration, 1, "30s or 5m", &o.duration))
+    return r;
+  if (o.command == Command::Top &&
+      (!duration_flag("--interval", interval, 10, "500ms or 2s (10ms at least)", &o.interval) ||
+       !duration_flag("--stuck", stuck, 1, "10s or 1m", &o.stuck)))
+    return r;
+  if (o.command == Command::Slow &&
+      (!duration_flag("--threshold", threshold, 1, "50ms or 1s", &o.threshold) ||
+       (!slow_duration.empty() && !duration_flag("--duration", slow_duration, 1, "30s or 5m", &o.duration))))
+    return r;
   if (o.command == Command::Record) {
-    auto dd = parse_duration(rec_duration);
-    if (!dd || dd->count() == 0) return bad_duration("--duration", rec_duration, "30s or 5m");
-    o.duration = *dd;
+    if (!duration_flag("--duration", rec_duration, 1, "30s or 5m", &o.duration)) return r;
     if (o.output.empty()) {
       r.exit_code = kExitUsage;
       r.err = "asynctrace: error: --output: a file name is required ('-' for stdout)";
@@ -283,9 +275,7 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
     }
   }
   if (o.command == Command::Agent) {
-    auto ds = parse_duration(scan);
-    if (!ds || ds->count() < 100) return bad_duration("--scan-interval", scan, "1s or 5s (100ms at least)");
-    o.scan = *ds;
+    if (!duration_flag("--scan-interval", scan, 100, "1s or 5s (100ms at least)", &o.scan)) return r;
     if (listen == "none") {
       o.no_listen = true;
     } else {
@@ -319,15 +309,15 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
         return usage(opt->get_name() + ": applies to --profile-dir (pushed profiles are pprof)");
     if (p_dir->count() && o.profile_dir.empty()) return usage("--profile-dir: a directory is required");
     if (profiling) {
-      auto de = parse_duration(prof_every);
-      if (!de || de->count() < 1000) return bad_duration("--profile-every", prof_every, "60s or 5m (1s at least)");
-      auto dd = parse_duration(prof_duration);
-      if (!dd || dd->count() < 100) return bad_duration("--profile-duration", prof_duration, "10s (100ms at least)");
-      if (*dd >= *de)
+      std::chrono::milliseconds de{}, dd{};
+      if (!duration_flag("--profile-every", prof_every, 1000, "60s or 5m (1s at least)", &de) ||
+          !duration_flag("--profile-duration", prof_duration, 100, "10s (100ms at least)", &dd))
+        return r;
+      if (dd >= de)
         return usage("--profile-duration: " + prof_duration + " is not shorter than --profile-every " + prof_every +
                      " (one recording per process at a time)");
-      o.profile_every = *de;
-      o.profile_duration = *dd;
+      o.profile_every = de;
+      o.profile_duration = dd;
     }
     if (p_push->count()) {
       auto url = parse_push_url(o.profile_push);

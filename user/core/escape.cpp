@@ -47,58 +47,59 @@ void append_hex(std::string& out, uint8_t byte) {
   out += buf;
 }
 
-}  // namespace
-
-std::string escape_untrusted(std::string_view raw) {
+// Calls on_cp(out, cp, bytes) for each valid UTF-8 sequence of `raw` and
+// on_bad(out, byte) for each byte that starts none; returns `out`.
+template <typename OnCp, typename OnBad>
+std::string walk_utf8(std::string_view raw, OnCp on_cp, OnBad on_bad) {
   std::string out;
   out.reserve(raw.size());
   for (size_t i = 0; i < raw.size();) {
     uint32_t cp = 0;
     const size_t n = utf8_seq(raw, i, &cp);
     if (n == 0) {
-      append_hex(out, static_cast<uint8_t>(raw[i]));
+      on_bad(out, static_cast<uint8_t>(raw[i]));
       ++i;
-      continue;
-    }
-    if (cp == '\\') {
-      out += "\\\\";
-    } else if (cp == '\n') {
-      out += "\\n";
-    } else if (cp == '\t') {
-      out += "\\t";
-    } else if (cp == '\r') {
-      out += "\\r";
-    } else if (cp == 0) {
-      out += "\\0";
-    } else if (cp < 0x20 || cp == 0x7F) {
-      append_hex(out, static_cast<uint8_t>(cp));
-    } else if (cp >= 0x80 && cp <= 0x9F) {
-      char buf[12];
-      std::snprintf(buf, sizeof buf, "\\u%04x", cp);
-      out += buf;
     } else {
-      out.append(raw.substr(i, n));
+      on_cp(out, cp, raw.substr(i, n));
+      i += n;
     }
-    i += n;
   }
   return out;
 }
 
+}  // namespace
+
+std::string escape_untrusted(std::string_view raw) {
+  return walk_utf8(
+      raw,
+      [](std::string& out, uint32_t cp, std::string_view bytes) {
+        if (cp == '\\') {
+          out += "\\\\";
+        } else if (cp == '\n') {
+          out += "\\n";
+        } else if (cp == '\t') {
+          out += "\\t";
+        } else if (cp == '\r') {
+          out += "\\r";
+        } else if (cp == 0) {
+          out += "\\0";
+        } else if (cp < 0x20 || cp == 0x7F) {
+          append_hex(out, static_cast<uint8_t>(cp));
+        } else if (cp >= 0x80 && cp <= 0x9F) {
+          char buf[12];
+          std::snprintf(buf, sizeof buf, "\\u%04x", cp);
+          out += buf;
+        } else {
+          out.append(bytes);
+        }
+      },
+      append_hex);
+}
+
 std::string sanitize_utf8(std::string_view raw) {
-  std::string out;
-  out.reserve(raw.size());
-  for (size_t i = 0; i < raw.size();) {
-    uint32_t cp = 0;
-    const size_t n = utf8_seq(raw, i, &cp);
-    if (n == 0) {
-      out += "\xEF\xBF\xBD";
-      ++i;
-      continue;
-    }
-    out.append(raw.substr(i, n));
-    i += n;
-  }
-  return out;
+  return walk_utf8(
+      raw, [](std::string& out, uint32_t, std::string_view bytes) { out.append(bytes); },
+      [](std::string& out, uint8_t) { out += "\xEF\xBF\xBD"; });
 }
 
 size_t display_width(std::string_view utf8) {
