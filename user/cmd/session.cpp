@@ -74,14 +74,9 @@ namespace {
 Result<std::unique_ptr<Tracer>> start_tracing(const Options& o, const ProcInfo& info, PhaseClock* clock,
                                               const TraceModes& modes) {
   if (info.kind != ProcKind::Probed) return proc_error(info);
-  TraceOptions topts;
-  topts.pid = o.pid;
-  topts.replay_timeout = o.timeout;
-  topts.verbose = o.verbose;
-  topts.max_tasks = o.max_tasks;
-  topts.timing = modes.timing;
-  topts.steps = modes.steps;
-  topts.events = modes.events;
+  const TraceOptions topts{.pid = o.pid, .replay_timeout = o.timeout, .verbose = o.verbose,
+                           .max_tasks = o.max_tasks, .timing = modes.timing, .steps = modes.steps,
+                           .events = modes.events};
   auto tracer = attach_with_replay(topts, info, [clock](const char* phase) {
     if (clock) clock->mark(phase);
   });

@@ -48,13 +48,8 @@ CodeInfo decode_code(const at_code& c) {
 }
 
 Timing decode_timing(const at_timing& t) {
-  Timing r;
-  r.steps = t.steps;
-  r.busy_ns = t.busy_ns;
-  r.sched_ns = t.sched_ns;
-  r.max_ns = t.max_ns;
-  r.last_end_ns = t.last_end_ns;
-  r.first_ns = t.first_ns;
+  Timing r{.steps = t.steps, .busy_ns = t.busy_ns, .sched_ns = t.sched_ns, .max_ns = t.max_ns,
+           .last_end_ns = t.last_end_ns, .first_ns = t.first_ns};
   for (int i = 0; i < AT_HIST_BUCKETS && i < static_cast<int>(r.hist.size()); i++) r.hist[i] = t.hist[i];
   return r;
 }

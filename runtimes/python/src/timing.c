@@ -70,6 +70,15 @@ struct cstat {
 };
 #define CODE_SLOTS 2048u
 
+/* One step of `dur` ns, runnable `sched` ns before it: a task's or a coroutine's sums. */
+static inline void add_step(uint64_t *busy, uint64_t *sched, uint64_t *max, uint64_t dur, uint64_t sched_ns)
+{
+	*busy += dur;
+	*sched += sched_ns;
+	if (dur > *max)
+		*max = dur;
+}
+
 static struct {
 	int on;                 /* a timing session runs (GIL) */
 	struct ptr_table tasks; /* struct tstat by task; .gen: entries moved */
@@ -376,10 +385,7 @@ void timing_end(PyObject *task, struct step_clock *sc)
 	struct cstat *c = e ? e->c : NULL;
 	if (c) {
 		c->steps++;
-		c->busy += dur;
-		c->sched += sc->sched;
-		if (dur > c->max)
-			c->max = dur;
+		add_step(&c->busy, &c->sched, &c->max, dur, sc->sched);
 		c->hist[b]++;
 		c->dirty = 1;
 		timing.cdirty = 1;
@@ -406,10 +412,7 @@ void timing_end(PyObject *task, struct step_clock *sc)
 	}
 	if (e) {
 		e->steps++;
-		e->busy += dur;
-		e->sched += sc->sched;
-		if (dur > e->max)
-			e->max = dur;
+		add_step(&e->busy, &e->sched, &e->max, dur, sc->sched);
 		if (e->hist[b] < UINT16_MAX)
 			e->hist[b]++;
 		e->last_end = end;
