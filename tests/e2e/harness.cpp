@@ -493,6 +493,39 @@ json Shapes::truth() {
   return json::parse(out.substr(pos, out.find('\n', pos) - pos)).at("truth");
 }
 
+namespace {
+std::vector<std::string> service_argv(bool traced, int seconds, const std::map<std::string, std::string>& env) {
+  std::vector<std::string> argv{"/usr/bin/env"};
+  for (const auto& [k, v] : env) argv.push_back(k + "=" + v);
+  if (traced) argv.insert(argv.end(), {tool(), "run", "--"});
+  argv.insert(argv.end(), {Service::interpreter(), Service::program(), std::to_string(seconds)});
+  return argv;
+}
+}  // namespace
+
+Service::Service(bool traced, int seconds, const std::map<std::string, std::string>& env)
+    : app(service_argv(traced, seconds, env)) {}
+
+std::string Service::program() { return source_dir() + "/tests/programs/aiohttp_service.py"; }
+std::string Service::interpreter() { return "/usr/bin/python3.11"; }
+
+bool Service::ready(std::chrono::milliseconds timeout) { return app.wait_prefix("{\"ready\"", timeout).has_value(); }
+
+std::string Service::pid() {
+  // `env` and `run` exec the interpreter: same pid.
+  return std::to_string(app.pid());
+}
+
+json Service::truth() {
+  app.signal(SIGUSR1);
+  std::string out;
+  const int rc = app.wait_exit(60s, &out);
+  EXPECT_EQ(rc, 0) << app.stderr_text();
+  const auto pos = out.find("{\"truth\"");
+  if (pos == std::string::npos) return json::object();
+  return json::parse(out.substr(pos, out.find('\n', pos) - pos)).at("truth");
+}
+
 json last_ndjson(const std::string& out) {
   std::istringstream in(out);
   std::string line, last;

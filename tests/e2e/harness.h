@@ -121,6 +121,21 @@ struct Shapes {
   Program app;
 };
 
+// tests/programs/aiohttp_service.py (Debian's python3.11 and aiohttp) under
+// `asynctrace run`, or untraced with `traced` false: a real aiohttp service
+// with its own local load (request tasks, TaskGroup fan-outs, a handler that
+// blocks the loop), reporting what it measured of itself.
+struct Service {
+  explicit Service(bool traced = true, int seconds = 300, const std::map<std::string, std::string>& env = {});
+  static std::string program();  // the script's path
+  static std::string interpreter();  // /usr/bin/python3.11
+  bool ready(std::chrono::milliseconds timeout = std::chrono::seconds(60));
+  std::string pid();
+  // SIGUSR1: the load stops, the program prints what it measured and exits.
+  nlohmann::json truth();
+  Program app;
+};
+
 // The last non-empty line of NDJSON output, parsed.
 nlohmann::json last_ndjson(const std::string& out);
 // The row of task `name` in a `top --format json` frame; null if none.
