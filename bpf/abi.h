@@ -151,6 +151,8 @@ struct at_event {
 	struct asynctrace_rec rec;   /* the record's header */
 	union asynctrace_slot slot1; /* STEP_TIMED: its slot 1 (.step_timed); SAMPLE: zeroes */
 	__u64 task_code;       /* the task's coroutine code id, if known */
+	__u64 task_gen;        /* the task entry's create_ns, 0 if unknown: task ids are
+				* addresses, reused once a task dies; (id, gen) is one task */
 	char name[AT_NAME_LEN];
 };
 

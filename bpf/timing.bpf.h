@@ -158,11 +158,15 @@ __noinline int batch_event(struct batch_buf *buf, struct at_proc *proc, __u32 cu
 	if (task) {
 		__builtin_memcpy(ev->name, task->name, AT_NAME_LEN);
 		ev->name_len = task->name_len ? task->name_len : 1;
+		/* Which task at this address: a step's record comes before its
+		 * COMPLETE deletes the entry, and a replay keeps create_ns. */
+		ev->task_gen = task->create_ns;
 		if (!ev->task_code)
 			ev->task_code = task->coro_code_id;
 	} else {
 		__builtin_memset(ev->name, 0, AT_NAME_LEN);
 		ev->name_len = 0;
+		ev->task_gen = 0;
 	}
 	bpf_ringbuf_submit(ev, 0);
 	return 0;

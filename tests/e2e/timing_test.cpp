@@ -190,7 +190,9 @@ TEST(Timing, RecordWallModeCountsTheWaits) {
   Shapes s(pythons.front().second);
   ASSERT_TRUE(s.ready()) << s.app.stderr_text();
   const std::string out = "/tmp/asynctrace-e2e-" + std::to_string(getpid()) + "-wall.folded";
-  auto rec = e2e::run({tool(), "record", "-p", s.pid(), "-d", "2s", "-m", "wall", "-f", "folded", "-o", out});
+  // Per task (--group-tasks task): sleeper-0 alone, not merged into sleeper-N.
+  auto rec = e2e::run({tool(), "record", "-p", s.pid(), "-d", "2s", "-m", "wall", "-f", "folded", "-o", out,
+                       "--group-tasks", "task"});
   ASSERT_EQ(rec.exit_code, 0) << rec.err;
   const auto stacks = folded(e2e::read_file(out));
   unlink(out.c_str());

@@ -15,8 +15,10 @@ The load is a child process (the same script, `--load PORT`, run isolated
 so it is never traced) with CONCURRENCY clients cycling through the paths.
 
 Usage: aiohttp_service.py [SECONDS]
-Prints {"ready": true, "pid": P, "port": N} once requests flow. On SIGUSR1 (or
-after SECONDS) it stops the load, then prints {"truth": {...}} with what it
+Prints {"ready": true, "pid": P, "port": N} once requests flow. On SIGUSR2 it prints
+{"counters": {...}} (the blocking calls so far, and its CLOCK_MONOTONIC time
+"at_s") and keeps serving, so a test can take what happened during a window.
+On SIGUSR1 (or after SECONDS) it stops the load, then prints {"truth": {...}} with what it
 measured of itself: requests served per path, the blocking calls (count,
 total/min/max seconds inside block_loop), and the ids of the request tasks
 and fan-out parts, so a test can tell that addresses were reused.
@@ -108,6 +110,9 @@ def serve(seconds):
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, stop.set)
+        loop.add_signal_handler(signal.SIGUSR2, lambda: print(json.dumps(
+            {"counters": {"block": dict(truth["block"]), "requests": dict(truth["requests"]),
+                          "at_s": time.monotonic()}}), flush=True))
         load = subprocess.Popen([sys.executable, "-I", os.path.abspath(__file__), "--load", str(port)],
                                 stdin=subprocess.DEVNULL)
         t0 = time.monotonic()

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -38,10 +39,12 @@ FakeStacks book() {
   return b;
 }
 
-StepEvent step(uint64_t task, uint64_t start, uint64_t dur, uint64_t end_stack, bool completed = false) {
+StepEvent step(uint64_t task, uint64_t start, uint64_t dur, uint64_t end_stack, bool completed = false,
+               uint64_t gen = 1) {
   StepEvent e;
   e.type = StepEvent::Type::Step;
   e.task_id = task;
+  e.task_gen = gen;
   e.task_name = "worker";
   e.task_known = true;
   e.code_id = 2;
@@ -52,10 +55,11 @@ StepEvent step(uint64_t task, uint64_t start, uint64_t dur, uint64_t end_stack, 
   return e;
 }
 
-StepEvent sample(uint64_t task, uint64_t at, uint64_t stack) {
+StepEvent sample(uint64_t task, uint64_t at, uint64_t stack, uint64_t gen = 1) {
   StepEvent e;
   e.type = StepEvent::Type::Sample;
   e.task_id = task;
+  e.task_gen = gen;
   e.at_ns = at;
   e.stack_id = stack;
   return e;
@@ -153,13 +157,89 @@ TEST(Recorder, AwaitChainsPrefixTheStack) {
   FakeStacks b = book();
   Profile p;
   Recorder r(p, b, 0);
-  std::unordered_map<uint64_t, std::vector<ChainLink>> chains;
-  chains[7] = {ChainLink{"parent", {NamedFrame{"main", "app.py", 3, 1}}}};
-  r.set_chains(std::move(chains));
+  GraphTasks g;
+  g[{7, 1}] = {"worker", {ChainLink{"parent", "main", {NamedFrame{"main", "app.py", 3, 1}}}}};
+  r.set_graph(std::move(g));
   r.step(step(7, 1000, 100, 100));
   r.finish(2000);
   ASSERT_EQ(p.samples.size(), 1u);
   EXPECT_EQ(names(p, p.samples[0]), (std::vector<std::string>{"parent", "main", "worker", "main", "fetch"}));
+}
+
+// Task ids are addresses: a task created at a dead task's address is another
+// task, and never inherits the dead one's awaiters, name or samples.
+TEST(Recorder, ATaskAtAReusedAddressIsAnotherTask) {
+  FakeStacks b = book();
+  Profile p;
+  Recorder r(p, b, 0);
+  GraphTasks g;
+  g[{7, 1}] = {"part-1", {ChainLink{"parent", "main", {NamedFrame{"main", "app.py", 3, 1}}}}};
+  r.set_graph(std::move(g));
+  r.step(step(7, 1000, 100, 100, true, 1));  // the part completes
+  r.sample(sample(7, 1990, 200, 1));         // a late sample of it: not the next task's
+  StepEvent next = step(7, 2000, 50, 100, false, 2);
+  next.task_name = "Task-9";
+  r.step(next);
+  r.finish(3000);
+  ASSERT_EQ(p.samples.size(), 2u);
+  for (const ProfSample& s : p.samples) {
+    const auto n = names(p, s);
+    if (s.weight_ns == 50u)
+      EXPECT_EQ(n, (std::vector<std::string>{"Task-9", "main", "fetch"}));  // no "parent"
+    else
+      EXPECT_EQ(n.front(), "parent");
+  }
+}
+
+TEST(Recorder, OnlyTheLastTwoGraphReadsAreKept) {
+  FakeStacks b = book();
+  Profile p;
+  Recorder r(p, b, 0);
+  GraphTasks g;
+  g[{7, 1}] = {"worker", {ChainLink{"parent", "main", {}}}};
+  r.set_graph(g);
+  r.set_graph({});
+  r.step(step(7, 1000, 100, 100));  // in the read before the last: still chained
+  r.set_graph({});
+  r.step(step(7, 2000, 100, 100));  // in neither: the task alone
+  r.finish(3000);
+  ASSERT_EQ(p.samples.size(), 2u);
+  std::vector<size_t> depths;
+  for (const ProfSample& s : p.samples) depths.push_back(s.stack.size());
+  std::sort(depths.begin(), depths.end());
+  EXPECT_EQ(depths, (std::vector<size_t>{3u, 4u}));
+}
+
+TEST(Recorder, GroupingMergesTasksByFoldedNameOrCoroutine) {
+  FakeStacks b = book();
+  for (TaskGrouping grouping : {TaskGrouping::Name, TaskGrouping::Coroutine, TaskGrouping::Task}) {
+    Profile p;
+    p.grouping = grouping;
+    p.lines = false;
+    Recorder r(p, b, 0);
+    for (uint64_t t = 1; t <= 3; ++t) {
+      StepEvent e = step(t, 1000 * t, 100, 100, true);
+      e.task_name = "Task-" + std::to_string(100 + t);
+      r.step(e);
+    }
+    r.finish(5000);
+    if (grouping == TaskGrouping::Task) {
+      EXPECT_EQ(p.samples.size(), 3u);
+      continue;
+    }
+    ASSERT_EQ(p.samples.size(), 1u);
+    EXPECT_EQ(p.samples[0].weight_ns, 300u);
+    EXPECT_EQ(names(p, p.samples[0]).front(), grouping == TaskGrouping::Name ? "Task-N" : "fetch");
+    for (uint32_t f : p.samples[0].stack) EXPECT_EQ(p.frames[f].line, 0u);  // per function
+  }
+}
+
+TEST(Recorder, FoldDigits) {
+  EXPECT_EQ(fold_digits("Task-14533"), "Task-N");
+  EXPECT_EQ(fold_digits("part-3"), "part-N");
+  EXPECT_EQ(fold_digits("w1-2x33"), "wN-NxN");
+  EXPECT_EQ(fold_digits("main"), "main");
+  EXPECT_EQ(fold_digits(""), "");
 }
 
 TEST(Recorder, UnknownCodesAreNamedByTheirId) {
@@ -192,9 +272,11 @@ TEST(SampleBook, TakesTheSamplesOfOneStep) {
   s.add(sample(1, 10, 5));
   s.add(sample(1, 20, 5));
   s.add(sample(1, 40, 5));
-  const auto during = s.take(1, 15, 10);  // [15, 25]
+  s.add(sample(1, 20, 5, 2));  // another task at the same address
+  const auto during = s.take({1, 1}, 15, 10);  // [15, 25]
   ASSERT_EQ(during.size(), 1u);
   EXPECT_EQ(during[0].at_ns, 20u);
-  EXPECT_EQ(s.take(1, 30, 20).size(), 1u);
-  EXPECT_TRUE(s.take(1, 0, 100).empty());
+  EXPECT_EQ(s.take({1, 1}, 30, 20).size(), 1u);
+  EXPECT_TRUE(s.take({1, 1}, 0, 100).empty());
+  EXPECT_EQ(s.take({1, 2}, 0, 100).size(), 1u);
 }

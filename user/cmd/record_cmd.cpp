@@ -65,6 +65,10 @@ int run_record(const Options& o) {
     book.set_holder(std::move(held.value()));
   Profile p;
   p.mode = o.mode == "wall" ? ProfMode::Wall : ProfMode::Cpu;
+  p.grouping = o.group_tasks == "task"        ? TaskGrouping::Task
+               : o.group_tasks == "coroutine" ? TaskGrouping::Coroutine
+                                              : TaskGrouping::Name;
+  p.lines = o.lines;
   p.pid = static_cast<uint32_t>(o.pid);
   p.comm = inspect_process(o.pid).comm;
   const uint64_t start_ns = monotonic_ns();
@@ -79,8 +83,7 @@ int run_record(const Options& o) {
     auto snap = tracer->snapshot();
     if (!snap.ok()) return;
     const TaskGraph g = build_graph(snap.value());
-    rec.set_chains(await_chains(g));
-    for (const TaskNode& t : g.tasks) rec.name(t.id, t.name);
+    rec.set_graph(graph_tasks(g));
     book.take(std::move(snap.value()));
   };
   while (!g_stop) {

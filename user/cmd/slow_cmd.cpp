@@ -68,7 +68,7 @@ int run_slow(const Options& o) {
   int code = kExitOk;
 
   auto report = [&](const StepEvent& ev) {
-    const std::vector<StepEvent> during = samples.take(ev.task_id, ev.start_ns, ev.dur_ns);
+    const std::vector<StepEvent> during = samples.take(ev);
     if (ev.dur_ns < threshold_ns) return;
     ++reported;
     const auto resumed = name_frames(book, book.stack(ev.start_stack));

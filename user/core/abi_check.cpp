@@ -168,11 +168,12 @@ AT_FIELD(struct at_timing, last_end_ns, 32, 8);
 AT_FIELD(struct at_timing, first_ns, 40, 8);
 AT_FIELD(struct at_timing, hist, 48, 4 * AT_HIST_BUCKETS);
 
-static_assert(sizeof(struct at_event) == 88 + AT_NAME_LEN);
+static_assert(sizeof(struct at_event) == 96 + AT_NAME_LEN);
 AT_FIELD(struct at_event, pid, 0, 4);
 AT_FIELD(struct at_event, name_len, 4, 4);
 AT_FIELD(struct at_event, ktime, 8, 8);
 AT_FIELD(struct at_event, rec, 16, 32);
 AT_FIELD(struct at_event, slot1, 48, 32);
 AT_FIELD(struct at_event, task_code, 80, 8);
-AT_FIELD(struct at_event, name, 88, AT_NAME_LEN);
+AT_FIELD(struct at_event, task_gen, 88, 8);
+AT_FIELD(struct at_event, name, 96, AT_NAME_LEN);

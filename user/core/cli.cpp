@@ -141,13 +141,19 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
       ->check(CLI::IsMember({"folded", "speedscope", "svg", "html", "pprof"}));
   record->add_option("-m,--mode", o.mode, "cpu: time in steps (default); wall: also time awaiting, by await site")
       ->check(CLI::IsMember({"cpu", "wall"}));
+  record->add_option("--group-tasks", o.group_tasks,
+                     "Task frames: name (default; digits folded, Task-1234 -> Task-N), coroutine (its "
+                     "coroutine's name), task (each task name as is)")
+      ->check(CLI::IsMember({"name", "coroutine", "task"}));
+  record->add_flag("--lines", o.lines, "One frame per line of code (file:line), not per function");
   record->add_option("--timeout", timeout, "How long to wait for the runtime to report its live tasks (default 2s)");
   // The agent's periodic profiles: one recording, a file in the chosen
   // format and the pprof it pushes. Not for users: hidden from the help.
   record->add_option("--also-pprof", o.also_pprof, "Also write the profile as pprof to this file")->group("");
   record->footer("EXAMPLES:\n  sudo asynctrace record -p 1234 -d 30s -o app.svg -f svg\n"
                  "  sudo asynctrace record -p 1234 -o app.speedscope.json -f speedscope --mode wall\n"
-                 "  sudo asynctrace record -p 1234 -o - -f folded | flamegraph.pl > app.svg\n");
+                 "  sudo asynctrace record -p 1234 -o - -f folded | flamegraph.pl > app.svg\n"
+                 "  sudo asynctrace record -p 1234 -o app.svg -f svg --group-tasks task --lines  # per task, per line\n");
   auto* agent = app.add_subcommand(
       "agent", "Trace every process with asynctrace probes, keep their state pinned, serve OpenMetrics");
   std::string listen = "127.0.0.1:9464", scan = "2s";

@@ -38,6 +38,8 @@ struct Options {
   std::string output;                      // -o FILE ("-" = stdout)
   std::string prof_format = "folded";      // folded, speedscope, svg, html, pprof
   std::string mode = "cpu";                // cpu or wall
+  std::string group_tasks = "name";        // name (digits folded), coroutine, task (each name as is)
+  bool lines = false;                      // frames per line (file:line) instead of per function
   bool long_format = false;                // ps --long: timing columns and warnings
   bool timing = false;                     // attach --timing: hold timing__on too
   // agent

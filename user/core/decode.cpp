@@ -61,6 +61,7 @@ bool decode_event(const at_event& e, StepEvent* out) {
   ev.task_id = hdr.a;
   ev.code_id = e.task_code;
   ev.task_known = e.name_len != 0;
+  ev.task_gen = e.task_gen;
   if (ev.task_known) ev.task_name = bytes(e.name, AT_NAME_LEN, e.name_len);
   if (hdr.type == ASYNCTRACE_REC_STEP_TIMED) {
     const asynctrace_rec_step_timed& st = e.slot1.step_timed;

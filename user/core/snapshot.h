@@ -108,6 +108,9 @@ struct StepEvent {
   uint64_t code_id = 0;    // the task's coroutine code id, 0 if unknown
   std::string task_name;   // raw (untrusted); empty if unknown
   bool task_known = false; // the tracer knew the task when the record arrived
+  // Which task at task_id: its TaskRecord::create_ns (ids are addresses,
+  // reused once a task dies); 0 if the tracer did not know the task.
+  uint64_t task_gen = 0;
   // Step
   uint64_t start_ns = 0;   // CLOCK_MONOTONIC
   uint64_t dur_ns = 0;

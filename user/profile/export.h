@@ -20,9 +20,14 @@ namespace asynctrace {
 // Formats with their own file and line fields (speedscope, pprof) use this.
 std::string frame_label(const ProfFrame& f);
 
-// The label plus the location where known: "<qualname> (<file>:<line>)".
-// Formats with nothing but a name per frame (folded, svg, html) use this.
-std::string frame_display_name(const ProfFrame& f);
+// The label plus the location where known: "<qualname> (<file>:<line>)";
+// the label alone unless `lines` (Profile::lines). Formats with nothing but a
+// name per frame (folded, svg, html) use this.
+std::string frame_display_name(const ProfFrame& f, bool lines = true);
+
+// What a flame graph's width measures, for its title: "time inside task
+// steps: 6.80 s of a 10.0 s recording" (cpu), or the wall form.
+std::string weight_caption(const Profile& p, uint64_t total_ns);
 
 // A sample is exported only if its stack is non-empty and every index is in
 // range: a recorder bug must not make a file that viewers reject.

@@ -105,7 +105,7 @@ class Graph {
     nodes_.push_back(Node{"all", ProfFrame::Kind::Task, 0, {}});
     std::vector<std::string> names;
     names.reserve(p.frames.size());
-    for (const ProfFrame& f : p.frames) names.push_back(frame_display_name(f));
+    for (const ProfFrame& f : p.frames) names.push_back(frame_display_name(f, p.lines));
     for (const ProfSample& s : p.samples) {
       if (!valid_stack(p, s.stack)) continue;
       size_t cur = 0;
@@ -269,9 +269,18 @@ std::string title_of(const Profile& p) {
 
 }  // namespace
 
+std::string weight_caption(const Profile& p, uint64_t total_ns) {
+  const std::string of = human_ns(total_ns) + " of a " + fmt("%.1f s", p.duration_ns / 1e9) + " recording";
+  // Cpu mode weighs the steps (the loop thread busy running a task, blocking
+  // calls included); wall mode adds each task's waits, so it sums over tasks
+  // and may exceed the recording.
+  if (p.mode == ProfMode::Cpu) return "width = time inside task steps: " + of;
+  return "width = task wall time, in steps and awaiting, summed over tasks: " + of;
+}
+
 void write_flamegraph(const Profile& p, bool html, std::ostream& out) {
   const Graph g(p);
-  const std::string title = xml(title_of(p) + ", " + human_ns(g.total()));
+  const std::string title = xml(title_of(p) + "; " + weight_caption(p, g.total()));
   const double h = html ? g.height() - kTop + 10 : g.height();
   const std::string svg_open =
       "<svg id=\"flame\" xmlns=\"http://www.w3.org/2000/svg\" width=\"" + fmt("%.0f", kWidth) +

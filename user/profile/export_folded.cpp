@@ -13,8 +13,8 @@
 namespace asynctrace {
 namespace {
 
-std::string folded_frame(const ProfFrame& f) {
-  std::string s = frame_display_name(f);
+std::string folded_frame(const ProfFrame& f, bool lines) {
+  std::string s = frame_display_name(f, lines);
   std::string out;
   out.reserve(s.size());
   for (char c : s) {
@@ -31,7 +31,7 @@ std::string folded_frame(const ProfFrame& f) {
 void write_folded(const Profile& p, std::ostream& out) {
   std::vector<std::string> names;
   names.reserve(p.frames.size());
-  for (const ProfFrame& f : p.frames) names.push_back(folded_frame(f));
+  for (const ProfFrame& f : p.frames) names.push_back(folded_frame(f, p.lines));
 
   // Merged by rendered text, not by frame indices: two frames that display the
   // same would otherwise print two lines with one key, which consumers sum

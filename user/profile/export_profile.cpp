@@ -26,9 +26,11 @@ std::string frame_label(const ProfFrame& f) {
   return name;
 }
 
-std::string frame_display_name(const ProfFrame& f) {
+std::string frame_display_name(const ProfFrame& f, bool lines) {
   std::string s = frame_label(f);
-  if (f.file.empty()) return s;
+  // Without lines a function is one frame wherever it ran: the file would
+  // only lengthen every label (speedscope and pprof keep it in a field).
+  if (f.file.empty() || !lines) return s;
   s += " (";
   s += escape_untrusted(f.file);
   if (f.line != 0) {

@@ -23,6 +23,20 @@ std::string frame_key(ProfFrame::Kind kind, const std::string& name, const std::
 
 }  // namespace
 
+std::string fold_digits(const std::string& name) {
+  std::string out;
+  out.reserve(name.size());
+  for (size_t i = 0; i < name.size(); ++i) {
+    const bool digit = name[i] >= '0' && name[i] <= '9';
+    if (!digit) {
+      out += name[i];
+    } else if (i == 0 || name[i - 1] < '0' || name[i - 1] > '9') {
+      out += 'N';
+    }
+  }
+  return out;
+}
+
 uint32_t Profile::frame(ProfFrame::Kind kind, const std::string& name, const std::string& file,
                         uint32_t line) {
   if (frame_index_.size() != frames.size()) {

@@ -16,6 +16,17 @@ namespace asynctrace {
 
 enum class ProfMode { Cpu, Wall };
 
+// How the recorder names task frames, so that tasks doing the same thing
+// merge into one tower (docs/profiles.md):
+//  Name:      the task's name with every run of digits folded to "N"
+//             ("Task-14533" -> "Task-N", "part-3" -> "part-N"), record's default
+//  Coroutine: the qualname of the task's coroutine ("handle_fanout")
+//  Task:      the name as is, one frame per distinctly named task
+enum class TaskGrouping { Name, Coroutine, Task };
+
+// `name` with every maximal run of ASCII digits replaced by one 'N'.
+std::string fold_digits(const std::string& name);
+
 struct ProfFrame {
   enum class Kind : uint8_t {
     Task,       // a task in the await chain: name = the task's name
@@ -60,6 +71,13 @@ struct Profile {
   std::string comm;            // raw: the process's comm
   uint64_t start_ns = 0;       // CLOCK_MONOTONIC at the recording's start
   uint64_t duration_ns = 0;
+  // How the frames were made (the recorder reads them; a Profile built by hand
+  // keeps every detail it was given). lines: frames carry line numbers and the
+  // name-only formats (folded, svg, html) show "qualname (file:line)"; without,
+  // they show the qualname alone and speedscope/pprof keep the file in their
+  // file fields. `asynctrace record` defaults to Name and no lines.
+  TaskGrouping grouping = TaskGrouping::Task;
+  bool lines = true;
   std::vector<ProfFrame> frames;  // each distinct (kind, name, file, line) once
   std::vector<ProfSample> samples;
   std::vector<ProfTimeline> timelines;  // ordered by the task's first event

@@ -25,12 +25,14 @@ std::vector<NamedFrame> name_frames(StackSource& book, const StackInfo* st) {
   return out;
 }
 
-std::unordered_map<uint64_t, std::vector<ChainLink>> await_chains(const TaskGraph& g) {
-  std::unordered_map<uint64_t, std::vector<ChainLink>> out;
+GraphTasks graph_tasks(const TaskGraph& g) {
+  GraphTasks out;
   auto link_of = [&](const TaskNode& t) {
     ChainLink l;
     l.name = t.name;
     for (const FrameInfo* f : t.stack) l.frames.push_back({f->funcname, f->filename, f->line, 0});
+    // The outermost frame is the task's coroutine.
+    if (!t.stack.empty()) l.coroutine = t.stack.back()->funcname;
     return l;
   };
   for (const TaskNode& t : g.tasks) {
@@ -46,7 +48,7 @@ std::unordered_map<uint64_t, std::vector<ChainLink>> await_chains(const TaskGrap
       cur = a->id;
     }
     std::reverse(chain.begin(), chain.end());
-    out[t.id] = std::move(chain);
+    out[TaskKey{t.id, t.create_ns}] = GraphTask{t.name, std::move(chain)};
   }
   return out;
 }

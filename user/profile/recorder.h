@@ -40,16 +40,32 @@ struct NamedFrame {
 // codes it does not know.
 std::vector<NamedFrame> name_frames(StackSource& book, const StackInfo* st);
 
+// One task. Task ids are object addresses, reused once a task dies; the
+// generation (the kernel's create_ns for that incarnation, StepEvent::task_gen,
+// TaskNode::create_ns) tells a new task at a dead one's address from the dead
+// one. 0: the tracer did not know the task.
+struct TaskKey {
+  uint64_t id = 0, gen = 0;
+  bool operator==(const TaskKey& o) const { return id == o.id && gen == o.gen; }
+};
+struct TaskKeyHash {
+  size_t operator()(const TaskKey& k) const {
+    const uint64_t h = k.id * 0x9E3779B97F4A7C15ull ^ (k.gen * 0xff51afd7ed558ccdull);
+    return static_cast<size_t>(h ^ (h >> 29));
+  }
+};
+inline TaskKey task_key(const StepEvent& e) { return {e.task_id, e.task_gen}; }
+
 // Samples taken during recent steps, per task (they arrive before their step).
 class SampleBook {
  public:
   void add(const StepEvent& s) {
-    auto& q = by_task_[s.task_id];
+    auto& q = by_task_[task_key(s)];
     q.push_back(s);
     if (q.size() > 4096) q.pop_front();
   }
   // The samples of the step [start, start + dur] of `task`, removed.
-  std::vector<StepEvent> take(uint64_t task, uint64_t start, uint64_t dur) {
+  std::vector<StepEvent> take(TaskKey task, uint64_t start, uint64_t dur) {
     std::vector<StepEvent> out;
     auto it = by_task_.find(task);
     if (it == by_task_.end()) return out;
@@ -61,18 +77,32 @@ class SampleBook {
     if (q.empty()) by_task_.erase(it);
     return out;
   }
+  // The samples of `step`; the task's last step forgets its leftovers.
+  std::vector<StepEvent> take(const StepEvent& step) {
+    auto out = take(task_key(step), step.start_ns, step.dur_ns);
+    if (step.completed) by_task_.erase(task_key(step));
+    return out;
+  }
 
  private:
-  std::unordered_map<uint64_t, std::deque<StepEvent>> by_task_;
+  std::unordered_map<TaskKey, std::deque<StepEvent>, TaskKeyHash> by_task_;
 };
 
 struct ChainLink {
   std::string name;                 // task name
+  std::string coroutine;            // its coroutine's qualname ("" if unknown)
   std::vector<NamedFrame> frames;   // its coroutine stack, innermost first
 };
 
-// For every live task: its awaiters from the root down, each with its stack.
-std::unordered_map<uint64_t, std::vector<ChainLink>> await_chains(const TaskGraph& g);
+// What one read of the task graph says about a live task.
+struct GraphTask {
+  std::string name;
+  std::vector<ChainLink> chain;  // its awaiters from the root down, each with its stack
+};
+using GraphTasks = std::unordered_map<TaskKey, GraphTask, TaskKeyHash>;
+
+// Every live task of `g`, keyed by (id, create_ns).
+GraphTasks graph_tasks(const TaskGraph& g);
 
 // Builds the profile while the events arrive, so memory stays bounded by
 // distinct stacks and live tasks, not by the number of steps: equal stacks
@@ -83,16 +113,13 @@ class Recorder {
 
   Recorder(Profile& p, StackSource& book, uint64_t start_ns) : p_(p), book_(book), start_ns_(start_ns) {}
 
-  void set_chains(std::unordered_map<uint64_t, std::vector<ChainLink>> chains) {
-    for (auto& [id, c] : chains) chains_[id] = std::move(c);
+  // A new read of the task graph (about once a second). Only this read and
+  // the one before are kept: memory stays bounded by live tasks, and a task
+  // that was live at either read still finds its chain.
+  void set_graph(GraphTasks g) {
+    prev_ = std::move(cur_);
+    cur_ = std::move(g);
     cache_.clear();  // prefixes may have changed
-  }
-  void name(uint64_t task, const std::string& n) {
-    std::string& old = names_[task];
-    if (old != n) {
-      old = n;
-      cache_.clear();
-    }
   }
   void sample(const StepEvent& s) {
     samples_.add(s);
@@ -104,44 +131,43 @@ class Recorder {
 
   void step(const StepEvent& ev) {
     ++nsteps_;
-    if (ev.task_known) name(ev.task_id, ev.task_name);
-    auto during = samples_.take(ev.task_id, ev.start_ns, ev.dur_ns);
-    Last& last = last_[ev.task_id];
+    const TaskKey task = task_key(ev);
+    if (ev.task_known) name(task, ev.task_name);
+    auto during = samples_.take(ev);
+    Last& last = last_[task];
     if (during.empty()) {
       // The common case, a step without samples: its stacks were built
       // before for the same (task, stacks), merged by index.
-      Cached& c = cached(ev.task_id, ev.end_stack, ev.start_stack, ev.code_id, false);
+      Cached& c = cached(task, ev.end_stack, ev.start_stack, ev.code_id, false);
       c.weight->second += ev.dur_ns;
       if (p_.mode == ProfMode::Wall && last.end_ns && ev.start_ns > last.end_ns)
-        cached(ev.task_id, last.end_stack, 0, ev.code_id, true).weight->second += ev.start_ns - last.end_ns;
-      last = Last{ev.start_ns + ev.dur_ns, ev.end_stack, ev.code_id, ev.completed};
-      if (ev.completed) last_.erase(ev.task_id);
+        cached(task, last.end_stack, 0, ev.code_id, true).weight->second += ev.start_ns - last.end_ns;
       timeline(ev, c.opened);
+      done(task, ev);
       return;
     }
-    const std::string name = task_name(ev.task_id);
     const std::string coro = coroutine_of(ev.code_id);
+    const std::string label = task_label(task, coro);
     const auto end_frames = name_frames(book_, book_.stack(ev.end_stack));
     const auto start_frames = name_frames(book_, book_.stack(ev.start_stack));
     const auto& coro_frames = end_frames.empty() ? start_frames : end_frames;
     std::unordered_set<uint64_t> coro_codes;
     for (const auto& f : end_frames) coro_codes.insert(f.code_id);
     for (const auto& f : start_frames) coro_codes.insert(f.code_id);
-    const std::vector<uint32_t> base = prefix(ev.task_id, name);
+    const std::vector<uint32_t> base = prefix(task, label);
     // A step's time goes to its samples in equal shares.
     const uint64_t share = ev.dur_ns / during.size();
     for (size_t i = 0; i < during.size(); ++i) {
       std::vector<uint32_t> stack = base;
       append(stack, name_frames(book_, book_.stack(during[i].stack_id)), &coro_codes);
-      add(std::move(stack), i + 1 == during.size() ? ev.dur_ns - share * (during.size() - 1) : share, name, coro);
+      add(std::move(stack), i + 1 == during.size() ? ev.dur_ns - share * (during.size() - 1) : share, label, coro);
     }
     // Wall mode: the time since the task's previous step, suspended where
     // that step left it.
     if (p_.mode == ProfMode::Wall && last.end_ns && ev.start_ns > last.end_ns)
-      cached(ev.task_id, last.end_stack, 0, ev.code_id, true).weight->second += ev.start_ns - last.end_ns;
-    last = Last{ev.start_ns + ev.dur_ns, ev.end_stack, ev.code_id, ev.completed};
-    if (ev.completed) last_.erase(ev.task_id);
-    timeline(ev, opened(name, coro_frames));
+      cached(task, last.end_stack, 0, ev.code_id, true).weight->second += ev.start_ns - last.end_ns;
+    timeline(ev, opened(label, coro_frames));
+    done(task, ev);
   }
 
   // Wall mode: tasks still suspended at the end wait up to the end.
@@ -149,11 +175,12 @@ class Recorder {
     if (p_.mode == ProfMode::Wall) {
       for (const auto& [task, l] : last_) {
         if (l.completed || end_ns <= l.end_ns) continue;
-        const std::string name = task_name(task);
-        std::vector<uint32_t> stack = prefix(task, name);
+        const std::string coro = coroutine_of(l.code_id);
+        const std::string label = task_label(task, coro);
+        std::vector<uint32_t> stack = prefix(task, label);
         append(stack, name_frames(book_, book_.stack(l.end_stack)), nullptr);
         stack.push_back(p_.frame(ProfFrame::Kind::Await, "awaiting"));
-        add(std::move(stack), end_ns - l.end_ns, name, coroutine_of(l.code_id));
+        add(std::move(stack), end_ns - l.end_ns, label, coro);
       }
     }
     for (auto& [key, weight] : merged_)
@@ -178,7 +205,8 @@ class Recorder {
     std::vector<uint32_t> opened;              // timeline frames, outermost first
   };
   struct CacheKey {
-    uint64_t task, end_stack, start_stack;
+    TaskKey task;
+    uint64_t end_stack, start_stack;
     bool await;
     bool operator==(const CacheKey& o) const {
       return task == o.task && end_stack == o.end_stack && start_stack == o.start_stack && await == o.await;
@@ -186,52 +214,95 @@ class Recorder {
   };
   struct CacheHash {
     size_t operator()(const CacheKey& k) const {
-      uint64_t h = k.task * 0x9E3779B97F4A7C15ull ^ k.end_stack ^ (k.start_stack * 0xff51afd7ed558ccdull);
+      uint64_t h = TaskKeyHash{}(k.task) ^ k.end_stack ^ (k.start_stack * 0xff51afd7ed558ccdull);
       return static_cast<size_t>(h ^ (h >> 29) ^ k.await);
     }
   };
 
+  void name(TaskKey task, const std::string& n) {
+    std::string& old = names_[task];
+    if (old != n) {
+      old = n;
+      cache_.clear();
+    }
+  }
+  // After a step of `task`: where it was left (wall mode), and forgetting a
+  // completed task, whose address the next task may take.
+  void done(TaskKey task, const StepEvent& ev) {
+    last_[task] = Last{ev.start_ns + ev.dur_ns, ev.end_stack, ev.code_id, ev.completed};
+    if (!ev.completed) return;
+    last_.erase(task);
+    names_.erase(task);
+  }
+
   // The merged entry for a step (await: a wait) of `task` at these stacks.
-  Cached& cached(uint64_t task, uint64_t end_stack, uint64_t start_stack, uint64_t code_id, bool await) {
+  Cached& cached(TaskKey task, uint64_t end_stack, uint64_t start_stack, uint64_t code_id, bool await) {
     const CacheKey key{task, end_stack, start_stack, await};
     if (auto it = cache_.find(key); it != cache_.end()) return it->second;
     if (cache_.size() > 100000) cache_.clear();  // bounded: rebuilt on demand
-    const std::string name = task_name(task);
+    const std::string coro = coroutine_of(code_id);
+    const std::string name = task_label(task, coro);
     const auto end_frames = name_frames(book_, book_.stack(end_stack));
     const auto start_frames = await ? std::vector<NamedFrame>{} : name_frames(book_, book_.stack(start_stack));
     const auto& coro_frames = end_frames.empty() ? start_frames : end_frames;
     std::vector<uint32_t> stack = prefix(task, name);
     append(stack, coro_frames, nullptr);
     if (await) stack.push_back(p_.frame(ProfFrame::Kind::Await, "awaiting"));
-    auto w = merged_.try_emplace(Key{std::move(stack), name, coroutine_of(code_id)}, 0).first;
+    auto w = merged_.try_emplace(Key{std::move(stack), name, coro}, 0).first;
     return cache_.emplace(key, Cached{w, opened(name, coro_frames)}).first->second;
   }
   std::vector<uint32_t> opened(const std::string& name, const std::vector<NamedFrame>& coro_frames) {
     std::vector<uint32_t> out{p_.frame(ProfFrame::Kind::Task, name)};
     for (auto f = coro_frames.rbegin(); f != coro_frames.rend(); ++f)
-      out.push_back(p_.frame(ProfFrame::Kind::Coroutine, f->func, f->file, f->line));
+      out.push_back(coroutine_frame(*f));
     return out;
   }
+  uint32_t coroutine_frame(const NamedFrame& f) {
+    return p_.frame(ProfFrame::Kind::Coroutine, f.func, f.file, p_.lines ? f.line : 0);
+  }
 
-  std::string task_name(uint64_t task) const {
-    const auto it = names_.find(task);
-    return it == names_.end() ? hex_id(task) : it->second;
+  // The task's name: from its events, else from a graph read, else its id.
+  std::string task_name(TaskKey task) const {
+    if (const auto it = names_.find(task); it != names_.end()) return it->second;
+    if (const GraphTask* t = graph_task(task)) return t->name;
+    return hex_id(task.id);
+  }
+  const GraphTask* graph_task(TaskKey task) const {
+    if (const auto it = cur_.find(task); it != cur_.end()) return &it->second;
+    if (const auto it = prev_.find(task); it != prev_.end()) return &it->second;
+    return nullptr;
+  }
+  // A task's frame as p_.grouping names it.
+  std::string group_label(const std::string& name, const std::string& coroutine) const {
+    switch (p_.grouping) {
+      case TaskGrouping::Task:
+        return name;
+      case TaskGrouping::Coroutine:
+        if (!coroutine.empty()) return coroutine;
+        break;
+      case TaskGrouping::Name:
+        break;
+    }
+    return fold_digits(name);
+  }
+  std::string task_label(TaskKey task, const std::string& coroutine) const {
+    return group_label(task_name(task), coroutine);
   }
   std::string coroutine_of(uint64_t code_id) {
     const CodeInfo* c = code_id ? book_.code(code_id) : nullptr;
     return c ? c->qualname : "";
   }
-  // Root-first frames of the task's await chain, then the task itself.
-  std::vector<uint32_t> prefix(uint64_t task, const std::string& name) {
+  // Root-first frames of the task's await chain (as the graph read of this
+  // very task says: never another task's at the same address), then the task.
+  std::vector<uint32_t> prefix(TaskKey task, const std::string& label) {
     std::vector<uint32_t> out;
-    if (auto it = chains_.find(task); it != chains_.end()) {
-      for (const ChainLink& l : it->second) {
-        out.push_back(p_.frame(ProfFrame::Kind::Task, l.name));
-        for (auto f = l.frames.rbegin(); f != l.frames.rend(); ++f)
-          out.push_back(p_.frame(ProfFrame::Kind::Coroutine, f->func, f->file, f->line));
+    if (const GraphTask* t = graph_task(task)) {
+      for (const ChainLink& l : t->chain) {
+        out.push_back(p_.frame(ProfFrame::Kind::Task, group_label(l.name, l.coroutine)));
+        for (auto f = l.frames.rbegin(); f != l.frames.rend(); ++f) out.push_back(coroutine_frame(*f));
       }
     }
-    out.push_back(p_.frame(ProfFrame::Kind::Task, name));
+    out.push_back(p_.frame(ProfFrame::Kind::Task, label));
     return out;
   }
   // Frames innermost first, appended outermost first; with `coroutines`,
@@ -240,7 +311,8 @@ class Recorder {
               const std::unordered_set<uint64_t>* coroutines) {
     for (auto f = fs.rbegin(); f != fs.rend(); ++f) {
       const bool coro = !coroutines || coroutines->count(f->code_id);
-      stack.push_back(p_.frame(coro ? ProfFrame::Kind::Coroutine : ProfFrame::Kind::Function, f->func, f->file, f->line));
+      stack.push_back(p_.frame(coro ? ProfFrame::Kind::Coroutine : ProfFrame::Kind::Function, f->func, f->file,
+                               p_.lines ? f->line : 0));
     }
   }
   void add(std::vector<uint32_t> stack, uint64_t w, const std::string& name, const std::string& coro) {
@@ -252,8 +324,8 @@ class Recorder {
       cut_ = true;
       return;
     }
-    auto [tl, fresh] = timeline_of_.try_emplace(ev.task_id, p_.timelines.size());
-    if (fresh) p_.timelines.push_back({ev.task_id, task_name(ev.task_id), {}});
+    auto [tl, fresh] = timeline_of_.try_emplace(task_key(ev), p_.timelines.size());
+    if (fresh) p_.timelines.push_back({ev.task_id, task_name(task_key(ev)), {}});
     ProfTimeline& line = p_.timelines[tl->second];
     const uint64_t s = ev.start_ns > start_ns_ ? ev.start_ns - start_ns_ : 0;
     const uint64_t e = std::max(s, ev.start_ns + ev.dur_ns > start_ns_ ? ev.start_ns + ev.dur_ns - start_ns_ : 0);
@@ -267,10 +339,10 @@ class Recorder {
   StackSource& book_;
   uint64_t start_ns_;
   SampleBook samples_;
-  std::unordered_map<uint64_t, std::vector<ChainLink>> chains_;
-  std::unordered_map<uint64_t, std::string> names_;
-  std::unordered_map<uint64_t, Last> last_;
-  std::unordered_map<uint64_t, size_t> timeline_of_;
+  GraphTasks cur_, prev_;  // the last two graph reads
+  std::unordered_map<TaskKey, std::string, TaskKeyHash> names_;  // from events, until the task completes
+  std::unordered_map<TaskKey, Last, TaskKeyHash> last_;
+  std::unordered_map<TaskKey, size_t, TaskKeyHash> timeline_of_;
   std::map<Key, uint64_t> merged_;
   std::unordered_map<CacheKey, Cached, CacheHash> cache_;
   size_t events_ = 0, nsteps_ = 0, nsamples_ = 0;
