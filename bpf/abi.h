@@ -46,8 +46,8 @@ struct at_task_key {
 	__u64 task_id;
 };
 
-/* 160 bytes: with the hash map's per-element overhead (~72 bytes) and its
- * buckets, about 250 bytes of kernel memory per live task. The task id is the
+/* 168 bytes: with the hash map's per-element overhead (~72 bytes) and its
+ * buckets, about 260 bytes of kernel memory per live task. The task id is the
  * key's; creation order is create_ns. */
 struct at_task {
 	__u64 parent_id;       /* task running at creation, 0 if none */
@@ -65,6 +65,9 @@ struct at_task {
 	__u8 nframes;          /* frames of its stack (0: none known) */
 	__u8 flags;            /* AT_TASK_* */
 	char name[AT_NAME_LEN];
+	__u64 awaiter_id;      /* the task awaiting this one (its task__await named this
+				* task, ASYNCTRACE_AWAIT_TASK), 0 if none: the reverse of
+				* awaiting_id, so an event of this task can name its awaiter */
 };
 
 /* Stacks are interned: tasks suspended at the same place share one entry.
@@ -153,6 +156,9 @@ struct at_event {
 	__u64 task_code;       /* the task's coroutine code id, if known */
 	__u64 task_gen;        /* the task entry's create_ns, 0 if unknown: task ids are
 				* addresses, reused once a task dies; (id, gen) is one task */
+	__u64 awaiter_id;      /* the task awaiting it: awaiter_id, else its first
+				* edge awaiter (TaskGroup, gather); 0 if none */
+	__u64 awaiter_gen;     /* that task's create_ns, 0 if unknown */
 	char name[AT_NAME_LEN];
 };
 

@@ -126,6 +126,27 @@ static __always_inline struct at_task *task_for_event(struct at_proc *proc, stru
 	return task;
 }
 
+/* Forgets `awaiter` as the task awaiting `child` (set_awaiter). */
+static __always_inline void clear_awaiter(__u32 pid, __u64 child, __u64 awaiter)
+{
+	struct at_task_key key = { .pid = pid, .task_id = child };
+	struct at_task *t = bpf_map_lookup_elem(&tasks, &key);
+
+	if (t && t->awaiter_id == awaiter)
+		t->awaiter_id = 0;
+}
+
+/* Marks `awaiter` as the task awaiting `child` (the reverse of awaiting_id),
+ * so an event of the child names it without a walk over every task. */
+static __always_inline void set_awaiter(__u32 pid, __u64 child, __u64 awaiter)
+{
+	struct at_task_key key = { .pid = pid, .task_id = child };
+	struct at_task *t = bpf_map_lookup_elem(&tasks, &key);
+
+	if (t)
+		t->awaiter_id = awaiter;
+}
+
 static __always_inline void apply_resume(struct at_proc *proc, __u32 pid, __u64 task_id, bool batch)
 {
 	struct at_task_key key = { .pid = pid, .task_id = task_id };
@@ -135,7 +156,10 @@ static __always_inline void apply_resume(struct at_proc *proc, __u32 pid, __u64 
 	if (!task)
 		return;
 	/* While it runs the task awaits nothing; the frames of its last
-	 * suspension would be stale. */
+	 * suspension would be stale. A task it awaited and left behind (a
+	 * timeout, a cancellation) is no longer awaited by it. */
+	if (task->awaiting_kind == ASYNCTRACE_AWAIT_TASK && task->awaiting_id)
+		clear_awaiter(pid, task->awaiting_id, task_id);
 	task->state = AT_STATE_RUNNING;
 	task->awaiting_id = 0;
 	task->awaiting_kind = 0;
@@ -189,6 +213,8 @@ static __always_inline struct at_task *apply_await(struct at_proc *proc, __u32 p
 	task = task_for_event(proc, &key, batch);
 	if (!task)
 		return NULL;
+	if (kind == ASYNCTRACE_AWAIT_TASK && awaited_id)
+		set_awaiter(pid, awaited_id, task_id);
 	task->state = kind == ASYNCTRACE_AWAIT_RUNNING ? AT_STATE_RUNNING : AT_STATE_SUSPENDED;
 	task->awaiting_id = awaited_id;
 	task->awaiting_kind = (__u8)kind;

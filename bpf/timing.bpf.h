@@ -117,6 +117,7 @@ __noinline int batch_event(struct batch_buf *buf, struct at_proc *proc, __u32 cu
 	struct at_event *ev;
 	struct at_task *task;
 	const struct asynctrace_rec *rec;
+	__u64 awaiter, edge;
 	__u32 nf;
 
 	if (!proc || !buf || cur >= AT_BATCH_CHUNK || n < 1 || n > ASYNCTRACE_REC_MAX_SLOTS)
@@ -163,10 +164,35 @@ __noinline int batch_event(struct batch_buf *buf, struct at_proc *proc, __u32 cu
 		ev->task_gen = task->create_ns;
 		if (!ev->task_code)
 			ev->task_code = task->coro_code_id;
+		/* Who awaits it, and which task at that address: a plain awaiter
+		 * while it still awaits this task (its own state says so), else
+		 * the first edge awaiter (TaskGroup, gather). */
+		awaiter = task->awaiter_id;
+		edge = task->awaited_by[0];
+		ev->awaiter_id = 0;
+		ev->awaiter_gen = 0;
+		if (awaiter) {
+			key.task_id = awaiter;
+			task = bpf_map_lookup_elem(&tasks, &key);
+			if (task && task->awaiting_id == rec->a) {
+				ev->awaiter_id = awaiter;
+				ev->awaiter_gen = task->create_ns;
+			}
+		}
+		if (!ev->awaiter_id && edge) {
+			key.task_id = edge;
+			task = bpf_map_lookup_elem(&tasks, &key);
+			if (task) {
+				ev->awaiter_id = edge;
+				ev->awaiter_gen = task->create_ns;
+			}
+		}
 	} else {
 		__builtin_memset(ev->name, 0, AT_NAME_LEN);
 		ev->name_len = 0;
 		ev->task_gen = 0;
+		ev->awaiter_id = 0;
+		ev->awaiter_gen = 0;
 	}
 	bpf_ringbuf_submit(ev, 0);
 	return 0;

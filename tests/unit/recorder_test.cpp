@@ -158,7 +158,7 @@ TEST(Recorder, AwaitChainsPrefixTheStack) {
   Profile p;
   Recorder r(p, b, 0);
   GraphTasks g;
-  g[{7, 1}] = {"worker", {ChainLink{"parent", "main", {NamedFrame{"main", "app.py", 3, 1}}}}};
+  g[{7, 1}] = {{"worker", "", {}}, {ChainLink{"parent", "main", {NamedFrame{"main", "app.py", 3, 1}}}}};
   r.set_graph(std::move(g));
   r.step(step(7, 1000, 100, 100));
   r.finish(2000);
@@ -173,7 +173,7 @@ TEST(Recorder, ATaskAtAReusedAddressIsAnotherTask) {
   Profile p;
   Recorder r(p, b, 0);
   GraphTasks g;
-  g[{7, 1}] = {"part-1", {ChainLink{"parent", "main", {NamedFrame{"main", "app.py", 3, 1}}}}};
+  g[{7, 1}] = {{"part-1", "", {}}, {ChainLink{"parent", "main", {NamedFrame{"main", "app.py", 3, 1}}}}};
   r.set_graph(std::move(g));
   r.step(step(7, 1000, 100, 100, true, 1));  // the part completes
   r.sample(sample(7, 1990, 200, 1));         // a late sample of it: not the next task's
@@ -191,12 +191,41 @@ TEST(Recorder, ATaskAtAReusedAddressIsAnotherTask) {
   }
 }
 
+// The awaiter an event names (the kernel's entry of this task) chains it,
+// with the stack the awaiter's last step left it at.
+TEST(Recorder, TheAwaiterAnEventNamesChainsTheTask) {
+  FakeStacks b = book();
+  Profile p;
+  Recorder r(p, b, 0);
+  StepEvent parent = step(5, 1000, 10, 100, false, 3);
+  parent.task_name = "conn";
+  r.step(parent);  // suspended at stack 100 (fetch <- main)
+  StepEvent child = step(7, 2000, 50, 100, false, 4);
+  child.awaiter_id = 5;
+  child.awaiter_gen = 3;
+  r.step(child);
+  StepEvent stale = child;  // another task at the address, its awaiter unknown: not drawn
+  stale.awaiter_gen = 9;
+  stale.task_gen = 8;
+  stale.start_ns = 3000;
+  r.step(stale);
+  r.finish(4000);
+  std::vector<std::vector<std::string>> got;
+  for (const ProfSample& s : p.samples) got.push_back(names(p, s));
+  std::sort(got.begin(), got.end());
+  EXPECT_EQ(got, (std::vector<std::vector<std::string>>{
+                     {"conn", "main", "fetch"},
+                     {"conn", "main", "fetch", "worker", "main", "fetch"},
+                     {"worker", "main", "fetch"},
+                 }));
+}
+
 TEST(Recorder, OnlyTheLastTwoGraphReadsAreKept) {
   FakeStacks b = book();
   Profile p;
   Recorder r(p, b, 0);
   GraphTasks g;
-  g[{7, 1}] = {"worker", {ChainLink{"parent", "main", {}}}};
+  g[{7, 1}] = {{"worker", "", {}}, {ChainLink{"parent", "main", {}}}};
   r.set_graph(g);
   r.set_graph({});
   r.step(step(7, 1000, 100, 100));  // in the read before the last: still chained

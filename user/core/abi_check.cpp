@@ -105,7 +105,7 @@ AT_FIELD(struct at_stack_key, pid, 0, 4);
 AT_FIELD(struct at_stack_key, pad, 4, 4);
 AT_FIELD(struct at_stack_key, stack_id, 8, 8);
 
-static_assert(sizeof(struct at_task) == 96 + AT_NAME_LEN);
+static_assert(sizeof(struct at_task) == 104 + AT_NAME_LEN);
 AT_FIELD(struct at_task, parent_id, 0, 8);
 AT_FIELD(struct at_task, loop_id, 8, 8);
 AT_FIELD(struct at_task, coro_code_id, 16, 8);
@@ -121,6 +121,7 @@ AT_FIELD(struct at_task, awaiting_kind, 93, 1);
 AT_FIELD(struct at_task, nframes, 94, 1);
 AT_FIELD(struct at_task, flags, 95, 1);
 AT_FIELD(struct at_task, name, 96, AT_NAME_LEN);
+AT_FIELD(struct at_task, awaiter_id, 96 + AT_NAME_LEN, 8);
 
 static_assert(sizeof(struct at_stack) == 16 + 16 * AT_MAX_FRAMES);
 AT_FIELD(struct at_stack, nframes, 0, 4);
@@ -168,7 +169,7 @@ AT_FIELD(struct at_timing, last_end_ns, 32, 8);
 AT_FIELD(struct at_timing, first_ns, 40, 8);
 AT_FIELD(struct at_timing, hist, 48, 4 * AT_HIST_BUCKETS);
 
-static_assert(sizeof(struct at_event) == 96 + AT_NAME_LEN);
+static_assert(sizeof(struct at_event) == 112 + AT_NAME_LEN);
 AT_FIELD(struct at_event, pid, 0, 4);
 AT_FIELD(struct at_event, name_len, 4, 4);
 AT_FIELD(struct at_event, ktime, 8, 8);
@@ -176,4 +177,6 @@ AT_FIELD(struct at_event, rec, 16, 32);
 AT_FIELD(struct at_event, slot1, 48, 32);
 AT_FIELD(struct at_event, task_code, 80, 8);
 AT_FIELD(struct at_event, task_gen, 88, 8);
-AT_FIELD(struct at_event, name, 96, AT_NAME_LEN);
+AT_FIELD(struct at_event, awaiter_id, 96, 8);
+AT_FIELD(struct at_event, awaiter_gen, 104, 8);
+AT_FIELD(struct at_event, name, 112, AT_NAME_LEN);

@@ -62,6 +62,8 @@ bool decode_event(const at_event& e, StepEvent* out) {
   ev.code_id = e.task_code;
   ev.task_known = e.name_len != 0;
   ev.task_gen = e.task_gen;
+  ev.awaiter_id = e.awaiter_id;
+  ev.awaiter_gen = e.awaiter_gen;
   if (ev.task_known) ev.task_name = bytes(e.name, AT_NAME_LEN, e.name_len);
   if (hdr.type == ASYNCTRACE_REC_STEP_TIMED) {
     const asynctrace_rec_step_timed& st = e.slot1.step_timed;

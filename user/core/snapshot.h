@@ -111,6 +111,9 @@ struct StepEvent {
   // Which task at task_id: its TaskRecord::create_ns (ids are addresses,
   // reused once a task dies); 0 if the tracer did not know the task.
   uint64_t task_gen = 0;
+  // The task awaiting it (a plain await of it, else its first TaskGroup or
+  // gather awaiter) and that task's create_ns; 0 if none or unknown.
+  uint64_t awaiter_id = 0, awaiter_gen = 0;
   // Step
   uint64_t start_ns = 0;   // CLOCK_MONOTONIC
   uint64_t dur_ns = 0;

@@ -48,7 +48,7 @@ GraphTasks graph_tasks(const TaskGraph& g) {
       cur = a->id;
     }
     std::reverse(chain.begin(), chain.end());
-    out[TaskKey{t.id, t.create_ns}] = GraphTask{t.name, std::move(chain)};
+    out[TaskKey{t.id, t.create_ns}] = GraphTask{link_of(t), std::move(chain)};
   }
   return out;
 }

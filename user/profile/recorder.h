@@ -96,7 +96,7 @@ struct ChainLink {
 
 // What one read of the task graph says about a live task.
 struct GraphTask {
-  std::string name;
+  ChainLink self;                // the task: name, coroutine, where it was
   std::vector<ChainLink> chain;  // its awaiters from the root down, each with its stack
 };
 using GraphTasks = std::unordered_map<TaskKey, GraphTask, TaskKeyHash>;
@@ -133,6 +133,7 @@ class Recorder {
     ++nsteps_;
     const TaskKey task = task_key(ev);
     if (ev.task_known) name(task, ev.task_name);
+    if (ev.awaiter_id && ev.awaiter_gen) awaited_by(task, TaskKey{ev.awaiter_id, ev.awaiter_gen});
     auto during = samples_.take(ev);
     Last& last = last_[task];
     if (during.empty()) {
@@ -226,13 +227,22 @@ class Recorder {
       cache_.clear();
     }
   }
-  // After a step of `task`: where it was left (wall mode), and forgetting a
-  // completed task, whose address the next task may take.
+  void awaited_by(TaskKey task, TaskKey awaiter) {
+    auto [it, fresh] = awaiter_.try_emplace(task, awaiter);
+    if (!fresh && !(it->second == awaiter)) {
+      it->second = awaiter;
+      cache_.clear();
+    }
+  }
+  // After a step of `task`: where it was left (wall mode, and where its
+  // awaited tasks see it wait), and forgetting a completed task, whose
+  // address the next task may take.
   void done(TaskKey task, const StepEvent& ev) {
     last_[task] = Last{ev.start_ns + ev.dur_ns, ev.end_stack, ev.code_id, ev.completed};
     if (!ev.completed) return;
     last_.erase(task);
     names_.erase(task);
+    awaiter_.erase(task);
   }
 
   // The merged entry for a step (await: a wait) of `task` at these stacks.
@@ -263,47 +273,79 @@ class Recorder {
 
   // The task's name: from its events, else from a graph read, else its id.
   std::string task_name(TaskKey task) const {
-    if (const auto it = names_.find(task); it != names_.end()) return it->second;
-    if (const GraphTask* t = graph_task(task)) return t->name;
-    return hex_id(task.id);
+    const std::string n = known_name(task);
+    return n.empty() ? hex_id(task.id) : n;
   }
+  std::string known_name(TaskKey task) const {
+    if (const auto it = names_.find(task); it != names_.end()) return it->second;
+    if (const GraphTask* t = graph_task(task)) return t->self.name;
+    return "";
+  }
+  // Seen by its own events or a graph read: an awaiter worth drawing.
+  bool known(TaskKey task) const { return last_.count(task) || names_.count(task) || graph_task(task); }
   const GraphTask* graph_task(TaskKey task) const {
     if (const auto it = cur_.find(task); it != cur_.end()) return &it->second;
     if (const auto it = prev_.find(task); it != prev_.end()) return &it->second;
     return nullptr;
   }
-  // A task's frame as p_.grouping names it.
-  std::string group_label(const std::string& name, const std::string& coroutine) const {
+  // A task's frame as p_.grouping names it ("" name: not known).
+  std::string group_label(const std::string& name, const std::string& coroutine, uint64_t id) const {
     switch (p_.grouping) {
       case TaskGrouping::Task:
-        return name;
+        return name.empty() ? hex_id(id) : name;
       case TaskGrouping::Coroutine:
         if (!coroutine.empty()) return coroutine;
         break;
       case TaskGrouping::Name:
         break;
     }
-    return fold_digits(name);
+    // Not its id: an address, folded or not, would split or fake a group.
+    return name.empty() ? "<unnamed>" : fold_digits(name);
   }
   std::string task_label(TaskKey task, const std::string& coroutine) const {
-    return group_label(task_name(task), coroutine);
+    return group_label(known_name(task), coroutine, task.id);
   }
   std::string coroutine_of(uint64_t code_id) {
     const CodeInfo* c = code_id ? book_.code(code_id) : nullptr;
     return c ? c->qualname : "";
   }
-  // Root-first frames of the task's await chain (as the graph read of this
-  // very task says: never another task's at the same address), then the task.
+
+  // Root-first frames of the task's await chain, then the task itself.
   std::vector<uint32_t> prefix(TaskKey task, const std::string& label) {
     std::vector<uint32_t> out;
+    ancestors(task, out, 0);
+    out.push_back(p_.frame(ProfFrame::Kind::Task, label));
+    return out;
+  }
+  // The tasks awaiting `task`, root first, each as its task frame and the
+  // stack it waits at. The awaiter the task's own events name (the kernel's
+  // entry of this very task) comes first; else the chain a graph read saw
+  // for this very task (never another's at the same address); else none.
+  void ancestors(TaskKey task, std::vector<uint32_t>& out, int depth) {
+    if (const auto aw = awaiter_.find(task); aw != awaiter_.end() && depth < 64 && known(aw->second)) {
+      const TaskKey a = aw->second;
+      ancestors(a, out, depth + 1);
+      awaiter_link(a, out);
+      return;
+    }
     if (const GraphTask* t = graph_task(task)) {
       for (const ChainLink& l : t->chain) {
-        out.push_back(p_.frame(ProfFrame::Kind::Task, group_label(l.name, l.coroutine)));
+        out.push_back(p_.frame(ProfFrame::Kind::Task, group_label(l.name, l.coroutine, 0)));
         for (auto f = l.frames.rbegin(); f != l.frames.rend(); ++f) out.push_back(coroutine_frame(*f));
       }
     }
-    out.push_back(p_.frame(ProfFrame::Kind::Task, label));
-    return out;
+  }
+  // An awaiter's frames: where its last step left it, else where the last
+  // graph reads saw it.
+  void awaiter_link(TaskKey a, std::vector<uint32_t>& out) {
+    const GraphTask* g = graph_task(a);
+    const auto l = last_.find(a);
+    const bool stepped = l != last_.end() && l->second.end_stack;
+    const std::string coro = stepped ? coroutine_of(l->second.code_id) : g ? g->self.coroutine : "";
+    out.push_back(p_.frame(ProfFrame::Kind::Task, task_label(a, coro)));
+    const std::vector<NamedFrame> fs =
+        stepped ? name_frames(book_, book_.stack(l->second.end_stack)) : g ? g->self.frames : std::vector<NamedFrame>{};
+    for (auto f = fs.rbegin(); f != fs.rend(); ++f) out.push_back(coroutine_frame(*f));
   }
   // Frames innermost first, appended outermost first; with `coroutines`,
   // frames of other code are plain functions (sampled inside the step).
@@ -341,6 +383,7 @@ class Recorder {
   SampleBook samples_;
   GraphTasks cur_, prev_;  // the last two graph reads
   std::unordered_map<TaskKey, std::string, TaskKeyHash> names_;  // from events, until the task completes
+  std::unordered_map<TaskKey, TaskKey, TaskKeyHash> awaiter_;     // from events, until the task completes
   std::unordered_map<TaskKey, Last, TaskKeyHash> last_;
   std::unordered_map<TaskKey, size_t, TaskKeyHash> timeline_of_;
   std::map<Key, uint64_t> merged_;
