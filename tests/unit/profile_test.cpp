@@ -162,6 +162,21 @@ TEST(Profile, DisplayNames) {
   EXPECT_EQ(frame_display_name({K::Await, "awaiting", "", 0}), "[awaiting]");
   EXPECT_EQ(frame_label({K::Coroutine, "Srv.handle", "/srv/app.py", 42}), "Srv.handle");
   EXPECT_EQ(frame_label({K::Task, "a\nb\x1b", "", 0}), "[task] a\\nb\\x1b");
+  // Without lines (record's default): the label alone, file or not.
+  EXPECT_EQ(frame_display_name({K::Coroutine, "Srv.handle", "/srv/app.py", 0}, false), "Srv.handle");
+  EXPECT_EQ(frame_display_name({K::Task, "worker-N", "", 0}, false), "[task] worker-N");
+}
+
+TEST(Profile, TitleSaysWhatTheWidthMeasures) {
+  Profile p;
+  p.duration_ns = 10'000'000'000ull;
+  EXPECT_EQ(weight_caption(p, 6'800'000'000ull), "width = time inside task steps: 6.80 s of a 10.0 s recording");
+  p.mode = ProfMode::Wall;
+  EXPECT_EQ(weight_caption(p, 25'000'000'000ull),
+            "width = task wall time, in steps and awaiting, summed over tasks: 25.00 s of a 10.0 s recording");
+  std::ostringstream svg;
+  write_profile(p, ProfFormat::Svg, svg);
+  EXPECT_NE(svg.str().find("summed over tasks: 0 ns of a 10.0 s recording"), std::string::npos) << svg.str();
 }
 
 TEST(Profile, FoldedGolden) {
