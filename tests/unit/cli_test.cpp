@@ -78,6 +78,7 @@ TEST(Cli, BadInputIsAUsageErrorWithOneLine) {
            {"record", "-p", "1"},                        // no output
            {"record", "-p", "1", "-o", "x", "-f", "png"},  // unknown profile format
            {"record", "-p", "1", "-o", "x", "-m", "gpu"},  // unknown mode
+           {"record", "-p", "1", "-o", "x", "--group-tasks", "thread"},  // unknown grouping
            {"record", "-p", "1", "-o", "x", "-d", "0"},    // zero duration
            {"frobnicate"},                               // unknown command
            {},                                           // no command
@@ -134,6 +135,12 @@ TEST(Cli, TimingCommands) {
   EXPECT_EQ(r.options->prof_format, "svg");
   EXPECT_EQ(r.options->mode, "wall");
   EXPECT_EQ(r.options->duration, 30000ms);
+  EXPECT_EQ(r.options->group_tasks, "name");  // merged by default
+  EXPECT_FALSE(r.options->lines);
+  auto detail = parse({"record", "-p", "7", "-o", "x", "--group-tasks", "coroutine", "--lines"});
+  ASSERT_TRUE(detail.options);
+  EXPECT_EQ(detail.options->group_tasks, "coroutine");
+  EXPECT_TRUE(detail.options->lines);
   auto p = parse({"ps", "-p", "7", "--long"});
   ASSERT_TRUE(p.options);
   EXPECT_TRUE(p.options->long_format);
