@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Idle tasks, one of them stuck, for top's "stuck" warning:
-  stuck    awaits an asyncio.Event nobody sets, no timeout (genuinely stuck)
+  stuck    a coroutine of its own awaiting an asyncio.Event nobody sets, no
+           timeout (genuinely stuck)
   napper   sleeps in asyncio.sleep(3600) (a wait it chose)
   main     awaits asyncio.wait_for(stop.wait(), SECONDS) (a timeout)
 Prints {"ready": true, "pid": P}; SIGUSR1 ends it, printing {"truth": {...}}.
@@ -12,10 +13,14 @@ import signal
 import sys
 
 
+async def wait_for_nothing(never):
+    await never.wait()
+
+
 async def main(seconds):
     never, stop = asyncio.Event(), asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, stop.set)
-    tasks = [asyncio.create_task(never.wait(), name="stuck"),
+    tasks = [asyncio.create_task(wait_for_nothing(never), name="stuck"),
              asyncio.create_task(asyncio.sleep(3600), name="napper")]
     await asyncio.sleep(0)
     print(json.dumps({"ready": True, "pid": os.getpid()}), flush=True)

@@ -177,6 +177,16 @@ TEST(Top, NoStuckWarningForAChosenWait) {
   s.tasks[0].awaiting_id = 0xc0;
   TopModel m2;
   EXPECT_FALSE(warns_about(m2.update(build_graph(s), 110 * kSec, o), "gamma"));
+  // Python 3.11's wait_for awaits a future, not the task it made of its
+  // coroutine: a task only in asyncio's code, while a task is in wait_for.
+  s.tasks[0].awaiting_kind = AwaitKind::Future;
+  s.tasks[0].awaiting_id = 0;
+  s.code[11] = {"waiter", "/srv/app.py", 1, false};
+  s.tasks[1].frames = {{9, 10}, {11, 3}};  // beta: the program's coroutine awaiting the event
+  TopModel m3;
+  const TopFrame f3 = m3.update(build_graph(s), 110 * kSec, o);
+  EXPECT_FALSE(warns_about(f3, "gamma"));
+  EXPECT_TRUE(warns_about(f3, "beta\x1b[31m")) << (f3.warnings.empty() ? "" : f3.warnings[0]);
 }
 
 // Every line fits the width; the header wraps between its fields rather

@@ -104,8 +104,9 @@ int run_top(const Options& o) {
     } else if (tty) {
       const auto [rows, cols] = terminal_size(true);
       const size_t fixed = top_fixed_lines(f, cols);
-      // Home and clear, then the frame: a redraw in place.
-      std::cout << "\x1b[H\x1b[2J" << render_top(f, rows > fixed ? rows - fixed : 1, cols, by);
+      // Home and clear, then the frame: a redraw in place. One line spare:
+      // the last newline must not scroll the header off.
+      std::cout << "\x1b[H\x1b[2J" << render_top(f, rows > fixed + 1 ? rows - fixed - 1 : 1, cols, by);
     } else {
       std::cout << render_top(f, 0, terminal_size(false).second, by) << "\n";
     }

@@ -50,15 +50,35 @@ bool in_asyncio_timer(const TaskNode* t) {
          ends_with(f.filename, "asyncio/tasks.py");
 }
 
+// Any task suspended in asyncio.wait_for.
+bool any_in_wait_for(const TaskGraph& g) {
+  for (const TaskNode& t : g.tasks)
+    if (in_asyncio_timer(&t) && t.stack.front()->funcname == "wait_for") return true;
+  return false;
+}
+
+// A task made straight from one of asyncio's own coroutines (every frame
+// in asyncio/), as asyncio.wait_for(event.wait(), T) makes one.
+bool asyncio_only(const TaskNode& t) {
+  if (t.stack.empty()) return false;
+  for (const FrameInfo* f : t.stack)
+    if (f->filename.find("/asyncio/") == std::string::npos) return false;
+  return true;
+}
+
 // A long wait the task chose: it sleeps (aiohttp's run_app idles in
-// asyncio.sleep(3600)), or it or a task awaiting it waits under a timeout
-// (asyncio.wait_for(event.wait(), T)). Not worth a "stuck" warning; a task
-// awaiting a future with no timer still is.
-bool chosen_wait(const TaskGraph& g, const TaskNode& t) {
+// asyncio.sleep(3600)), or it waits under a timeout: a task awaiting it is
+// in asyncio.wait_for, or it is the task wait_for made of a bare asyncio
+// coroutine (on Python 3.11 and before, wait_for awaits a future of its
+// own, not that task: the graph has no edge, so any task of asyncio's own
+// code while some task is in wait_for counts). Not worth a "stuck" warning;
+// a task of the program's own coroutine awaiting a future with no timer
+// still is.
+bool chosen_wait(const TaskGraph& g, const TaskNode& t, bool wait_for_somewhere) {
   if (in_asyncio_timer(&t)) return true;
   for (const AwaitEdge* e : g.awaiters_of(t.id))
     if (in_asyncio_timer(g.find(e->awaiter))) return true;
-  return false;
+  return wait_for_somewhere && asyncio_only(t);
 }
 
 uint64_t sub(uint64_t a, uint64_t b) { return a > b ? a - b : 0; }
@@ -103,6 +123,7 @@ TopFrame TopModel::update(const TaskGraph& g, uint64_t now_ns, const TopOptions&
     if (sec && sec >= from_sec) h.worst_step_ns = std::max(h.worst_step_ns, ns);
 
   std::unordered_map<uint64_t, uint64_t> busy_now;
+  const bool wait_for_somewhere = any_in_wait_for(g);
   for (const TaskNode& t : g.tasks) {
     if (!opts.name_filter.empty() && t.name.find(opts.name_filter) == std::string::npos) continue;
     TopRow r;
@@ -133,7 +154,7 @@ TopFrame TopModel::update(const TaskGraph& g, uint64_t now_ns, const TopOptions&
       r.idle_ns = sub(now_ns, seen_from);
       r.waiting_ns = r.idle_ns;  // no step since timing began
     }
-    if (h.timing && t.state == TaskState::Suspended && r.waiting_ns >= opts.stuck_ns && !chosen_wait(g, t))
+    if (h.timing && t.state == TaskState::Suspended && r.waiting_ns >= opts.stuck_ns && !chosen_wait(g, t, wait_for_somewhere))
       f.warnings.push_back("task " + t.name + " (" + hex_id(t.id) + ") has awaited " +
                            (r.awaiting.empty() ? std::string("the same thing") : r.awaiting) +
                            (r.where.empty() ? "" : " at " + r.where) + " for " + short_duration(r.waiting_ns) +
