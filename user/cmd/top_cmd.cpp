@@ -40,7 +40,10 @@ std::pair<size_t, size_t> terminal_size(bool tty) {
 class KeyReader {
  public:
   explicit KeyReader(bool enable) {
-    if (!enable || !isatty(STDIN_FILENO) || tcgetattr(STDIN_FILENO, &saved_) != 0) return;
+    // Not from the background (`top &`): changing the terminal would stop us (SIGTTOU).
+    if (!enable || !isatty(STDIN_FILENO) || tcgetpgrp(STDIN_FILENO) != getpgrp() ||
+        tcgetattr(STDIN_FILENO, &saved_) != 0)
+      return;
     termios raw = saved_;
     raw.c_lflag &= ~static_cast<tcflag_t>(ICANON | ECHO);
     raw.c_cc[VMIN] = 0;

@@ -286,7 +286,7 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   top->add_option("-s,--sort", o.sort, "Sort by: busy (default), busy%, steps, longest, sched, idle, age, name")
       ->type_name("KEY")
       ->check(one_of({"busy", "busy%", "steps", "longest", "sched", "idle", "age", "name"}));
-  top->add_option("--name", o.name_filter, "Show only tasks whose name contains this text");
+  top->add_option("--name", o.name_filter, "Show only tasks (or coroutines, --by coroutine) whose name contains this text");
   top->add_option("--by", o.top_by,
                   "Rows: coroutine (default: each coroutine's steps over all its tasks, short-lived ones "
                   "included, as a server's per-request tasks) or task (one row per live task); key c switches")
