@@ -31,3 +31,22 @@ TEST(Cli, UsageErrorsNameTheWordAndExitTwo) {
     for (const std::string& s : c.said) EXPECT_NE(r.err.find(s), std::string::npos) << s;
   }
 }
+
+// runtimes/python/install.sh: --help prints the usage (exit 0) instead of
+// running "--help" as the interpreter; a word that is no executable is one
+// line, exit 2, nothing installed.
+TEST(Cli, InstallScriptHelpAndBadInterpreter) {
+  const std::string script = e2e::source_dir() + "/runtimes/python/install.sh";
+  for (const char* help : {"--help", "-h"}) {
+    const auto r = e2e::run({script, help});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out.rfind("usage: install.sh", 0), 0u) << r.out;
+  }
+  for (const char* bad : {"/etc/passwd", "/nonexistent/python3", "--frobnicate"}) {
+    const auto r = e2e::run({script, bad});
+    SCOPED_TRACE(bad);
+    EXPECT_EQ(r.exit_code, 2);
+    EXPECT_EQ(r.err.find('\n'), r.err.size() - 1) << r.err;
+    EXPECT_NE(r.err.find(bad), std::string::npos) << r.err;
+  }
+}
