@@ -412,7 +412,8 @@ TEST(CliHelp, TypesAndFormatsPerCommand) {
     std::istringstream in(h.out);
     for (std::string line; std::getline(in, line);) {
       // An option's line: its names and type, two spaces, its description.
-      const std::string opt = line.substr(line.find_first_not_of(' ') == std::string::npos ? 0 : line.find_first_not_of(' '));
+      const auto indent = line.find_first_not_of(' ');
+      const std::string opt = indent == std::string::npos ? "" : line.substr(indent);
       if (opt.empty() || opt[0] != '-') continue;
       const std::string names = opt.substr(0, opt.find("  "));
       for (const char* d : {"--timeout", "--duration", "--interval", "--stuck", "--threshold", "--scan-interval",

@@ -164,7 +164,8 @@ TEST(Top, NoStuckWarningForAChosenWait) {
     EXPECT_EQ(g->where.rfind(func, 0), 0u) << g->where;
   }
   TopModel m;
-  const TopFrame f = m.update(build_graph(waiting_in("Event.wait", "/usr/lib/python3.11/asyncio/locks.py")), 110 * kSec, o);
+  const Snapshot event = waiting_in("Event.wait", "/usr/lib/python3.11/asyncio/locks.py");
+  const TopFrame f = m.update(build_graph(event), 110 * kSec, o);
   ASSERT_TRUE(warns_about(f, "gamma"));
   bool at = false;
   for (const auto& w : f.warnings) at |= w.find("future at Event.wait") != std::string::npos;

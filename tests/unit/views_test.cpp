@@ -215,7 +215,9 @@ TEST(Stats, CountersAndCompleteness) {
   EXPECT_EQ(j["counters"]["dropped_tasks_map_full"], 3);
   EXPECT_FALSE(j["complete"].get<bool>());
   const std::string text = render_stats(g);
-  auto row = [](std::string label, const std::string& value) { return label.append(48 - label.size(), ' ') + value + "\n"; };
+  auto row = [](std::string label, const std::string& value) {
+    return label.append(48 - label.size(), ' ') + value + "\n";
+  };
   EXPECT_NE(text.find(row("dropped: task map full", "3")), std::string::npos) << text;
   EXPECT_NE(text.find(row("view", "partial")), std::string::npos) << text;
 }

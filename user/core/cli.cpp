@@ -52,22 +52,20 @@ CLI::Option* add_duration(CLI::App* cmd, const char* names, std::string& text, c
 }
 
 // `format_help`: what --format means for this command ("" = no --format:
-// the command prints no view). `max_tasks`: the command may attach a tracer
-// of its own, whose task map --max-tasks sizes.
-void add_target_options(CLI::App* cmd, Options& o, std::string& fmt, std::string& timeout, const char* format_help,
-                        bool max_tasks = true) {
+// the command prints no view). --max-tasks sizes the task map of the tracer
+// each of these commands attaches when no holder's maps answer.
+void add_target_options(CLI::App* cmd, Options& o, std::string& fmt, std::string& timeout, const char* format_help) {
   add_pid(cmd, o, "Process to inspect");
   if (*format_help)
     cmd->add_option("-f,--format", fmt, format_help)
         ->type_name("FORMAT")
         ->check(one_of({"text", "json"}));
   add_duration(cmd, "--timeout", timeout, "How long to wait for the runtime to report its live tasks (default 2s)");
-  if (max_tasks)
-    cmd->add_option("--max-tasks", o.max_tasks,
-                    "Capacity of the kernel's task map, 1 to 4194304 (default 131072); tasks beyond it are "
-                    "counted, not shown")
-        ->type_name("N")
-        ->check(CLI::Range(1, 1 << 22).description(""));
+  cmd->add_option("--max-tasks", o.max_tasks,
+                  "Capacity of the kernel's task map, 1 to 4194304 (default 131072); tasks beyond it are "
+                  "counted, not shown")
+      ->type_name("N")
+      ->check(CLI::Range(1, 1 << 22).description(""));
 }
 
 // Optimal string alignment distance: insertions, deletions, substitutions
@@ -79,7 +77,8 @@ size_t edit_distance(const std::string& a, const std::string& b) {
   for (size_t i = 1; i <= a.size(); ++i)
     for (size_t j = 1; j <= b.size(); ++j) {
       d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1])});
-      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
     }
   return d[a.size()][b.size()];
 }
@@ -175,10 +174,10 @@ WordCheck check_words(const CLI::App& app, const std::vector<std::string>& args)
         program += (program.empty() ? "" : " ") + shown;
         continue;
       }
+      const bool takes_pid =
+          !cmd->get_options([](const CLI::Option* o) { return o->check_lname("pid"); }).empty();
       return fail("unexpected argument '" + shown + "'" +
-                  (all_digits(w) && !cmd->get_options([](const CLI::Option* o) { return o->check_lname("pid"); }).empty()
-                       ? " (did you mean '-p " + shown + "'?)"
-                       : ""));
+                  (all_digits(w) && takes_pid ? " (did you mean '-p " + shown + "'?)" : ""));
     }
     if (!program.empty())
       return fail("'" + shown + "' after the program would be read as asynctrace's flag: put the program after " +
@@ -286,7 +285,8 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
   top->add_option("-s,--sort", o.sort, "Sort by: busy (default), busy%, steps, longest, sched, idle, age, name")
       ->type_name("KEY")
       ->check(one_of({"busy", "busy%", "steps", "longest", "sched", "idle", "age", "name"}));
-  top->add_option("--name", o.name_filter, "Show only tasks (or coroutines, --by coroutine) whose name contains this text");
+  top->add_option("--name", o.name_filter,
+                  "Show only tasks (or coroutines, --by coroutine) whose name contains this text");
   top->add_option("--by", o.top_by,
                   "Rows: coroutine (default: each coroutine's steps over all its tasks, short-lived ones "
                   "included, as a server's per-request tasks) or task (one row per live task); key c switches")
