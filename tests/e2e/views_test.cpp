@@ -234,7 +234,7 @@ TEST(Views, TopFitsEightyColumnsAndShowsTheBusyCoroutine) {
   EXPECT_TRUE(pane.wait_for("END", 20s)) << pane.screen();
   ASSERT_TRUE(drawn) << coro;
   EXPECT_TRUE(tasks) << task_screen;
-  for (const std::string* screen : {&coro, &task_screen}) {
+  for (const std::string* screen : {static_cast<const std::string*>(&coro), &task_screen}) {
     std::istringstream in(*screen);
     for (std::string line; std::getline(in, line);) EXPECT_LE(columns(line), 80u) << line << "\n" << *screen;
     for (const char* field : {"asynctrace top - pid", "alive", "/s created", "/s completed", "loop busy", "steps/s",
