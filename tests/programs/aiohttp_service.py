@@ -20,8 +20,10 @@ Prints {"ready": true, "pid": P, "port": N} once requests flow. On SIGUSR2 it pr
 "at_s") and keeps serving, so a test can take what happened during a window.
 On SIGUSR1 (or after SECONDS) it stops the load, then prints {"truth": {...}} with what it
 measured of itself: requests served per path, the blocking calls (count,
-total/min/max seconds inside block_loop), and the ids of the request tasks
-and fan-out parts, so a test can tell that addresses were reused.
+total/min/max seconds inside block_loop), the longest fan-out (fanout_max_s:
+from before its parts were created to after the last ended), and the ids of
+the request tasks and fan-out parts, so a test can tell that addresses were
+reused.
 """
 import asyncio
 import json
@@ -50,7 +52,7 @@ def serve(seconds):
     from aiohttp import web
 
     truth = {"requests": {}, "block": {"count": 0, "total_s": 0.0, "min_s": 1e9, "max_s": 0.0},
-             "fanout_parts": 0}
+             "fanout_parts": 0, "fanout_max_s": 0.0}
     request_ids, part_ids = set(), set()
     reports = [0]
 
@@ -71,12 +73,17 @@ def serve(seconds):
 
     async def handle_fanout(request):
         served("/fanout")
-        if hasattr(asyncio, "TaskGroup"):
-            async with asyncio.TaskGroup() as tg:
-                parts = [tg.create_task(fanout_part(i), name=f"part-{i}") for i in range(FANOUT)]
-            total = sum(p.result() for p in parts)
-        else:
-            total = sum(await asyncio.gather(*(fanout_part(i) for i in range(FANOUT))))
+        t0 = time.monotonic()
+        try:
+            if hasattr(asyncio, "TaskGroup"):
+                async with asyncio.TaskGroup() as tg:
+                    parts = [tg.create_task(fanout_part(i), name=f"part-{i}") for i in range(FANOUT)]
+                total = sum(p.result() for p in parts)
+            else:
+                total = sum(await asyncio.gather(*(fanout_part(i) for i in range(FANOUT))))
+        finally:
+            # Bounds the lifetime of every part of this fan-out (cancelled ones too).
+            truth["fanout_max_s"] = max(truth["fanout_max_s"], time.monotonic() - t0)
         return web.Response(text=f"fanout {total}\n")
 
     async def db_query():

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <sstream>
+
 #include "core/result.h"
 
 using namespace asynctrace;
@@ -104,7 +106,7 @@ TEST(Cli, HelpEndsWithExamplesAndExitsZero) {
 
 TEST(Cli, Durations) {
   EXPECT_EQ(parse_duration("500ms"), 500ms);
-  EXPECT_EQ(parse_duration("2"), 2000ms);
+  EXPECT_FALSE(parse_duration("2"));  // seconds or milliseconds? a unit is required
   EXPECT_EQ(parse_duration("1.5s"), 1500ms);
   EXPECT_EQ(parse_duration("3m"), 180000ms);
   EXPECT_FALSE(parse_duration(""));
@@ -326,4 +328,107 @@ TEST(Cli, FeaturesTakesNoPidAndAFormat) {
   auto bad = parse({"features", "-f", "xml"});
   EXPECT_FALSE(bad.options);
   EXPECT_EQ(bad.exit_code, kExitUsage);
+}
+
+namespace {
+
+// The one-line error of a usage error (exit 2), "" if the words parsed.
+std::string usage_error(std::vector<std::string> a) {
+  auto r = parse(std::move(a));
+  if (r.options) return "";
+  EXPECT_EQ(r.exit_code, kExitUsage) << r.err;
+  EXPECT_EQ(r.err.find('\n'), std::string::npos) << r.err;
+  return r.err;
+}
+
+bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+}  // namespace
+
+// Every parse error names the word that was wrong and the nearest real
+// command or flag; an unknown flag is named before a missing --pid.
+TEST(CliErrors, NameTheWordAndTheNearestRealOne) {
+  const std::string pdi = usage_error({"pstree", "--pdi", "3053"});
+  EXPECT_TRUE(has(pdi, "unknown flag '--pdi'")) << pdi;
+  EXPECT_TRUE(has(pdi, "did you mean '--pid'?")) << pdi;
+  EXPECT_FALSE(has(pdi, "required")) << pdi;
+  const std::string pstre = usage_error({"pstre", "-p", "3053"});
+  EXPECT_TRUE(has(pstre, "unknown command 'pstre'")) << pstre;
+  EXPECT_TRUE(has(pstre, "did you mean 'pstree'?")) << pstre;
+  const std::string stray = usage_error({"pstree", "3053"});
+  EXPECT_TRUE(has(stray, "unexpected argument '3053'")) << stray;
+  EXPECT_TRUE(has(stray, "-p 3053")) << stray;
+  const std::string sort = usage_error({"top", "-p", "1", "--srot", "steps"});
+  EXPECT_TRUE(has(sort, "top: unknown flag '--srot'") && has(sort, "'--sort'")) << sort;
+  const std::string dash = usage_error({"ps", "-pid", "1"});
+  EXPECT_TRUE(has(dash, "'-pid'") && has(dash, "'--pid'")) << dash;
+  const std::string far = usage_error({"ps", "-p", "1", "--zzzzzz"});
+  EXPECT_TRUE(has(far, "unknown flag '--zzzzzz'") && !has(far, "did you mean")) << far;
+  EXPECT_TRUE(has(usage_error({"frobnicate"}), "unknown command 'frobnicate'"));
+  // Still fine: flags in any order, values attached, -v after the command.
+  for (const auto& ok : std::vector<std::vector<std::string>>{{"ps", "--long", "-p", "7"},
+                                                             {"ps", "--pid=7", "-l"},
+                                                             {"ps", "-p7"},
+                                                             {"top", "-p", "7", "-v"},
+                                                             {"-v", "stats", "-p", "7"},
+                                                             {"agent", "--library-prefix", "/a", "/b"}})
+    EXPECT_TRUE(parse(ok).options) << ok.front() << " " << parse(ok).err;
+  // A missing --pid is still named.
+  EXPECT_TRUE(has(usage_error({"pstree"}), "--pid is required"));
+}
+
+TEST(CliErrors, RunWithoutDashDashHints) {
+  const std::string e = usage_error({"run", "python3", "-c", "print(1)"});
+  EXPECT_TRUE(has(e, "'-c'") && has(e, "after '--'") && has(e, "asynctrace run -- python3 -c")) << e;
+  auto plain = parse({"run", "python3", "app.py"});
+  ASSERT_TRUE(plain.options) << plain.err;
+  EXPECT_EQ(plain.options->run_argv, (std::vector<std::string>{"python3", "app.py"}));
+  EXPECT_TRUE(parse({"run", "--", "python3", "-c", "print(1)"}).options);
+}
+
+// A bare number is refused with the accepted units named, for every
+// duration flag.
+TEST(CliErrors, DurationsNeedUnits) {
+  for (const auto& [args, flag] : std::vector<std::pair<std::vector<std::string>, std::string>>{
+           {{"slow", "-p", "1", "-t", "50"}, "--threshold"},
+           {{"slow", "-p", "1", "-d", "5"}, "--duration"},
+           {{"ps", "-p", "1", "--timeout", "2"}, "--timeout"},
+           {{"attach", "-p", "1", "-d", "30"}, "--duration"},
+           {{"top", "-p", "1", "-i", "1"}, "--interval"},
+           {{"top", "-p", "1", "--stuck", "10"}, "--stuck"},
+           {{"record", "-p", "1", "-o", "x", "-d", "10"}, "--duration"},
+           {{"agent", "--scan-interval", "2"}, "--scan-interval"},
+           {{"agent", "--profile-dir", "d", "--profile-every", "60"}, "--profile-every"},
+           {{"agent", "--profile-dir", "d", "--profile-duration", "10"}, "--profile-duration"}}) {
+    const std::string e = usage_error(args);
+    EXPECT_TRUE(has(e, flag) && has(e, "unit") && has(e, "ms, s, m or h")) << e;
+  }
+  EXPECT_EQ(parse({"slow", "-p", "1", "-t", "50ms"}).options->threshold, 50ms);
+}
+
+// --help of every command: types named for people (PID, DURATION, N), no
+// CLI11 "INT:INT in [...]", the 3.14 layout claimed by pstree and ps only,
+// no --format on attach, --max-tasks only where a task map is sized.
+TEST(CliHelp, TypesAndFormatsPerCommand) {
+  for (const std::string cmd : {"pstree", "ps", "stats", "attach", "top", "slow", "record", "agent", "run"}) {
+    SCOPED_TRACE(cmd);
+    auto h = parse({cmd, "--help"});
+    ASSERT_EQ(h.exit_code, 0);
+    EXPECT_FALSE(has(h.out, "INT:")) << h.out;
+    EXPECT_FALSE(has(h.out, "UINT")) << h.out;
+    std::istringstream in(h.out);
+    for (std::string line; std::getline(in, line);) {
+      // An option's line: its names and type, two spaces, its description.
+      const auto indent = line.find_first_not_of(' ');
+      const std::string opt = indent == std::string::npos ? "" : line.substr(indent);
+      if (opt.empty() || opt[0] != '-') continue;
+      const std::string names = opt.substr(0, opt.find("  "));
+      for (const char* d : {"--timeout", "--duration", "--interval", "--stuck", "--threshold", "--scan-interval",
+                            "--profile-every", "--profile-duration"})
+        if (has(names, d)) EXPECT_TRUE(has(names, "DURATION")) << line;
+      if (has(names, "--pid")) EXPECT_TRUE(has(names, "PID")) << line;
+      if (has(names, "--format")) EXPECT_EQ(has(line, "3.14"), cmd == "pstree" || cmd == "ps") << line;
+    }
+    if (cmd == "attach") EXPECT_FALSE(has(h.out, "--format")) << h.out;
+  }
 }

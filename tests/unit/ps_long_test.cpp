@@ -39,7 +39,7 @@ struct Looks {
   Snapshot first, later;
 };
 
-// The first look has no timing; the second has it for alpha, and the
+// The first look has no timing; the second (the same tasks) has it for alpha, and the
 // coroutine timing of two codes (one never registered).
 Looks looks() {
   Looks l;
@@ -67,7 +67,7 @@ PsLong build(Looks l) {
 
 }  // namespace
 
-TEST(PsLong, TimingOfTheSecondLookOnTheTasksOfTheFirst) {
+TEST(PsLong, TasksAndTimingOfTheSecondLook) {
   const PsLong p = build(looks());
   ASSERT_EQ(p.graph.tasks.size(), 2u);
   const TaskNode* a = p.graph.find(0xa0);
@@ -134,4 +134,26 @@ TEST(PsLong, ManyTasksCreatedFasterThanTheyCompleteWarn) {
   bool leak = false;
   for (const std::string& w : p.warnings) leak |= w.find("a task leak?") != std::string::npos;
   EXPECT_TRUE(leak);
+}
+
+// The rows are the tasks of the second look: one that ended in the window
+// is gone, one born in it is there, with its age to the window's end.
+TEST(PsLong, RowsAreTheTasksAliveAtTheWindowsEnd) {
+  Looks l = looks();
+  l.later.tasks = {l.first.tasks[0], rec(0xd0, "newborn")};
+  l.later.tasks[1].create_ns = 100 * kSec + 900'000'000;
+  const PsLong p = build(l);
+  ASSERT_EQ(p.graph.tasks.size(), 2u);
+  EXPECT_EQ(p.graph.find(0xb0), nullptr);  // ended during the window
+  ASSERT_NE(p.graph.find(0xd0), nullptr);
+  const nlohmann::json j = ps_long_json(p);
+  bool newborn = false;
+  for (const auto& t : j["tasks"])
+    if (t["name"] == "newborn") {
+      newborn = true;
+      EXPECT_EQ(t["age_ns"], 100'000'000u);  // to 101 s, the second look
+    }
+  EXPECT_TRUE(newborn);
+  EXPECT_EQ(render_ps_long(p).find("beta"), std::string::npos);
+  EXPECT_EQ(p.codes[0].name, "handler");  // names from the first look
 }

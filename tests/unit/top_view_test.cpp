@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/escape.h"
 #include "core/model.h"
 
 using namespace asynctrace;
@@ -103,7 +104,8 @@ TEST(Top, SortFilterAndEscapedText) {
   f = m3.update(build_graph(snap_at(1, 2, 3, 4)), 101 * kSec, o);
   const std::string cut = render_top(f, 1, 40);
   EXPECT_NE(cut.find("... 2 more"), std::string::npos) << cut;
-  for (size_t p = 0, q; (q = cut.find('\n', p)) != std::string::npos; p = q + 1) EXPECT_LE(q - p, 40u) << cut;
+  for (size_t p = 0, q; (q = cut.find('\n', p)) != std::string::npos; p = q + 1)
+    EXPECT_LE(display_width(cut.substr(p, q - p)), 40u) << cut;  // an elided name ends in a 3-byte ellipsis
 }
 
 TEST(Top, WarnsAboutStuckTasksAndGrowingCounts) {
@@ -126,4 +128,109 @@ TEST(Top, WarnsAboutStuckTasksAndGrowingCounts) {
   bool leak = false;
   for (const auto& w : f.warnings) leak |= w.find("growing") != std::string::npos;
   EXPECT_TRUE(leak);
+}
+
+namespace {
+
+// gamma (never stepped) waits in `func` of `file`; delta awaits gamma.
+Snapshot waiting_in(const std::string& func, const std::string& file) {
+  Snapshot s = snap_at(1, 2, 3, 4);
+  s.code[9] = {func, file, 1, false};
+  s.tasks[2].frames = {{9, 10}};
+  return s;
+}
+
+bool warns_about(const TopFrame& f, const std::string& name) {
+  for (const auto& w : f.warnings)
+    if (w.find("task " + name + " ") == 0) return true;
+  return false;
+}
+
+}  // namespace
+
+// A wait the task chose (asyncio.sleep, asyncio.wait_for's timeout) is not
+// "stuck"; a future with no timer is, named with where it waits.
+TEST(Top, NoStuckWarningForAChosenWait) {
+  TopOptions o;
+  o.stuck_ns = 5 * kSec;
+  for (const char* func : {"sleep", "wait_for"}) {
+    TopModel m;
+    const TopFrame f = m.update(build_graph(waiting_in(func, "/usr/lib/python3.11/asyncio/tasks.py")), 110 * kSec, o);
+    EXPECT_FALSE(warns_about(f, "gamma")) << func;
+    const TopRow* g = nullptr;
+    for (const TopRow& r : f.rows) g = r.name == "gamma" ? &r : g;
+    ASSERT_NE(g, nullptr);
+    EXPECT_EQ(g->awaiting, "future");
+    EXPECT_EQ(g->where.rfind(func, 0), 0u) << g->where;
+  }
+  TopModel m;
+  const Snapshot event = waiting_in("Event.wait", "/usr/lib/python3.11/asyncio/locks.py");
+  const TopFrame f = m.update(build_graph(event), 110 * kSec, o);
+  ASSERT_TRUE(warns_about(f, "gamma"));
+  bool at = false;
+  for (const auto& w : f.warnings) at |= w.find("future at Event.wait") != std::string::npos;
+  EXPECT_TRUE(at);
+  // Under an awaiter in wait_for: a timeout bounds it.
+  Snapshot s = waiting_in("Event.wait", "/usr/lib/python3.11/asyncio/locks.py");
+  s.code[10] = {"wait_for", "/usr/lib/python3.11/asyncio/tasks.py", 1, false};
+  s.tasks[0].frames = {{10, 5}};
+  s.tasks[0].awaiting_kind = AwaitKind::Task;
+  s.tasks[0].awaiting_id = 0xc0;
+  TopModel m2;
+  EXPECT_FALSE(warns_about(m2.update(build_graph(s), 110 * kSec, o), "gamma"));
+  // Python 3.11's wait_for awaits a future, not the task it made of its
+  // coroutine: a task only in asyncio's code, while a task is in wait_for.
+  s.tasks[0].awaiting_kind = AwaitKind::Future;
+  s.tasks[0].awaiting_id = 0;
+  s.code[11] = {"waiter", "/srv/app.py", 1, false};
+  s.tasks[1].frames = {{9, 10}, {11, 3}};  // beta: the program's coroutine awaiting the event
+  TopModel m3;
+  const TopFrame f3 = m3.update(build_graph(s), 110 * kSec, o);
+  EXPECT_FALSE(warns_about(f3, "gamma"));
+  EXPECT_TRUE(warns_about(f3, "beta\x1b[31m")) << (f3.warnings.empty() ? "" : f3.warnings[0]);
+}
+
+// Every line fits the width; the header wraps between its fields rather
+// than losing them; names are elided with an ellipsis; numbers are whole.
+TEST(Top, LayoutFitsTheWidth) {
+  TopModel m;
+  TopOptions o;
+  Snapshot s = snap_at(1, 2, 3, 4);
+  s.tasks[0].name = std::string(60, 'n');
+  TopFrame f = m.update(build_graph(s), 101 * kSec, o);
+  f.header.completed_per_s = 174.3;
+  std::unordered_map<uint64_t, Timing> codes = {{5, timing(12345678, 987'654'321, 300'000'000, 0)}};
+  std::unordered_map<uint64_t, CodeInfo> names = {{5, {"serve.<locals>.handle_report", "/srv/app.py", 1, false}}};
+  m.add_codes(f, codes, names, o);
+  for (const TopBy by : {TopBy::Task, TopBy::Coroutine}) {
+    const std::string text = render_top(f, 0, 80, by);
+    for (size_t p = 0, q; (q = text.find('\n', p)) != std::string::npos; p = q + 1)
+      EXPECT_LE(display_width(text.substr(p, q - p)), 80u) << text;
+    for (const char* field : {"alive", "174.3/s completed", "loop busy", "steps/s", "worst step"})
+      EXPECT_NE(text.find(field), std::string::npos) << field << "\n" << text;
+    if (by == TopBy::Task) EXPECT_NE(text.find("nnn\xE2\x80\xA6"), std::string::npos) << text;
+    else EXPECT_NE(text.find("12345678"), std::string::npos) << text;
+  }
+  // No width: one header line, every column.
+  const std::string wide = render_top(f);
+  EXPECT_NE(wide.find("asynctrace top - pid 42 - tasks:"), std::string::npos) << wide;
+  EXPECT_NE(wide.find(std::string(60, 'n')), std::string::npos);
+  EXPECT_NE(wide.find("SCHED"), std::string::npos);
+}
+
+// Coroutine rows: busy share of the interval from the previous look.
+TEST(Top, CoroutineRowsBusyOfTheInterval) {
+  TopModel m;
+  TopOptions o;
+  TopFrame f = m.update(build_graph(snap_at(1, 2, 3, 4)), 101 * kSec, o);
+  std::unordered_map<uint64_t, CodeInfo> names = {{5, {"handler", "app.py", 1, false}}};
+  m.add_codes(f, {{5, timing(4, 200'000'000, 0, 0)}}, names, o);
+  TopFrame g = m.update(build_graph(snap_at(1, 2, 3, 4)), 102 * kSec, o);
+  m.add_codes(g, {{5, timing(8, 700'000'000, 0, 0)}, {6, timing(1, 1000, 1000, 0)}}, names, o);
+  ASSERT_EQ(g.codes.size(), 2u);
+  EXPECT_EQ(g.codes[0].name, "handler");
+  EXPECT_NEAR(g.codes[0].busy_pct, 50.0, 0.01);
+  EXPECT_EQ(g.codes[1].name, "<code 0x6>");
+  const nlohmann::json j = top_json(g);
+  EXPECT_EQ(j["coroutines"][0]["coroutine"], "handler");
 }

@@ -57,9 +57,9 @@ int run_view(const Options& o) {
   return status;
 }
 
-// ps --long: the ps rows with each task's timing over one interval of
-// tracing (plus whatever a holder with timing on counted before), and the
-// warnings top gives.
+// ps --long: the ps rows of the tasks alive at the end of one interval of
+// tracing, with their timing (plus whatever a holder with timing on counted
+// before), and the warnings top gives.
 int run_ps_long(const Options& o) {
   auto opened = open_session(o, TraceModes{true, false, false}, Held::Use);
   if (!opened.ok()) return fail(opened.error());
@@ -75,7 +75,9 @@ int run_ps_long(const Options& o) {
   if (!process_alive(o.pid)) return fail(exited(o.pid));
   auto later = s.view->snapshot();
   if (!later.ok()) return fail(later.error());
-  const PsLong p = build_ps_long(std::move(first.value()), later.value(), model, topts, monotonic_ns());
+  // Ages and waits end when the second look was taken, not at printing.
+  const uint64_t now = monotonic_ns();
+  const PsLong p = build_ps_long(first.value(), std::move(later.value()), model, topts, now);
   warn_partial(p.graph.counters);
   if (o.format == Format::Json) std::cout << ps_long_json(p).dump(2) << "\n";
   else std::cout << render_ps_long(p);

@@ -32,6 +32,7 @@ struct Options {
   std::string name_filter;                   // only tasks whose name contains this
   uint32_t iterations = 0;                   // snapshots to print, 0 = until interrupted
   std::chrono::milliseconds stuck{10000};    // warn about tasks awaiting one thing longer
+  std::string top_by = "coroutine";          // rows: "coroutine" (all tasks of a coroutine summed) or "task"
   // slow
   std::chrono::milliseconds threshold{50};
   // record
@@ -94,8 +95,8 @@ struct ParseResult {
 
 ParseResult parse_cli(const std::vector<std::string>& args);  // args[0] is the program name
 
-// "250ms", "2s", "1.5s", "3m", "1h"; a bare number means seconds. Rejects
-// negatives, garbage and overflow.
+// "250ms", "2s", "1.5s", "3m", "1h"; the unit is required ("50" could be
+// seconds or milliseconds: rejected, as are negatives, garbage and overflow).
 std::optional<std::chrono::milliseconds> parse_duration(const std::string& text);
 
 }  // namespace asynctrace

@@ -10,15 +10,13 @@
 
 namespace asynctrace {
 
-PsLong build_ps_long(Snapshot first, const Snapshot& later, TopModel& model, const TopOptions& opts,
+PsLong build_ps_long(const Snapshot& first, Snapshot later, TopModel& model, const TopOptions& opts,
                      uint64_t now_ns) {
-  // The tasks, states and stacks of the first look, the timing of the second.
-  Snapshot& snap = first;
-  std::unordered_map<uint64_t, const TaskRecord*> timed;
-  for (const TaskRecord& r : later.tasks) timed[r.id] = &r;
-  for (TaskRecord& r : snap.tasks)
-    if (auto it = timed.find(r.id); it != timed.end()) r.timing = it->second->timing;
-  snap.counters = later.counters;
+  // The window as it ends: the tasks, states, stacks and timing of the
+  // second look (a task that ended in the window is gone from it, so no row
+  // and no wait counted on past its end); coroutine names either look knew.
+  Snapshot& snap = later;
+  for (const auto& [id, code] : first.code) snap.code.emplace(id, code);
   PsLong p;
   p.graph = build_graph(snap);
   p.frame = model.update(p.graph, now_ns, opts);
@@ -30,7 +28,7 @@ PsLong build_ps_long(Snapshot first, const Snapshot& later, TopModel& model, con
                          std::to_string(static_cast<int>(f.header.created_per_s)) + "/s vs " +
                          std::to_string(static_cast<int>(f.header.completed_per_s)) + "/s): a task leak?");
   // Per coroutine, busiest first (all tasks of it, short-lived ones included).
-  for (const auto& [id, t] : later.code_timing) {
+  for (const auto& [id, t] : snap.code_timing) {
     const auto it = snap.code.find(id);
     p.codes.push_back({it == snap.code.end() ? "<code " + hex_id(id) + ">" : it->second.qualname,
                        it == snap.code.end() ? "" : it->second.filename, t});
@@ -72,6 +70,7 @@ nlohmann::json ps_long_json(const PsLong& p) {
     const TaskNode& node = g.tasks[i];
     const auto it = by_id.find(node.id);
     const TopRow* r = it == by_id.end() ? nullptr : it->second;
+    j["tasks"][i]["age_ns"] = r ? nlohmann::json(r->age_ns) : nlohmann::json(nullptr);
     j["tasks"][i]["timing"] =
         r && r->timed && node.timing
             ? nlohmann::json{{"steps", r->steps},         {"busy_ns", r->busy_ns},

@@ -28,10 +28,11 @@ struct PsLong {
   std::vector<PsLongCode> codes;      // busiest first
 };
 
-// `first`: the look just after the runtime's replay (tasks, states and
-// stacks are complete then); `later`: one interval on (its timing and
-// counters are used). `model` saw `first` at the start of the interval.
-PsLong build_ps_long(Snapshot first, const Snapshot& later, TopModel& model, const TopOptions& opts,
+// `first`: the look at the start of the interval (`model` saw it then);
+// `later`: the look at its end, at `now_ns`. The rows are the tasks alive in
+// `later` with their state, stack and timing then; tasks that ended during
+// the interval are left out (docs/timing.md).
+PsLong build_ps_long(const Snapshot& first, Snapshot later, TopModel& model, const TopOptions& opts,
                      uint64_t now_ns);
 
 nlohmann::json ps_long_json(const PsLong& p);

@@ -258,30 +258,31 @@ nlohmann::json stats_json(const TaskGraph& g) {
           {"complete", complete(g.counters)}};
 }
 
+// Labels say what each count is without docs; docs/json.md has the long form.
 std::string render_stats(const TaskGraph& g) {
   const auto& c = g.counters;
   std::string out;
-  auto row = [&](const char* k, uint64_t v) { out += ljust(k, 28) + std::to_string(v) + "\n"; };
+  auto row = [&](const char* k, uint64_t v) { out += ljust(k, 48) + std::to_string(v) + "\n"; };
   row("pid", g.pid);
   row("tasks pending", g.tasks.size());
-  row("events", c.events);
-  row("tasks in last replay", c.replay_tasks);
+  row("events traced", c.events);
+  row("tasks reported by the last replay", c.replay_tasks);
   row("dropped: task map full", c.drop_tasks_full);
   row("dropped: code map full", c.drop_codes_full);
   row("dropped: awaiters full", c.drop_edges_full);
-  row("events for unknown tasks", c.unknown_task);
+  row("events for tasks never seen created (gap)", c.unknown_task);
   row("dropped: runtime buffer", c.drop_runtime);
   row("malformed batch records", c.bad_records);
   row("dropped: stack map full", c.drop_stacks_full);
   row("dropped: events ring full", c.drop_events);
   row("dropped: timing map full", c.drop_timing_full);
   if (c.timing_since_ns) {
-    row("tasks created (timing)", c.tasks_created);
-    row("tasks completed (timing)", c.tasks_completed);
-    row("steps (timing)", c.steps);
-    row("busy ns (timing)", c.busy_ns);
+    row("tasks created since timing began", c.tasks_created);
+    row("tasks completed since (some created before)", c.tasks_completed);
+    row("steps since timing began", c.steps);
+    row("ns in steps since timing began", c.busy_ns);
   }
-  out += ljust("view", 28) + (complete(c) ? "complete" : "partial") + "\n";
+  out += ljust("view", 48) + (complete(c) ? "complete" : "partial") + "\n";
   return out;
 }
 
