@@ -18,7 +18,8 @@ Usage: aiohttp_service.py [SECONDS]
 Prints {"ready": true, "pid": P, "port": N} once requests flow. On SIGUSR1 (or
 after SECONDS) it stops the load, then prints {"truth": {...}} with what it
 measured of itself: requests served per path, the blocking calls (count,
-total/min/max seconds inside block_loop), and the ids of the request tasks
+total/min/max seconds inside block_loop), the longest a handler ran
+(request_max_s), and the ids of the request tasks
 and fan-out parts, so a test can tell that addresses were reused.
 """
 import asyncio
@@ -48,7 +49,7 @@ def serve(seconds):
     from aiohttp import web
 
     truth = {"requests": {}, "block": {"count": 0, "total_s": 0.0, "min_s": 1e9, "max_s": 0.0},
-             "fanout_parts": 0}
+             "fanout_parts": 0, "request_max_s": 0.0}
     request_ids, part_ids = set(), set()
     reports = [0]
 
@@ -95,8 +96,17 @@ def serve(seconds):
             b["max_s"] = max(b["max_s"], d)
         return web.Response(text=f"report {rows}\n")
 
+    @web.middleware
+    async def timed(request, handler):
+        # The longest a handler ran: request tasks live about that long.
+        t0 = time.monotonic()
+        try:
+            return await handler(request)
+        finally:
+            truth["request_max_s"] = max(truth["request_max_s"], time.monotonic() - t0)
+
     async def main():
-        app = web.Application()
+        app = web.Application(middlewares=[timed])
         app.router.add_get("/sleep", handle_sleep)
         app.router.add_get("/fanout", handle_fanout)
         app.router.add_get("/report", handle_report)
