@@ -18,7 +18,8 @@ Usage: aiohttp_service.py [SECONDS]
 Prints {"ready": true, "pid": P, "port": N} once requests flow. On SIGUSR1 (or
 after SECONDS) it stops the load, then prints {"truth": {...}} with what it
 measured of itself: requests served per path, the blocking calls (count,
-total/min/max seconds inside block_loop), the longest a handler ran
+total/min/max seconds inside block_loop, and their spans in CLOCK_MONOTONIC
+seconds), the longest a handler ran
 (request_max_s), and the ids of the request tasks
 and fan-out parts, so a test can tell that addresses were reused.
 """
@@ -51,6 +52,7 @@ def serve(seconds):
     truth = {"requests": {}, "block": {"count": 0, "total_s": 0.0, "min_s": 1e9, "max_s": 0.0},
              "fanout_parts": 0, "request_max_s": 0.0}
     request_ids, part_ids = set(), set()
+    blocks = []  # [start, end] of each block_loop, time.monotonic()
     reports = [0]
 
     def served(path):
@@ -89,6 +91,8 @@ def serve(seconds):
         rows = await db_query()
         if n % 10 < BLOCK_PCT // 10:
             d = block_loop(BLOCK_MS)
+            end = time.monotonic()  # CLOCK_MONOTONIC, as the tracer's clock
+            blocks.append([end - d, end])
             b = truth["block"]
             b["count"] += 1
             b["total_s"] += d
@@ -133,6 +137,7 @@ def serve(seconds):
         await runner.cleanup()
         if truth["block"]["count"] == 0:
             truth["block"]["min_s"] = 0.0
+        truth["block"]["spans"] = blocks
         truth["request_ids"] = len(request_ids)
         truth["part_ids"] = len(part_ids)
         truth["reused_ids"] = len(request_ids & part_ids)

@@ -86,6 +86,7 @@ struct step_slot;
 struct step_clock {
 	uint64_t start, sched;
 	struct step_slot *slot; /* NULL: not sampled (nested step, or no slot) */
+	int nested;             /* inside another step of this thread: not loop busy time */
 	size_t idx;             /* the task's entry in the task stats table, valid while its gen == gen */
 	uint64_t gen;
 };

@@ -182,6 +182,8 @@ static void tstat_emit(struct tstat *e)
 	e->dirty = 0;
 }
 
+static uint64_t busy_in_progress(uint64_t now);
+
 /* Deltas into the ring (GIL held). */
 static void timing_drain(uint64_t now)
 {
@@ -208,8 +210,12 @@ static void timing_drain(uint64_t now)
 	if (r) {
 		r[0] = (struct asynctrace_rec){ .type = ASYNCTRACE_REC_LOOP, .nslots = 2, .a = timing.created,
 						.b = timing.completed, .c = timing.steps };
+		/* Busy up to `now`, steps in progress included: a reader's busy
+		 * between two LOOP records is then at most their distance (times
+		 * the loop threads), whatever the steps' lengths. */
 		*(struct asynctrace_rec_loop *)&r[1] = (struct asynctrace_rec_loop){
-			.busy_ns = timing.busy, .max_step_ns = timing.max_window, .at_ns = now, .since_ns = timing.since };
+			.busy_ns = timing.busy + busy_in_progress(now), .max_step_ns = timing.max_window,
+			.at_ns = now, .since_ns = timing.since };
 		ring_commit(2);
 	}
 	timing.max_window = 0;
@@ -301,10 +307,28 @@ static struct step_slot *my_step_slot(void)
 	return tls_step_slot < STEP_SLOTS ? &step_slots[tls_step_slot] : NULL;
 }
 
+/* The time the steps in progress (one a thread, the outermost) have run
+ * until `now`. GIL held: no step starts or ends (timing_begin/timing_end)
+ * while this reads, so a step is either in progress here or in timing.busy. */
+static uint64_t busy_in_progress(uint64_t now)
+{
+	uint64_t sum = 0;
+	int n = atomic_load(&nstep_slots);
+	for (int i = 0; i < n && i < STEP_SLOTS; i++) {
+		struct step_slot *s = &step_slots[i];
+		if (!(atomic_load_explicit(&s->seq, memory_order_acquire) & 1))
+			continue;
+		uint64_t start = atomic_load_explicit(&s->start_ns, memory_order_relaxed);
+		sum += now > start ? now - start : 0;
+	}
+	return sum;
+}
+
 void timing_begin(PyObject *task, struct step_clock *sc)
 {
 	sc->start = 0;
 	sc->slot = NULL;
+	sc->nested = 0;
 	if (!timing_active())
 		return;
 	struct tstat *e = tstat_get(task);
@@ -323,6 +347,7 @@ void timing_begin(PyObject *task, struct step_clock *sc)
 		atomic_fetch_add_explicit(&s->seq, 1, memory_order_release);
 		sc->slot = s;
 	}
+	sc->nested = s && !sc->slot;
 }
 
 /* Which stack the task is suspended at now (0: none), sent as a STACK record
@@ -374,7 +399,11 @@ void timing_end(PyObject *task, struct step_clock *sc)
 	int done = task_is_done(task);
 	unsigned b = hist_bucket(dur);
 	timing.steps++;
-	timing.busy += dur;
+	/* A step nested in another (run_until_complete inside a step) is part
+	 * of the outer one's time: the loop's busy counts outermost steps. A
+	 * thread with no slot (STEP_SLOTS threads took them) counts them all. */
+	if (!sc->nested)
+		timing.busy += dur;
 	if (dur > timing.max_window)
 		timing.max_window = dur;
 	/* The entry found at the step's start, unless entries moved since. */
@@ -574,8 +603,11 @@ void timing_watch(long long poll_ns)
 		s->last_sample_ns = now_ns();
 	}
 	/* A loop that runs no step (idle, or blocked in one) still reports: the
-	 * session starts here, and deltas do not wait for its next step. */
-	if (!timing.on || (timing.ndirty && now > timing.last_drain + 2 * timing.period)) {
+	 * session starts here, deltas do not wait for its next step, and a long
+	 * step's busy time reaches readers every period while it runs (its
+	 * thread cannot drain: it is in the step). */
+	if (!timing.on || (timing.ndirty && now > timing.last_drain + 2 * timing.period) ||
+	    (busy_in_progress(now) >= timing.period / 2 && now > timing.last_drain + timing.period)) {
 		PyGILState_STATE g = PyGILState_Ensure();
 		if (timing_active())
 			timing_drain(now_ns());
