@@ -174,3 +174,46 @@ TEST(LiveState, TopLoopBusyNeverAboveTheIntervalAndCoversTheBlocks) {
   RecordProperty("busy_s", std::to_string(busy_s));
   RecordProperty("blocked_s", std::to_string(blocked));
 }
+
+// `slow` names where a slow step resumed (issue 13 item 9): a handle_report
+// step that blocks the loop in block_loop() resumed from `rows = await
+// db_query()`. It used to say "(its first step, or not known)": the stack a
+// task suspended at was only kept when that earlier step was slow itself
+// (and then stayed, stale, through later steps).
+TEST(LiveState, SlowNamesTheAwaitAStepResumedFrom) {
+  const std::string file = e2e::Service::program();
+  const int await_line = e2e::line_of(file, "rows = await db_query()");
+  const int block_line = e2e::line_of(file, "time.sleep(ms / 1000)");
+  ASSERT_GT(await_line, 0);
+  ASSERT_GT(block_line, 0);
+  e2e::Service svc(true, 300, {{"BLOCK_MS", "300"}});
+  ASSERT_TRUE(svc.ready()) << svc.app.stderr_text();
+  const auto slow =
+      e2e::run({e2e::tool(), "slow", "-p", svc.pid(), "-t", "200ms", "-d", "4s", "--format", "json"}, 300s);
+  ASSERT_EQ(slow.exit_code, 0) << slow.err;
+  const json truth = svc.truth();
+  ASSERT_GT(truth.at("block").at("count").get<int>(), 0);
+  auto has_frame = [](const json& frames, const std::string& function, int line) {
+    for (const auto& f : frames)
+      if (f.at("function").get<std::string>().find(function) != std::string::npos && f.at("line") == line)
+        return true;
+    return false;
+  };
+  std::istringstream in(slow.out);
+  std::string line;
+  int reports = 0;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    const json j = json::parse(line);
+    bool blocked = false;  // a step of handle_report that blocked in block_loop
+    for (const auto& s : j.at("samples"))
+      blocked |= has_frame(s.at("stack"), "block_loop", block_line);
+    if (!blocked) continue;
+    ++reports;
+    EXPECT_TRUE(has_frame(j.at("resumed_at"), "handle_report", await_line))
+        << "a blocking step of handle_report does not name the await it resumed from (line " << await_line
+        << ")\n" << line;
+  }
+  // 4 s of a service that blocks its loop 300 ms in a third of its reports.
+  EXPECT_GE(reports, 2) << slow.out;
+}

@@ -324,14 +324,36 @@ static uint64_t busy_in_progress(uint64_t now)
 	return sum;
 }
 
+/* Where the task is suspended as its step begins: the resume point a slow
+ * step reports. Taken at every timed step whose stack tracers do not have
+ * (the frames are gone by the time the step is known to be slow). */
+static void start_capture(PyObject *task, struct step_clock *sc)
+{
+	PyObject *w = task_waiter(task);
+	sc->start_awaited = (uintptr_t)w;
+	sc->start_kind = await_kind_of(w);
+	Py_XDECREF(w);
+	PyObject *coro = task_coro(task);
+	sc->nstart = (uint32_t)collect_frames(coro, sc->start_frames);
+	Py_XDECREF(coro);
+	PyErr_Clear();
+}
+
 void timing_begin(PyObject *task, struct step_clock *sc)
 {
 	sc->start = 0;
 	sc->slot = NULL;
 	sc->nested = 0;
+	sc->start_stack = 0;
+	sc->nstart = 0;
 	if (!timing_active())
 		return;
 	struct tstat *e = tstat_get(task);
+	if (e && e->end_stack)
+		sc->start_stack = e->end_stack;
+	else
+		start_capture(task, sc);
+	e = tstat_find(task); /* collect_frames may have run Python */
 	sc->start = now_ns();
 	sc->sched = e && e->ready_ns && sc->start > e->ready_ns ? sc->start - e->ready_ns : 0;
 	sc->gen = timing.tasks.gen;
@@ -421,7 +443,14 @@ void timing_end(PyObject *task, struct step_clock *sc)
 	}
 	int slow = dur >= timing.slow_floor;
 	if (slow || STEPS_ON()) {
-		uint64_t start_stack = e ? e->end_stack : 0;
+		uint64_t start_stack = sc->start_stack;
+		if (!start_stack && sc->nstart) {
+			/* Tracers learn the resume point now, with the await
+			 * state it had; the end's records follow and replace it. */
+			start_stack = stack_id(sc->start_frames, sc->nstart);
+			rec_stack(task, (PyObject *)sc->start_awaited, sc->start_kind, sc->start_frames, sc->nstart);
+			e = tstat_find(task);
+		}
 		uint64_t end_stack = done ? 0 : timing_end_stack(task, e);
 		e = tstat_find(task); /* collect_frames may have run Python */
 		if (e)
@@ -445,6 +474,8 @@ void timing_end(PyObject *task, struct step_clock *sc)
 		if (e->hist[b] < UINT16_MAX)
 			e->hist[b]++;
 		e->last_end = end;
+		if (!slow && !STEPS_ON())
+			e->end_stack = 0; /* suspended somewhere tracers were not told */
 		if (done) {
 			tstat_del(task);
 		} else {
