@@ -179,7 +179,8 @@ TEST(LiveState, TopLoopBusyNeverAboveTheIntervalAndCoversTheBlocks) {
 // step that blocks the loop in block_loop() resumed from `rows = await
 // db_query()`. It used to say "(its first step, or not known)": the stack a
 // task suspended at was only kept when that earlier step was slow itself
-// (and then stayed, stale, through later steps).
+// (and then stayed, stale, through later steps). Every blocking step after
+// the first of the run names it.
 TEST(LiveState, SlowNamesTheAwaitAStepResumedFrom) {
   const std::string file = e2e::Service::program();
   const int await_line = e2e::line_of(file, "rows = await db_query()");
@@ -189,7 +190,7 @@ TEST(LiveState, SlowNamesTheAwaitAStepResumedFrom) {
   e2e::Service svc(true, 300, {{"BLOCK_MS", "300"}});
   ASSERT_TRUE(svc.ready()) << svc.app.stderr_text();
   const auto slow =
-      e2e::run({e2e::tool(), "slow", "-p", svc.pid(), "-t", "200ms", "-d", "4s", "--format", "json"}, 300s);
+      e2e::run({e2e::tool(), "slow", "-p", svc.pid(), "-t", "200ms", "-d", "8s", "--format", "json"}, 300s);
   ASSERT_EQ(slow.exit_code, 0) << slow.err;
   const json truth = svc.truth();
   ASSERT_GT(truth.at("block").at("count").get<int>(), 0);
@@ -209,11 +210,15 @@ TEST(LiveState, SlowNamesTheAwaitAStepResumedFrom) {
     for (const auto& s : j.at("samples"))
       blocked |= has_frame(s.at("stack"), "block_loop", block_line);
     if (!blocked) continue;
-    ++reports;
+    // The runtime keeps resume points for the steps of coroutines that had
+    // a slow step since timing began (a frame walk a step is not free): the
+    // first blocking step of the request coroutine comes before that.
+    if (++reports == 1) continue;
     EXPECT_TRUE(has_frame(j.at("resumed_at"), "handle_report", await_line))
         << "a blocking step of handle_report does not name the await it resumed from (line " << await_line
         << ")\n" << line;
   }
-  // 4 s of a service that blocks its loop 300 ms in a third of its reports.
+  // 8 s of a service that blocks its loop 300 ms in a third of its reports:
+  // at least one checked, even on a slow machine.
   EXPECT_GE(reports, 2) << slow.out;
 }

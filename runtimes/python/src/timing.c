@@ -66,6 +66,7 @@ struct cstat {
 	uint64_t code;       /* 0: empty */
 	uint64_t busy, sched, max;
 	uint32_t steps, dirty;
+	uint32_t had_slow;   /* a step of this coroutine was slow this session: its steps keep where they resume */
 	uint32_t hist[ASYNCTRACE_HIST_BUCKETS];
 };
 #define CODE_SLOTS 2048u
@@ -325,8 +326,11 @@ static uint64_t busy_in_progress(uint64_t now)
 }
 
 /* Where the task is suspended as its step begins: the resume point a slow
- * step reports. Taken at every timed step whose stack tracers do not have
- * (the frames are gone by the time the step is known to be slow). */
+ * step reports (the frames are gone by the time the step is known to be
+ * slow). A frame walk a step costs as much as a short step itself, so it is
+ * taken only for tasks of coroutines that had a slow step in this session
+ * (the first slow step of a coroutine has no resume point), and only when
+ * tracers do not have that stack already. */
 static void start_capture(PyObject *task, struct step_clock *sc)
 {
 	PyObject *w = task_waiter(task);
@@ -351,7 +355,7 @@ void timing_begin(PyObject *task, struct step_clock *sc)
 	struct tstat *e = tstat_get(task);
 	if (e && e->end_stack)
 		sc->start_stack = e->end_stack;
-	else
+	else if (e && e->c && e->c->had_slow)
 		start_capture(task, sc);
 	e = tstat_find(task); /* collect_frames may have run Python */
 	sc->start = now_ns();
@@ -442,6 +446,8 @@ void timing_end(PyObject *task, struct step_clock *sc)
 		timing.cdirty = 1;
 	}
 	int slow = dur >= timing.slow_floor;
+	if (slow && c)
+		c->had_slow = 1;
 	if (slow || STEPS_ON()) {
 		uint64_t start_stack = sc->start_stack;
 		if (!start_stack && sc->nstart) {
