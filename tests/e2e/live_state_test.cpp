@@ -89,13 +89,16 @@ TEST(LiveState, NoGhostRunningTasksAcrossAttaches) {
     }
     ++answers;
   };
-  for (int i = 0; i < 12; ++i) look();  // one-shots: an attach (and a full replay) each
-  {
+  for (int i = 0; i < 10; ++i) look();  // one-shots: an attach (and a full replay) each
+  // Held attaches: each lands on a step in progress about as often as the
+  // loop is busy, and its maps keep what the replay said for the answers
+  // that follow (a refresh replay each).
+  for (int k = 0; k < 5; ++k) {
     e2e::Program held({e2e::tool(), "attach", "-p", pid});
     ASSERT_TRUE(held.wait_prefix("attached", 60s).has_value()) << held.stderr_text();
-    for (int i = 0; i < 16; ++i) {
-      look();
+    for (int i = 0; i < 4; ++i) {
       std::this_thread::sleep_for(300ms);
+      look();
     }
     held.signal(SIGINT);
     EXPECT_EQ(held.wait_exit(60s, nullptr), 0) << held.stderr_text();
