@@ -8,6 +8,7 @@
 #include <chrono>
 #include <csignal>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -224,4 +225,44 @@ TEST(LiveState, SlowNamesTheAwaitAStepResumedFrom) {
   // 8 s of a service that blocks its loop 300 ms in a third of its reports:
   // at least one checked, even on a slow machine.
   EXPECT_GE(reports, 2) << slow.out;
+}
+
+// The agent's asynctrace_loop_busy_ratio (issue 13 item 4) had a clamp at 1
+// that hid the same error as top's; it has none now: on the service whose
+// steps block 300 ms, longer than the agent's 500 ms scan period allows to
+// straddle, every scraped ratio is at most 1 (one loop thread), and the
+// loop is seen busy.
+TEST(LiveState, AgentLoopBusyRatioAtMostOneWithoutAClamp) {
+  e2e::Service svc(true, 300, {{"BLOCK_MS", "300"}});
+  ASSERT_TRUE(svc.ready()) << svc.app.stderr_text();
+  // The agent lock is host-wide: another test run may hold it for a while.
+  std::unique_ptr<e2e::Agent> agent;
+  for (int attempt = 0; attempt < 10 && !agent; ++attempt) {
+    agent = std::make_unique<e2e::Agent>();
+    if (agent->started(30s).empty()) {
+      agent.reset();
+      std::this_thread::sleep_for(5s);
+    }
+  }
+  ASSERT_TRUE(agent) << "no agent could start (the agent lock stayed held)";
+  const std::string key = "asynctrace_loop_busy_ratio{pid=\"" + svc.pid() + "\"";
+  std::vector<double> ratios;
+  const auto until = Clock::now() + 8s;
+  while (Clock::now() < until || ratios.size() < 8) {
+    std::istringstream in(agent->scrape());
+    std::string line;
+    while (std::getline(in, line))
+      if (line.rfind(key, 0) == 0) ratios.push_back(std::stod(line.substr(line.rfind(' ') + 1)));
+    std::this_thread::sleep_for(250ms);
+    if (Clock::now() > until + 60s) break;
+  }
+  const json truth = svc.truth();
+  ASSERT_GT(truth.at("block").at("count").get<int>(), 0);
+  ASSERT_GE(ratios.size(), 8u) << "the agent did not report the service's loop";
+  double most = 0;
+  for (double r : ratios) {
+    EXPECT_LE(r, 1.005) << "a loop busy more than the time there was";
+    most = std::max(most, r);
+  }
+  EXPECT_GT(most, 0.3) << "the loop blocks 300 ms at a time, yet never looked busy";
 }
