@@ -214,9 +214,9 @@ TEST(LiveState, SlowNamesTheAwaitAStepResumedFrom) {
     for (const auto& s : j.at("samples"))
       blocked |= has_frame(s.at("stack"), "block_loop", block_line);
     if (!blocked) continue;
-    // The runtime keeps resume points for the steps of coroutines that had
-    // a slow step since timing began (a frame walk a step is not free): the
-    // first blocking step of the request coroutine comes before that.
+    // The runtime keeps resume points for the steps of coroutines with slow
+    // steps (a frame walk a step is not free): the first blocking step of
+    // the request coroutine comes before that.
     if (++reports == 1) continue;
     EXPECT_TRUE(has_frame(j.at("resumed_at"), "handle_report", await_line))
         << "a blocking step of handle_report does not name the await it resumed from (line " << await_line

@@ -66,7 +66,7 @@ struct cstat {
 	uint64_t code;       /* 0: empty */
 	uint64_t busy, sched, max;
 	uint32_t steps, dirty;
-	uint32_t had_slow;   /* a step of this coroutine was slow this session: its steps keep where they resume */
+	uint32_t resume_credit; /* steps that keep where they resume (start_capture) before the next slow one */
 	uint32_t hist[ASYNCTRACE_HIST_BUCKETS];
 };
 #define CODE_SLOTS 2048u
@@ -328,9 +328,13 @@ static uint64_t busy_in_progress(uint64_t now)
 /* Where the task is suspended as its step begins: the resume point a slow
  * step reports (the frames are gone by the time the step is known to be
  * slow). A frame walk a step costs as much as a short step itself, so it is
- * taken only for tasks of coroutines that had a slow step in this session
- * (the first slow step of a coroutine has no resume point), and only when
- * tracers do not have that stack already. */
+ * taken only when tracers do not have that stack already, and only for tasks
+ * of coroutines with slow steps: each slow step gives its coroutine
+ * RESUME_CREDIT more walks. A coroutine slow at least once in that many
+ * steps keeps them all; one slow by accident (a GC pause) stops paying soon.
+ * The first slow step of a coroutine (or one after a long calm) has no
+ * resume point. */
+#define RESUME_CREDIT 256u
 static void start_capture(PyObject *task, struct step_clock *sc)
 {
 	PyObject *w = task_waiter(task);
@@ -353,11 +357,13 @@ void timing_begin(PyObject *task, struct step_clock *sc)
 	if (!timing_active())
 		return;
 	struct tstat *e = tstat_get(task);
-	if (e && e->end_stack)
+	if (e && e->end_stack) {
 		sc->start_stack = e->end_stack;
-	else if (e && e->c && e->c->had_slow)
+	} else if (e && e->c && e->c->resume_credit) {
+		e->c->resume_credit--;
 		start_capture(task, sc);
-	e = tstat_find(task); /* collect_frames may have run Python */
+		e = tstat_find(task); /* collect_frames may have run Python */
+	}
 	sc->start = now_ns();
 	sc->sched = e && e->ready_ns && sc->start > e->ready_ns ? sc->start - e->ready_ns : 0;
 	sc->gen = timing.tasks.gen;
@@ -447,7 +453,8 @@ void timing_end(PyObject *task, struct step_clock *sc)
 	}
 	int slow = dur >= timing.slow_floor;
 	if (slow && c)
-		c->had_slow = 1;
+		c->resume_credit = c->resume_credit + RESUME_CREDIT < 4 * RESUME_CREDIT ? c->resume_credit + RESUME_CREDIT
+										  : 4 * RESUME_CREDIT;
 	if (slow || STEPS_ON()) {
 		uint64_t start_stack = sc->start_stack;
 		if (!start_stack && sc->nstart) {
