@@ -187,10 +187,15 @@ static int traced_init(PyObject *self, PyObject *args, PyObject *kw)
 static int hook_init(PyObject *self, PyObject *args, PyObject *kw)
 {
 	int r;
-	if (!(ASYNCTRACE_TASK_CREATE_ENABLED() | ANY_STEP_PROBE_ON()))
+	if (!(ASYNCTRACE_TASK_CREATE_ENABLED() | ANY_STEP_PROBE_ON())) {
 		r = runtime.orig_init(self, args, kw);
-	else
+		/* An eager first step (3.12+) is a step begun untraced too
+		 * (untraced_step_end): a replay during it saw it running. */
+		if (r == 0 && __builtin_expect(ANY_STEP_PROBE_ON(), 0) && first_step_ran(self))
+			(void)untraced_step_end(self, NULL);
+	} else {
 		r = traced_init(self, args, kw);
+	}
 	if (__builtin_expect(fork_gen != 0, 0) && r == 0)
 		note_loop_alive(task_loop_borrowed(self));
 	return r;
