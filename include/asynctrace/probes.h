@@ -24,7 +24,9 @@
 
 #include <stdint.h>
 
-#define ASYNCTRACE_ABI_VERSION 3
+/* 4: LOOP busy_ns counts steps in progress (records.h); a tool of ABI 3
+ * reads it, but its busy ratio was computed for ended steps. */
+#define ASYNCTRACE_ABI_VERSION 4
 
 /* The record layouts (frames, batch records, kinds): one definition, shared
  * by runtimes, the BPF programs and the tool. */

@@ -119,7 +119,12 @@ struct asynctrace_rec_timing {
 /* LOOP: header { type, nslots = 2, a = tasks created, b = tasks completed,
  * c = steps } (totals since timing__on rose), then: */
 struct asynctrace_rec_loop {
-	asynctrace_u64 busy_ns;     /* total time in steps */
+	asynctrace_u64 busy_ns;     /* total time in steps up to at_ns, the part of the steps in
+				     * progress at at_ns included (ABI 4; before: ended steps only),
+				     * outermost steps only (a step nested in another is not counted
+				     * twice). Summed over the process's loop threads: between two
+				     * LOOP records it grows by at most their distance times the
+				     * number of threads running steps. */
 	asynctrace_u64 max_step_ns; /* longest step since the previous LOOP record */
 	asynctrace_u64 at_ns;       /* when this record was written */
 	asynctrace_u64 since_ns;    /* when the runtime started counting */

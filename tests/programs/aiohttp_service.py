@@ -20,10 +20,11 @@ Prints {"ready": true, "pid": P, "port": N} once requests flow. On SIGUSR2 it pr
 "at_s") and keeps serving, so a test can take what happened during a window.
 On SIGUSR1 (or after SECONDS) it stops the load, then prints {"truth": {...}} with what it
 measured of itself: requests served per path, the blocking calls (count,
-total/min/max seconds inside block_loop), the longest fan-out (fanout_max_s:
-from before its parts were created to after the last ended), and the ids of
-the request tasks and fan-out parts, so a test can tell that addresses were
-reused.
+total/min/max seconds inside block_loop, and their spans in CLOCK_MONOTONIC
+seconds), the longest fan-out (fanout_max_s: from before its parts were
+created to after the last ended), the longest a request task lived from its
+handler's start (request_max_s), and the ids of the request tasks and fan-out
+parts, so a test can tell that addresses were reused.
 """
 import asyncio
 import json
@@ -52,13 +53,21 @@ def serve(seconds):
     from aiohttp import web
 
     truth = {"requests": {}, "block": {"count": 0, "total_s": 0.0, "min_s": 1e9, "max_s": 0.0},
-             "fanout_parts": 0, "fanout_max_s": 0.0}
+             "fanout_parts": 0, "fanout_max_s": 0.0, "request_max_s": 0.0}
     request_ids, part_ids = set(), set()
+    blocks = []  # [start, end] of each block_loop, time.monotonic()
     reports = [0]
+
+    def request_done(t0):
+        truth["request_max_s"] = max(truth["request_max_s"], time.monotonic() - t0)
 
     def served(path):
         truth["requests"][path] = truth["requests"].get(path, 0) + 1
-        request_ids.add(id(asyncio.current_task()))
+        task = asyncio.current_task()
+        request_ids.add(id(task))
+        # How long request tasks live, from their handler's start (a done
+        # callback: no frame added to the handlers' stacks).
+        task.add_done_callback(lambda _t, t0=time.monotonic(): request_done(t0))
 
     async def handle_sleep(request):
         served("/sleep")
@@ -97,6 +106,8 @@ def serve(seconds):
         rows = await db_query()
         if n % 10 < BLOCK_PCT // 10:
             d = block_loop(BLOCK_MS)
+            end = time.monotonic()  # CLOCK_MONOTONIC, as the tracer's clock
+            blocks.append([end - d, end])
             b = truth["block"]
             b["count"] += 1
             b["total_s"] += d
@@ -135,6 +146,7 @@ def serve(seconds):
         await runner.cleanup()
         if truth["block"]["count"] == 0:
             truth["block"]["min_s"] = 0.0
+        truth["block"]["spans"] = blocks
         truth["request_ids"] = len(request_ids)
         truth["part_ids"] = len(part_ids)
         truth["reused_ids"] = len(request_ids & part_ids)

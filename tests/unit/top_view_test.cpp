@@ -36,11 +36,12 @@ Timing timing(uint64_t steps, uint64_t busy, uint64_t max, uint64_t last_end) {
   return t;
 }
 
-Snapshot snap_at(uint64_t busy_a, uint64_t busy_b, uint64_t loop_busy, uint64_t created) {
+Snapshot snap_at(uint64_t busy_a, uint64_t busy_b, uint64_t loop_busy, uint64_t created, uint64_t loop_at = 0) {
   Snapshot s;
   s.pid = 42;
   s.counters.timing_since_ns = 100 * kSec;
   s.counters.busy_ns = loop_busy;
+  s.counters.loop_at_ns = loop_at;
   s.counters.tasks_created = created;
   s.counters.tasks_completed = created / 2;
   s.counters.steps = created * 3;
@@ -60,9 +61,10 @@ TEST(Top, RowsHeaderAndBusyShareOfTheInterval) {
   TopModel m;
   TopOptions o;
   o.stuck_ns = 1000 * kSec;
-  (void)m.update(build_graph(snap_at(100'000'000, 10'000'000, 110'000'000, 10)), 101 * kSec, o);
+  (void)m.update(build_graph(snap_at(100'000'000, 10'000'000, 110'000'000, 10, 101 * kSec)), 101 * kSec, o);
   // One second later: alpha was busy 500 ms more, beta 10 ms.
-  const TopFrame f = m.update(build_graph(snap_at(600'000'000, 20'000'000, 620'000'000, 30)), 102 * kSec, o);
+  const TopFrame f =
+      m.update(build_graph(snap_at(600'000'000, 20'000'000, 620'000'000, 30, 102 * kSec)), 102 * kSec, o);
   EXPECT_TRUE(f.header.timing);
   EXPECT_EQ(f.header.alive, 3u);
   EXPECT_NEAR(f.header.loop_busy_pct, 51.0, 0.01);
@@ -77,6 +79,25 @@ TEST(Top, RowsHeaderAndBusyShareOfTheInterval) {
   EXPECT_EQ(f.rows[2].idle_ns, 2 * kSec);  // waiting since timing began
   // idle = traced time - busy - scheduled
   EXPECT_EQ(f.rows[0].idle_ns, 2 * kSec - 600'000'000);
+}
+
+// Loop busy is taken between the runtime's LOOP records (busy up to their
+// time, steps in progress included), not over top's own interval: a frame
+// that saw no new record keeps the last share, and records' timestamps, not
+// the reads', divide.
+TEST(Top, LoopBusyBetweenLoopRecords) {
+  TopModel m;
+  TopOptions o;
+  o.stuck_ns = 1000 * kSec;
+  // 600 ms busy in the first 1.5 s of timing, read 0.2 s after the record.
+  auto f = m.update(build_graph(snap_at(0, 0, 600'000'000, 1, 101 * kSec + 500'000'000)), 101 * kSec + 700'000'000, o);
+  EXPECT_NEAR(f.header.loop_busy_pct, 40.0, 0.01);
+  // No new record: the same share, not 0 and not a share of the wall interval.
+  f = m.update(build_graph(snap_at(0, 0, 600'000'000, 1, 101 * kSec + 500'000'000)), 101 * kSec + 900'000'000, o);
+  EXPECT_NEAR(f.header.loop_busy_pct, 40.0, 0.01);
+  // 300 ms busy over the 400 ms between the records.
+  f = m.update(build_graph(snap_at(0, 0, 900'000'000, 1, 101 * kSec + 900'000'000)), 102 * kSec, o);
+  EXPECT_NEAR(f.header.loop_busy_pct, 75.0, 0.01);
 }
 
 TEST(Top, SortFilterAndEscapedText) {

@@ -169,7 +169,8 @@ std::string render_metrics(const std::vector<ProcessSample>& procs, const AgentS
   for (const ProcessSample& p : procs)
     if (p.timing) w.sample("asynctrace_steps_total", proc_labels(p), std::to_string(p.steps));
   w.family("asynctrace_loop_busy_ratio", "gauge",
-           "Share of wall time the event loops spent in task steps over the agent's last interval.");
+           "Share of wall time spent in task steps, steps in progress included, over the runtime's "
+           "last interval, summed over the process's loop threads (at most 1 per loop thread).");
   for (const ProcessSample& p : procs)
     if (p.timing) w.sample("asynctrace_loop_busy_ratio", proc_labels(p), fmt_double(p.busy_ratio));
   w.family("asynctrace_step_longest_seconds", "gauge", "Longest task step in the agent's last interval.",
@@ -248,8 +249,10 @@ ProcessSample sample_process(const Snapshot& snap, const std::string& comm, cons
   p.steps = c.steps;
   p.busy_ns = c.busy_ns;
   if (prev && c.loop_at_ns > prev->loop_at_ns && c.busy_ns >= prev->busy_ns)
-    p.busy_ratio = std::min(1.0, static_cast<double>(c.busy_ns - prev->busy_ns) /
-                                     static_cast<double>(c.loop_at_ns - prev->loop_at_ns));
+    // No clamp: busy_ns counts steps in progress up to loop_at_ns (records.h
+    // LOOP), so this is at most 1 a loop thread by construction.
+    p.busy_ratio = static_cast<double>(c.busy_ns - prev->busy_ns) /
+                   static_cast<double>(c.loop_at_ns - prev->loop_at_ns);
   const uint64_t first_sec = since_ns / 1'000'000'000ull, last_sec = now_ns / 1'000'000'000ull;
   for (const auto& [sec, ns] : c.step_max)
     if (ns && sec >= first_sec && sec <= last_sec) p.longest_step_ns = std::max(p.longest_step_ns, ns);

@@ -95,6 +95,22 @@ std::string short_duration(uint64_t ns) {
   return buf;
 }
 
+// The runtime's busy_ns counts steps up to its record's loop_at_ns, the part
+// of steps in progress included (records.h, LOOP): busy between two records
+// over their distance is at most 100% a loop thread, however long the steps
+// (a whole step counted into the interval it ends in went past 100%). A
+// frame that saw no new record keeps the share of the last two it saw.
+double TopModel::loop_busy_pct(const ProcCounters& c) {
+  const uint64_t from = prev_loop_at_ ? prev_loop_at_ : c.timing_since_ns;
+  if (c.loop_at_ns > from) {
+    loop_busy_pct_ = 100.0 * sub(c.busy_ns, prev_loop_at_ ? prev_busy_total_ : 0) /
+                     static_cast<double>(c.loop_at_ns - from);
+    prev_loop_at_ = c.loop_at_ns;
+    prev_busy_total_ = c.busy_ns;
+  }
+  return loop_busy_pct_;
+}
+
 TopFrame TopModel::update(const TaskGraph& g, uint64_t now_ns, const TopOptions& opts) {
   TopFrame f;
   const ProcCounters& c = g.counters;
@@ -115,8 +131,8 @@ TopFrame TopModel::update(const TaskGraph& g, uint64_t now_ns, const TopOptions&
     h.created_per_s = sub(c.tasks_created, first ? 0 : prev_created_) / secs;
     h.completed_per_s = sub(c.tasks_completed, first ? 0 : prev_completed_) / secs;
     h.steps_per_s = sub(c.steps, first ? 0 : prev_steps_) / secs;
-    h.loop_busy_pct = 100.0 * sub(c.busy_ns, first ? 0 : prev_busy_total_) / static_cast<double>(dt);
   }
+  if (h.timing) h.loop_busy_pct = loop_busy_pct(c);
   // Longest step of the seconds this interval covered.
   const uint64_t from_sec = sub(now_ns, std::max<uint64_t>(dt, 1'000'000'000ull)) / 1'000'000'000ull;
   for (const auto& [sec, ns] : c.step_max)
@@ -189,7 +205,6 @@ TopFrame TopModel::update(const TaskGraph& g, uint64_t now_ns, const TopOptions&
   }
   prev_busy_ = std::move(busy_now);
   prev_now_ = now_ns;
-  prev_busy_total_ = c.busy_ns;
   prev_created_ = c.tasks_created;
   prev_completed_ = c.tasks_completed;
   prev_steps_ = c.steps;

@@ -80,8 +80,13 @@ class TopModel {
 
  private:
   std::unordered_map<uint64_t, uint64_t> prev_code_busy_;
+  // Loop busy % between the runtime's LOOP records (ProcCounters busy_ns at loop_at_ns).
+  double loop_busy_pct(const ProcCounters& c);
+
   std::unordered_map<uint64_t, uint64_t> prev_busy_;
   uint64_t prev_now_ = 0, prev_busy_total_ = 0, prev_created_ = 0, prev_completed_ = 0, prev_steps_ = 0;
+  uint64_t prev_loop_at_ = 0;
+  double loop_busy_pct_ = 0;
   std::deque<size_t> alive_history_;
 };
 

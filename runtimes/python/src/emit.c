@@ -338,6 +338,10 @@ void rec_stack(PyObject *task, PyObject *awaited, int kind, const struct asynctr
 	if (kind != ASYNCTRACE_AWAIT_RUNNING) {
 		uint32_t h = dedupe_state_hash((uintptr_t)awaited, kind);
 		dedupe_put((uintptr_t)task, h | DEDUPE_STACK_SENT);
+	} else {
+		/* The step's end must reach tracers even if the task then awaits
+		 * what it awaited before (a bare yield): no dedupe against that. */
+		dedupe_forget((uintptr_t)task);
 	}
 	ring_commit(n);
 	timing_stack_sent(task, id);

@@ -43,13 +43,34 @@ static void after_step(PyObject *task, struct step_clock *sc)
 	EXC_RESTORE(ex);
 }
 
+/*
+ * A step that began with no tracer attached ran unhooked. If a tracer
+ * attached while it ran, the replay may have told it the task is running
+ * (it was its loop's current task): its end must still be told, or the task
+ * stays `running` for that tracer after the step (or the task) ended. One
+ * more semaphore test per untraced step.
+ */
+static PyObject *untraced_step_end(PyObject *task, PyObject *r)
+{
+	if (__builtin_expect(ANY_STEP_PROBE_ON(), 0)) {
+		exc_state_t ex;
+		EXC_SAVE(ex);
+		emit_post_step(task);
+		EXC_RESTORE(ex);
+	}
+	return r;
+}
+
 /* TaskStepMethWrapper.__call__: a step scheduled with loop.call_soon. */
 static PyObject *hook_step_call(PyObject *self, PyObject *args, PyObject *kw)
 {
 	if (__builtin_expect(fork_gen != 0, 0))
 		note_loop_alive(task_loop_borrowed(((StepMethWrapper *)self)->sw_task));
-	if (!ANY_STEP_PROBE_ON())
-		return runtime.orig_step_call(self, args, kw);
+	if (!ANY_STEP_PROBE_ON()) {
+		/* The caller holds self, and self its task, for the whole call. */
+		PyObject *task = ((StepMethWrapper *)self)->sw_task;
+		return untraced_step_end(task, runtime.orig_step_call(self, args, kw));
+	}
 	PyObject *task = Py_NewRef(((StepMethWrapper *)self)->sw_task);
 	uint64_t prev = tls_current;
 	struct step_clock sc;
@@ -69,7 +90,7 @@ static PyObject *hook_wakeup(PyObject *task, PyObject *fut)
 	if (__builtin_expect(fork_gen != 0, 0))
 		note_loop_alive(task_loop_borrowed(task));
 	if (!ANY_STEP_PROBE_ON())
-		return runtime.orig_wakeup(task, fut);
+		return untraced_step_end(task, runtime.orig_wakeup(task, fut));
 	Py_INCREF(task);
 	uint64_t prev = tls_current;
 	struct step_clock sc;
@@ -166,10 +187,15 @@ static int traced_init(PyObject *self, PyObject *args, PyObject *kw)
 static int hook_init(PyObject *self, PyObject *args, PyObject *kw)
 {
 	int r;
-	if (!(ASYNCTRACE_TASK_CREATE_ENABLED() | ANY_STEP_PROBE_ON()))
+	if (!(ASYNCTRACE_TASK_CREATE_ENABLED() | ANY_STEP_PROBE_ON())) {
 		r = runtime.orig_init(self, args, kw);
-	else
+		/* An eager first step (3.12+) is a step begun untraced too
+		 * (untraced_step_end): a replay during it saw it running. */
+		if (r == 0 && __builtin_expect(ANY_STEP_PROBE_ON(), 0) && first_step_ran(self))
+			(void)untraced_step_end(self, NULL);
+	} else {
 		r = traced_init(self, args, kw);
+	}
 	if (__builtin_expect(fork_gen != 0, 0) && r == 0)
 		note_loop_alive(task_loop_borrowed(self));
 	return r;

@@ -78,7 +78,22 @@ PyObject *m_emit_state(PyObject *mod, PyObject *task)
 	Py_RETURN_NONE;
 }
 
-/* emit_running(task, frames, truncated): task__await(RUNNING) with live frames, innermost first. */
+/* Is `task` its loop's current task, i.e. is one of its steps running now?
+ * Its hook then tells the step's end after this (hooks.c; the GIL orders
+ * the records). */
+static int step_running(PyObject *task)
+{
+	PyObject *loop = task_loop_borrowed(task);
+	PyObject *cur = loop && runtime.current_tasks ? PyDict_GetItemWithError(runtime.current_tasks, loop) : NULL;
+	PyErr_Clear();
+	return cur == task;
+}
+
+/* emit_running(task, frames, truncated): task__await(RUNNING) with live frames, innermost first.
+ * The caller saw the task running, but Python code (its own) ran since, and
+ * the loop's thread may have taken the GIL meanwhile and ended the step:
+ * a task whose step is not running now gets its current state instead,
+ * never a RUNNING that no step end would follow. */
 PyObject *m_emit_running(PyObject *mod, PyObject *args)
 {
 	(void)mod;
@@ -86,6 +101,12 @@ PyObject *m_emit_running(PyObject *mod, PyObject *args)
 	int truncated;
 	if (!PyArg_ParseTuple(args, "OO!p", &task, &PyList_Type, &frames, &truncated))
 		return NULL;
+	if (!is_task(task))
+		Py_RETURN_NONE;
+	if (!step_running(task)) {
+		emit_post_step(task);
+		Py_RETURN_NONE;
+	}
 	int pe = ASYNCTRACE_TASK_AWAIT_ENABLED(), be = BATCH_ON();
 	if (!pe && !be)
 		Py_RETURN_NONE;

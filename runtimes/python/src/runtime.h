@@ -86,6 +86,15 @@ struct step_slot;
 struct step_clock {
 	uint64_t start, sched;
 	struct step_slot *slot; /* NULL: not sampled (nested step, or no slot) */
+	int nested;             /* inside another step of this thread: not loop busy time */
+	/* Where the task resumed: the stack tracers have (start_stack), or the
+	 * frames it was suspended at when the step began (nstart of them, with
+	 * what it awaited), sent only if the step turns out slow. */
+	uint64_t start_stack;
+	uintptr_t start_awaited;
+	int start_kind;
+	uint32_t nstart;
+	struct asynctrace_frame start_frames[ASYNCTRACE_MAX_FRAMES];
 	size_t idx;             /* the task's entry in the task stats table, valid while its gen == gen */
 	uint64_t gen;
 };

@@ -66,6 +66,7 @@ struct cstat {
 	uint64_t code;       /* 0: empty */
 	uint64_t busy, sched, max;
 	uint32_t steps, dirty;
+	uint32_t resume_credit; /* steps that keep where they resume (start_capture) before the next slow one */
 	uint32_t hist[ASYNCTRACE_HIST_BUCKETS];
 };
 #define CODE_SLOTS 2048u
@@ -182,6 +183,8 @@ static void tstat_emit(struct tstat *e)
 	e->dirty = 0;
 }
 
+static uint64_t busy_in_progress(uint64_t now);
+
 /* Deltas into the ring (GIL held). */
 static void timing_drain(uint64_t now)
 {
@@ -208,8 +211,12 @@ static void timing_drain(uint64_t now)
 	if (r) {
 		r[0] = (struct asynctrace_rec){ .type = ASYNCTRACE_REC_LOOP, .nslots = 2, .a = timing.created,
 						.b = timing.completed, .c = timing.steps };
+		/* Busy up to `now`, steps in progress included: a reader's busy
+		 * between two LOOP records is then at most their distance (times
+		 * the loop threads), whatever the steps' lengths. */
 		*(struct asynctrace_rec_loop *)&r[1] = (struct asynctrace_rec_loop){
-			.busy_ns = timing.busy, .max_step_ns = timing.max_window, .at_ns = now, .since_ns = timing.since };
+			.busy_ns = timing.busy + busy_in_progress(now), .max_step_ns = timing.max_window,
+			.at_ns = now, .since_ns = timing.since };
 		ring_commit(2);
 	}
 	timing.max_window = 0;
@@ -301,13 +308,62 @@ static struct step_slot *my_step_slot(void)
 	return tls_step_slot < STEP_SLOTS ? &step_slots[tls_step_slot] : NULL;
 }
 
+/* The time the steps in progress (one a thread, the outermost) have run
+ * until `now`. GIL held: no step starts or ends (timing_begin/timing_end)
+ * while this reads, so a step is either in progress here or in timing.busy. */
+static uint64_t busy_in_progress(uint64_t now)
+{
+	uint64_t sum = 0;
+	int n = atomic_load(&nstep_slots);
+	for (int i = 0; i < n && i < STEP_SLOTS; i++) {
+		struct step_slot *s = &step_slots[i];
+		if (!(atomic_load_explicit(&s->seq, memory_order_acquire) & 1))
+			continue;
+		uint64_t start = atomic_load_explicit(&s->start_ns, memory_order_relaxed);
+		sum += now > start ? now - start : 0;
+	}
+	return sum;
+}
+
+/* Where the task is suspended as its step begins: the resume point a slow
+ * step reports (the frames are gone by the time the step is known to be
+ * slow). A frame walk a step costs as much as a short step itself, so it is
+ * taken only when tracers do not have that stack already, and only for tasks
+ * of coroutines with slow steps: each slow step gives its coroutine
+ * RESUME_CREDIT more walks. A coroutine slow at least once in that many
+ * steps keeps them all; one slow by accident (a GC pause) stops paying soon.
+ * The first slow step of a coroutine (or one after a long calm) has no
+ * resume point. */
+#define RESUME_CREDIT 256u
+static void start_capture(PyObject *task, struct step_clock *sc)
+{
+	PyObject *w = task_waiter(task);
+	sc->start_awaited = (uintptr_t)w;
+	sc->start_kind = await_kind_of(w);
+	Py_XDECREF(w);
+	PyObject *coro = task_coro(task);
+	sc->nstart = (uint32_t)collect_frames(coro, sc->start_frames);
+	Py_XDECREF(coro);
+	PyErr_Clear();
+}
+
 void timing_begin(PyObject *task, struct step_clock *sc)
 {
 	sc->start = 0;
 	sc->slot = NULL;
+	sc->nested = 0;
+	sc->start_stack = 0;
+	sc->nstart = 0;
 	if (!timing_active())
 		return;
 	struct tstat *e = tstat_get(task);
+	if (e && e->end_stack) {
+		sc->start_stack = e->end_stack;
+	} else if (e && e->c && e->c->resume_credit) {
+		e->c->resume_credit--;
+		start_capture(task, sc);
+		e = tstat_find(task); /* collect_frames may have run Python */
+	}
 	sc->start = now_ns();
 	sc->sched = e && e->ready_ns && sc->start > e->ready_ns ? sc->start - e->ready_ns : 0;
 	sc->gen = timing.tasks.gen;
@@ -323,6 +379,7 @@ void timing_begin(PyObject *task, struct step_clock *sc)
 		atomic_fetch_add_explicit(&s->seq, 1, memory_order_release);
 		sc->slot = s;
 	}
+	sc->nested = s && !sc->slot;
 }
 
 /* Which stack the task is suspended at now (0: none), sent as a STACK record
@@ -374,7 +431,11 @@ void timing_end(PyObject *task, struct step_clock *sc)
 	int done = task_is_done(task);
 	unsigned b = hist_bucket(dur);
 	timing.steps++;
-	timing.busy += dur;
+	/* A step nested in another (run_until_complete inside a step) is part
+	 * of the outer one's time: the loop's busy counts outermost steps. A
+	 * thread with no slot (STEP_SLOTS threads took them) counts them all. */
+	if (!sc->nested)
+		timing.busy += dur;
 	if (dur > timing.max_window)
 		timing.max_window = dur;
 	/* The entry found at the step's start, unless entries moved since. */
@@ -391,8 +452,18 @@ void timing_end(PyObject *task, struct step_clock *sc)
 		timing.cdirty = 1;
 	}
 	int slow = dur >= timing.slow_floor;
+	if (slow && c)
+		c->resume_credit = c->resume_credit + RESUME_CREDIT < 4 * RESUME_CREDIT ? c->resume_credit + RESUME_CREDIT
+										  : 4 * RESUME_CREDIT;
 	if (slow || STEPS_ON()) {
-		uint64_t start_stack = e ? e->end_stack : 0;
+		uint64_t start_stack = sc->start_stack;
+		if (!start_stack && sc->nstart) {
+			/* Tracers learn the resume point now, with the await
+			 * state it had; the end's records follow and replace it. */
+			start_stack = stack_id(sc->start_frames, sc->nstart);
+			rec_stack(task, (PyObject *)sc->start_awaited, sc->start_kind, sc->start_frames, sc->nstart);
+			e = tstat_find(task);
+		}
 		uint64_t end_stack = done ? 0 : timing_end_stack(task, e);
 		e = tstat_find(task); /* collect_frames may have run Python */
 		if (e)
@@ -416,6 +487,8 @@ void timing_end(PyObject *task, struct step_clock *sc)
 		if (e->hist[b] < UINT16_MAX)
 			e->hist[b]++;
 		e->last_end = end;
+		if (!slow && !STEPS_ON())
+			e->end_stack = 0; /* suspended somewhere tracers were not told */
 		if (done) {
 			tstat_del(task);
 		} else {
@@ -574,8 +647,11 @@ void timing_watch(long long poll_ns)
 		s->last_sample_ns = now_ns();
 	}
 	/* A loop that runs no step (idle, or blocked in one) still reports: the
-	 * session starts here, and deltas do not wait for its next step. */
-	if (!timing.on || (timing.ndirty && now > timing.last_drain + 2 * timing.period)) {
+	 * session starts here, deltas do not wait for its next step, and a long
+	 * step's busy time reaches readers every period while it runs (its
+	 * thread cannot drain: it is in the step). */
+	if (!timing.on || (timing.ndirty && now > timing.last_drain + 2 * timing.period) ||
+	    (busy_in_progress(now) >= timing.period / 2 && now > timing.last_drain + timing.period)) {
 		PyGILState_STATE g = PyGILState_Ensure();
 		if (timing_active())
 			timing_drain(now_ns());
