@@ -483,15 +483,20 @@ bool Shapes::ready(std::chrono::milliseconds timeout) { return app.wait_prefix("
 
 std::string Shapes::pid() { return std::to_string(app.pid()); }
 
-json Shapes::truth() {
+namespace {
+// SIGUSR1 to a program that then prints {"truth": ...} and exits 0.
+json truth_at_exit(Program& app, std::chrono::seconds timeout) {
   app.signal(SIGUSR1);
   std::string out;
-  const int rc = app.wait_exit(30s, &out);
+  const int rc = app.wait_exit(timeout, &out);
   EXPECT_EQ(rc, 0) << app.stderr_text();
   const auto pos = out.find("{\"truth\"");
   if (pos == std::string::npos) return json::object();
   return json::parse(out.substr(pos, out.find('\n', pos) - pos)).at("truth");
 }
+}  // namespace
+
+json Shapes::truth() { return truth_at_exit(app, 30s); }
 
 namespace {
 std::vector<std::string> service_argv(bool traced, int seconds, const std::map<std::string, std::string>& env) {
@@ -516,15 +521,7 @@ std::string Service::pid() {
   return std::to_string(app.pid());
 }
 
-json Service::truth() {
-  app.signal(SIGUSR1);
-  std::string out;
-  const int rc = app.wait_exit(60s, &out);
-  EXPECT_EQ(rc, 0) << app.stderr_text();
-  const auto pos = out.find("{\"truth\"");
-  if (pos == std::string::npos) return json::object();
-  return json::parse(out.substr(pos, out.find('\n', pos) - pos)).at("truth");
-}
+json Service::truth() { return truth_at_exit(app, 60s); }
 
 json last_ndjson(const std::string& out) {
   std::istringstream in(out);

@@ -237,14 +237,16 @@ TEST(LiveState, AgentLoopBusyRatioAtMostOneWithoutAClamp) {
   ASSERT_TRUE(svc.ready()) << svc.app.stderr_text();
   // The agent lock is host-wide: another test run may hold it for a while.
   std::unique_ptr<e2e::Agent> agent;
+  std::string why;  // the last failed agent's stderr
   for (int attempt = 0; attempt < 10 && !agent; ++attempt) {
     agent = std::make_unique<e2e::Agent>();
     if (agent->started(30s).empty()) {
+      why = agent->app.stderr_text();
       agent.reset();
       std::this_thread::sleep_for(5s);
     }
   }
-  ASSERT_TRUE(agent) << "no agent could start (the agent lock stayed held)";
+  ASSERT_TRUE(agent) << "no agent could start in 10 tries; the last said: " << why;
   const std::string key = "asynctrace_loop_busy_ratio{pid=\"" + svc.pid() + "\"";
   std::vector<double> ratios;
   const auto until = Clock::now() + 8s;
