@@ -103,6 +103,13 @@ std::map<std::string, int> usdt_semaphores(pid_t pid);
 
 // ---- shared by the suites -------------------------------------------------
 
+// The tool's `pstree --format json` against a program's own truth
+// (tests/programs/_truth.py): same tasks, names, threads, stacks, awaiters.
+void compare_json(const nlohmann::json& truth, const nlohmann::json& got);
+// pstree (JSON and text) and ps of `pid` against the truth file (the text
+// views as tests/e2e/expect.py renders them from it).
+void check_views(const std::string& truth_path, pid_t pid);
+
 std::string tool();    // this build's asynctrace
 std::string python();  // the first interpreter the runtime was built for
 
