@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -26,16 +27,30 @@ namespace {
 
 struct Py {
   std::string tag, path;
+  std::string name;  // the test's suffix: the tag, numbered from the second interpreter of a tag
 };
 void PrintTo(const Py& p, std::ostream* os) { *os << p.path; }
-std::string py_name(const ::testing::TestParamInfo<Py>& i) { return i.param.tag; }
+std::string py_name(const ::testing::TestParamInfo<Py>& i) { return i.param.name; }
+
+// One entry per interpreter (a symlink and its target are one), named
+// uniquely: gtest refuses two tests of one name.
+void add_unique(std::vector<Py>* out, const std::string& tag, const std::string& path) {
+  std::error_code ec;
+  const auto real = std::filesystem::canonical(path, ec);
+  int same_tag = 0;
+  for (const Py& p : *out) {
+    if (!ec && std::filesystem::canonical(p.path, ec) == real) return;
+    same_tag += p.tag == tag;
+  }
+  out->push_back({tag, path, same_tag ? tag + "_" + std::to_string(same_tag + 1) : tag});
+}
 
 int minor_of(const std::string& tag) { return std::stoi(tag.substr(3)); }  // "cp314", "cp314t"
 
 std::vector<Py> pythons(int min_minor, int max_minor) {
   std::vector<Py> out;
   for (const auto& [tag, py] : e2e::built_pythons())
-    if (minor_of(tag) >= min_minor && minor_of(tag) <= max_minor) out.push_back({tag, py});
+    if (minor_of(tag) >= min_minor && minor_of(tag) <= max_minor) add_unique(&out, tag, py);
   return out;
 }
 
@@ -45,7 +60,7 @@ std::vector<Py> freethreaded() {
   std::istringstream in(e2e::read_file(e2e::binary_dir() + "/python/freethreaded.txt"));
   std::string tag, path;
   while (in >> tag >> path)
-    if (minor_of(tag) >= 14) out.push_back({tag, path});
+    if (minor_of(tag) >= 14) add_unique(&out, tag, path);
   return out;
 }
 
@@ -156,7 +171,8 @@ TEST_P(Inject, PsTopAndRecordOnABusyProgram) {
     ASSERT_EQ(ps.exit_code, 0) << ps.err;
     std::cerr << "[ injected ps: " << ps.seconds << " s ]\n";
     std::set<std::string> names;
-    for (const auto& t : json::parse(ps.out)["tasks"]) names.insert(t["name"].get<std::string>());
+    const json doc = json::parse(ps.out);
+    for (const auto& t : doc["tasks"]) names.insert(t["name"].get<std::string>());
     for (const char* n : {"sleeper-0", "sleeper-1", "sleeper-2", "Task-1"}) EXPECT_TRUE(names.count(n)) << ps.out;
 
     auto top = e2e::run({e2e::tool(), "top", "-p", pid, "-n", "1", "-i", "500ms", "--format", "json"});
@@ -273,7 +289,7 @@ TEST_P(InjectRefused, NothingIsLoaded) {
 
 std::vector<Py> refused_pythons() {
   std::vector<Py> out = pythons(13, 13);
-  for (const Py& p : freethreaded()) out.push_back(p);
+  for (const Py& p : freethreaded()) add_unique(&out, p.tag, p.path);
   return out;
 }
 
