@@ -262,6 +262,71 @@ TEST_P(Inject, IdleTargetTimesOutAndStaysUnchanged) {
   unlink(truth.c_str());
 }
 
+// A target of another user runs its script as that user: the script (0644
+// in a 0755 directory) and the runtime must be readable by it.
+const std::vector<std::string> kNobody{"setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"};
+
+TEST_P(Inject, TargetOfAnotherUserLoadsTheRuntime) {
+  const Py& p = GetParam();
+  const std::string truth = "/tmp/asynctrace-inject-nobody-" + std::to_string(getpid()) + ".json";
+  std::vector<std::string> argv = kNobody;
+  for (const std::string& a : plain(p, "gather_nested", truth, kBeat)) argv.push_back(a);
+  e2e::Program prog(argv, programs());
+  ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
+  e2e::check_views(truth, prog.pid());
+  const Ending e = finish(prog);
+  EXPECT_EQ(e.status, 0);
+  EXPECT_EQ(e.err, "");
+  unlink(truth.c_str());
+}
+
+// The same, with the runtime in a directory only root may enter: refused
+// before anything runs in the target. A copy of the tool whose python/
+// holds such a copy of the runtime.
+TEST_P(Inject, RuntimeTheTargetCannotReadIsRefused) {
+  const Py& p = GetParam();
+  const std::string dir = tmp_path("private-tool");
+  const std::string py_dir = dir + "/python";
+  ASSERT_EQ(e2e::run({"sh", "-c", "rm -rf '" + dir + "' && mkdir -p '" + py_dir + "' && cp '" + e2e::tool() + "' '" +
+                                     dir + "/' && cp -r '" + e2e::binary_dir() + "/python/" + p.tag + "' '" + py_dir +
+                                     "/' && cp '" + e2e::binary_dir() + "/python/versions.txt' '" + py_dir +
+                                     "/' && chmod 0755 '" + dir + "' '" + py_dir + "' && chmod 0700 '" + py_dir + "/" +
+                                     p.tag + "'"})
+                .exit_code,
+            0);
+  const std::string truth = "/tmp/asynctrace-inject-nobody2-" + std::to_string(getpid()) + ".json";
+  std::vector<std::string> argv = kNobody;
+  for (const std::string& a : plain(p, "gather_nested", truth, kBeat)) argv.push_back(a);
+  e2e::Program prog(argv, programs());
+  ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
+  auto r = e2e::run({dir + "/asynctrace", "pstree", "-p", std::to_string(prog.pid())});
+  expect_refused(r, prog.pid(), "the runtime is not readable by its user: '" + py_dir + "/" + p.tag +
+                                    "' is not searchable by uid 65534");
+  std::this_thread::sleep_for(300ms);
+  EXPECT_FALSE(runtime_loaded(prog.pid()));
+  EXPECT_EQ(scripts_of(prog.pid()), "");
+  finish(prog);
+  e2e::run({"rm", "-rf", dir});
+  unlink(truth.c_str());
+}
+
+// In another mount namespace (a container) our paths need not lead to the
+// script and the runtime: refused, nothing runs in the target.
+TEST_P(Inject, OtherMountNamespaceIsRefused) {
+  const Py& p = GetParam();
+  const std::string truth = tmp_path("mntns.json");
+  std::vector<std::string> argv{"unshare", "--mount", "--propagation", "private"};
+  for (const std::string& a : plain(p, "gather_nested", truth, kBeat)) argv.push_back(a);
+  e2e::Program prog(argv, programs());
+  ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
+  auto r = e2e::run({e2e::tool(), "pstree", "-p", std::to_string(prog.pid())});
+  expect_refused(r, prog.pid(), "another mount namespace");
+  std::this_thread::sleep_for(300ms);
+  EXPECT_FALSE(runtime_loaded(prog.pid()));
+  finish(prog);
+  unlink(truth.c_str());
+}
+
 INSTANTIATE_TEST_SUITE_P(Inject, Inject, ::testing::ValuesIn(pythons(14, 99)), py_name);
 
 // Targets we must not load into: refused before anything runs in them.
