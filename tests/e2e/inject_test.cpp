@@ -310,6 +310,22 @@ TEST_P(Inject, RuntimeTheTargetCannotReadIsRefused) {
   unlink(truth.c_str());
 }
 
+// A program that never imported asyncio has nothing to show: refused at
+// once, and it stays without asyncio.
+TEST_P(Inject, ProgramWithoutAsyncioIsRefused) {
+  const Py& p = GetParam();
+  e2e::Program prog({p.path, "-c", "import time\nprint('READY', flush=True)\nfor _ in range(1200): time.sleep(0.05)"});
+  ASSERT_TRUE(prog.wait_line("READY", 30s)) << prog.stderr_text();
+  auto r = e2e::run({e2e::tool(), "pstree", "-p", std::to_string(prog.pid())});
+  expect_refused(r, prog.pid(), "it has not imported asyncio");
+  EXPECT_LT(r.seconds, 2.0);
+  std::this_thread::sleep_for(300ms);
+  EXPECT_FALSE(runtime_loaded(prog.pid()));
+  EXPECT_EQ(e2e::read_file("/proc/" + std::to_string(prog.pid()) + "/maps").find("/_asyncio."), std::string::npos);
+  EXPECT_EQ(scripts_of(prog.pid()), "");
+  prog.signal(SIGTERM);
+}
+
 // In another mount namespace (a container) our paths need not lead to the
 // script and the runtime: refused, nothing runs in the target.
 TEST_P(Inject, OtherMountNamespaceIsRefused) {

@@ -215,6 +215,15 @@ std::optional<Finished> run_injector(const std::vector<std::string>& args, std::
   return f;
 }
 
+// asyncio's C module, as CPython builds it (a shared module), is mapped.
+bool maps_asyncio(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/maps");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.find("/_asyncio.") != std::string::npos) return true;
+  return false;
+}
+
 int yama_ptrace_scope() {
   std::ifstream in("/proc/sys/kernel/yama/ptrace_scope");
   int v = -1;
@@ -233,6 +242,10 @@ Result<ProcInfo> inject_runtime(const Options& o, const ProcInfo& info, PhaseClo
   if (!same_mount_namespace(info.pid))
     return cannot(info, "it runs in another mount namespace or root (a container?), where the paths of the "
                         "script and the runtime do not lead to them; start it with 'asynctrace run' inside");
+  // asyncio's C module is a shared module in CPython's builds: a program
+  // that maps none has no tasks to show (and enable() would import asyncio).
+  if (!maps_asyncio(info.pid))
+    return cannot(info, "it has not imported asyncio (no _asyncio module mapped): nothing to trace");
   const std::string python_dir = self_dir() + "/python";
   const std::string tag = build->tag();
   auto interpreter = trusted_interpreter(info, python_dir, tag);

@@ -69,10 +69,14 @@ std::string inject_script(const std::string& package_dir) {
   // script"). The import must not leave the directory on sys.path nor its
   // finder in sys.path_importer_cache (the program's own imports would look
   // there), nor write __pycache__ into our directory as the target's user.
+  // A program that never imported asyncio is left as it is (enable() would
+  // import it).
   return "# Written by asynctrace (docs/python.md, \"Unprepared 3.14 processes\"): loads its dormant\n"
          "# runtime into this process. Removed once the runtime is loaded.\n"
          "def _asynctrace_load():\n"
          "    import os, sys\n"
+         "    if 'asyncio' not in sys.modules:\n"
+         "        return  # never imported asyncio: nothing to trace, nothing to change\n"
          "    d = os.fsdecode(" +
          bytes_literal(package_dir) +
          ")\n"

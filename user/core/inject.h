@@ -37,7 +37,8 @@ std::optional<PythonBuild> decode_debug_offsets(std::string_view bytes);
 // `build` nullopt: no debug offsets found (before 3.13, or stripped).
 std::optional<Error> refuse_build(pid_t pid, const std::string& comm, const std::optional<PythonBuild>& build);
 
-// The Python source the target runs: puts `package_dir` first on sys.path,
+// The Python source the target runs: nothing unless the program imported
+// asyncio; else puts `package_dir` first on sys.path,
 // imports asynctrace and enables it, then leaves sys.path, the path importer
 // cache and sys.dont_write_bytecode as they were; swallows every exception
 // (the target's output must not change).
