@@ -280,7 +280,31 @@ TEST_P(Inject, TargetOfAnotherUserLoadsTheRuntime) {
   unlink(truth.c_str());
 }
 
-// The same, with the runtime in a directory only root may enter: refused
+// CAP_BPF + CAP_PERFMON trace, but loading needs root: exit 6, one line,
+// nothing run in the target (same uid as the tool, so it can see it).
+TEST_P(Inject, LoadingNeedsRoot) {
+  const Py& p = GetParam();
+  const std::string truth = "/tmp/asynctrace-inject-nobody3-" + std::to_string(getpid()) + ".json";
+  std::vector<std::string> argv = kNobody;
+  for (const std::string& a : plain(p, "gather_nested", truth, kBeat)) argv.push_back(a);
+  e2e::Program prog(argv, programs());
+  ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
+  std::vector<std::string> tool = kNobody;
+  for (const char* a : {"--inh-caps", "+bpf,+perfmon", "--ambient-caps", "+bpf,+perfmon"}) tool.push_back(a);
+  for (const std::string& a : {e2e::tool(), std::string("pstree"), std::string("-p"), std::to_string(prog.pid())})
+    tool.push_back(a);
+  auto r = e2e::run(tool);
+  EXPECT_EQ(r.exit_code, 6) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_NE(r.err.find("loading needs root"), std::string::npos) << r.err;
+  EXPECT_TRUE(e2e::kernel_hold(prog.pid()).empty());
+  std::this_thread::sleep_for(300ms);
+  EXPECT_FALSE(runtime_loaded(prog.pid()));
+  finish(prog);
+  unlink(truth.c_str());
+}
+
+// A target of another user, with the runtime in a directory only root may enter: refused
 // before anything runs in the target. A copy of the tool whose python/
 // holds such a copy of the runtime.
 TEST_P(Inject, RuntimeTheTargetCannotReadIsRefused) {

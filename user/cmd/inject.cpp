@@ -246,6 +246,12 @@ Result<ProcInfo> inject_runtime(const Options& o, const ProcInfo& info, PhaseClo
   // that maps none has no tasks to show (and enable() would import asyncio).
   if (!maps_asyncio(info.pid))
     return cannot(info, "it has not imported asyncio (no _asyncio module mapped): nothing to trace");
+  // The script goes to root's /run, and the interpreter that writes into the
+  // target gets no capabilities of ours across exec: only root can load.
+  if (geteuid() != 0)
+    return Error{kExitPrivilege, "failed to load the asynctrace runtime into " + who(info) +
+                                     ": loading needs root (it writes " + kInjectDir +
+                                     "/ and the target's memory); or start it with 'asynctrace run'"};
   const std::string python_dir = self_dir() + "/python";
   const std::string tag = build->tag();
   auto interpreter = trusted_interpreter(info, python_dir, tag);

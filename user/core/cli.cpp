@@ -19,7 +19,7 @@ constexpr const char* kFooter = R"(EXIT CODES:
   0 ok, 1 internal error, 2 usage error, 3 no such process (or a zombie),
   4 not a Python process, 5 Python process without asynctrace probes (and
   the runtime could not be loaded into it), 6 insufficient privilege (needs
-  root or CAP_BPF+CAP_PERFMON, and CAP_SYS_PTRACE to load the runtime), 7 BPF/tracing
+  root or CAP_BPF+CAP_PERFMON; root to load the runtime), 7 BPF/tracing
   unavailable, 8 runtime did not answer the attach in time, 9 process exited
   (or exec'd another program) while traced.
 

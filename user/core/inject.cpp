@@ -116,7 +116,8 @@ Error injector_error(pid_t pid, const std::string& comm, const std::string& repo
   if (type == "PermissionError" || msg.find("Operation not permitted") != std::string::npos) {
     const std::string why = ptrace_scope == 3
                                 ? "Yama's kernel.yama.ptrace_scope is 3, which forbids it even to root"
-                                : "it needs root or CAP_SYS_PTRACE (and Yama's ptrace_scope below 3)";
+                                : "it needs CAP_SYS_PTRACE over the process, and no security module (Yama, "
+                                  "SELinux, AppArmor) forbidding the write";
     return {kExitPrivilege, head + "the kernel refused to let us write into its memory: " + why};
   }
   if (type == "ProcessLookupError") return {kExitNoProcess, "no such process: " + std::to_string(pid)};
