@@ -139,4 +139,12 @@ TEST(ElfSectionPrefix, ReadsTheFirstBytesOfANamedSection) {
   sec.sh_offset = lying.size() - 4;
   std::memcpy(lying.data() + 1024 + 2 * sizeof(Elf64_Shdr), &sec, sizeof sec);
   EXPECT_FALSE(elf::section_prefix_bytes(lying, ".PyRuntime", kDebugOffsetsPrefix).ok());
+  // A name offset of 0xffffffff: no name (0xffffffff + 1 wrapped to 0 once:
+  // scripts/fuzz found the read far past the names).
+  std::string wrapped = f;
+  std::memcpy(&sec, wrapped.data() + 1024 + 2 * sizeof(Elf64_Shdr), sizeof sec);
+  sec.sh_name = 0xffffffffu;
+  std::memcpy(wrapped.data() + 1024 + 2 * sizeof(Elf64_Shdr), &sec, sizeof sec);
+  EXPECT_EQ(elf::section_prefix_bytes(wrapped, ".PyRuntime", 8).error().message, "no section .PyRuntime");
+  EXPECT_TRUE(elf::parse_stapsdt_bytes(wrapped).ok());
 }

@@ -102,7 +102,8 @@ struct SectionTable {
   std::vector<Elf64_Shdr> headers;  // empty: the file has no sections
   std::vector<char> names;          // .shstrtab, NUL-terminated
   std::string_view name_of(const Elf64_Shdr& sh) const {
-    return sh.sh_name + 1 < names.size() ? std::string_view(names.data() + sh.sh_name) : std::string_view();
+    // names.size() >= 1; sh_name + 1 would wrap at 0xffffffff (the fuzzer's find).
+    return sh.sh_name < names.size() - 1 ? std::string_view(names.data() + sh.sh_name) : std::string_view();
   }
 };
 
