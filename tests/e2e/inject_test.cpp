@@ -254,6 +254,13 @@ TEST_P(Inject, IdleTargetTimesOutAndStaysUnchanged) {
     EXPECT_FALSE(runtime_loaded(prog.pid()));
     EXPECT_NE(scripts_of(prog.pid()), "") << "the queued script must stay until it ran";
     traced = finish(prog);
+    // Once the process is gone, the next command that meets an unprepared
+    // process removes the script (here one refused at once).
+    e2e::Program other({p.path, "-c", "import time\nprint('READY', flush=True)\ntime.sleep(60)"});
+    ASSERT_TRUE(other.wait_line("READY", 30s));
+    EXPECT_EQ(e2e::run({e2e::tool(), "ps", "-p", std::to_string(other.pid()), "--no-inject"}).exit_code, 5);
+    EXPECT_EQ(scripts_of(prog.pid()), "");
+    other.signal(SIGTERM);
   }
   const Ending want = untraced(p, "gather_nested", {});
   EXPECT_EQ(traced.status, 0) << traced.err;

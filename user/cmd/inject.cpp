@@ -234,6 +234,13 @@ int yama_ptrace_scope() {
 }  // namespace
 
 Result<ProcInfo> inject_runtime(const Options& o, const ProcInfo& info, PhaseClock* clock) {
+  // Scripts left by earlier timeouts go once nothing will read them, whatever
+  // this command decides (only in a directory of ours).
+  if (const int fd = open(kInjectDir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC); fd >= 0) {
+    struct stat st {};
+    if (fstat(fd, &st) == 0 && st.st_uid == geteuid()) sweep_scripts(fd);
+    close(fd);
+  }
   if (o.no_inject) return proc_error(info);
   // Decided from the files alone: the target runs nothing of ours until
   // every check has passed.
@@ -268,7 +275,6 @@ Result<ProcInfo> inject_runtime(const Options& o, const ProcInfo& info, PhaseClo
     int fd;
     ~Closer() { close(fd); }
   } closer{dir.value()};
-  sweep_scripts(dir.value());
   const std::string name = script_name(info.pid, start);
   const std::string path = std::string(kInjectDir) + "/" + name;
   // An earlier attempt's script may still be pending in the target: then it
