@@ -440,27 +440,31 @@ TEST(Runtimes, EverySupportedInterpreterWasBuilt) {
 // package is imported there anyway (a GIL build's on PYTHONPATH), enable()
 // refuses in one sentence, even with the GIL re-enabled at run time, and the
 // program runs as without it (asynctrace._autoload swallows the refusal).
-std::vector<std::string> freethreaded_pythons() {
-  std::vector<std::string> out;
+std::vector<std::pair<std::string, std::string>> freethreaded_pythons() {
+  std::vector<std::pair<std::string, std::string>> out;
   std::istringstream in(e2e::read_file(e2e::binary_dir() + "/python/freethreaded.txt"));
   std::string tag, path;
-  while (in >> tag >> path) out.push_back(path);
+  while (in >> tag >> path) out.emplace_back(tag, path);
   return out;
 }
 
-class FreeThreaded : public ::testing::TestWithParam<std::string> {};
+class FreeThreaded : public ::testing::TestWithParam<std::pair<std::string, std::string>> {};
 
 TEST_P(FreeThreaded, EnableRefusesAndChangesNothing) {
   const auto built = e2e::built_pythons();
   ASSERT_FALSE(built.empty());
-  const std::string pkg = "PYTHONPATH=" + e2e::binary_dir() + "/python/" + built.back().first;
+  // The package of the same minor version (cp314 for cp314t) if built.
+  std::string tag = built.back().first;
+  for (const auto& [t, _] : built)
+    if (t + "t" == GetParam().first) tag = t;
+  const std::string pkg = "PYTHONPATH=" + e2e::binary_dir() + "/python/" + tag;
   const std::string prog =
       "import asyncio, asynctrace, sys\n"
       "try:\n asynctrace.enable()\nexcept ImportError as e:\n print(e)\n"
       "print(asynctrace.is_enabled(), 'asynctrace._asynctrace' in sys.modules, asyncio.run(asyncio.sleep(0, 'ran')))";
   for (const char* gil : {"PYTHON_GIL=0", "PYTHON_GIL=1"}) {
     SCOPED_TRACE(gil);
-    auto r = e2e::run({"env", pkg, gil, GetParam(), "-c", prog});
+    auto r = e2e::run({"env", pkg, gil, GetParam().second, "-c", prog});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(r.out,
               "asynctrace: free-threaded CPython (no GIL) is not supported; run the program with a GIL build of "
@@ -470,8 +474,8 @@ TEST_P(FreeThreaded, EnableRefusesAndChangesNothing) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Builds, FreeThreaded, ::testing::ValuesIn(freethreaded_pythons()),
-                         [](const ::testing::TestParamInfo<std::string>& i) {
-                           return "interpreter" + std::to_string(i.index);
+                         [](const ::testing::TestParamInfo<std::pair<std::string, std::string>>& i) {
+                           return i.param.first + "_" + std::to_string(i.index);
                          });
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(FreeThreaded);
 
