@@ -68,7 +68,7 @@ typedef struct { PyObject *t, *v, *tb; } exc_state_t;
 #endif
 
 /*
- * Private layouts read directly. Identical in 3.10..3.13 (Modules/_asynciomodule.c,
+ * Private layouts read directly. Identical in 3.10..3.14 (Modules/_asynciomodule.c,
  * Objects/genobject.c); _install() verifies them on live objects and refuses
  * to hook if they do not match.
  */
