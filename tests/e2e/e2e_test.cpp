@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -164,7 +165,7 @@ TEST_P(LateEnable, ReplayShowsTasksOfEveryLoopCreatedBefore) {
                      programs() + "/late_enable.py", truth_path},
                     programs());
   ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
-  check_views(truth_path, prog.pid());
+  e2e::check_views(truth_path, prog.pid());
   prog.signal(SIGUSR1);
   std::string out;
   EXPECT_EQ(prog.wait_exit(60s, &out), 0) << prog.stderr_text();
@@ -196,7 +197,7 @@ TEST_P(NoAsyncioOffsets, ViewsMatchThroughTheAsyncioApi) {
                      programs() + "/" + p.c.program + ".py", truth_path},
                     programs());
   ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
-  check_views(truth_path, prog.pid());
+  e2e::check_views(truth_path, prog.pid());
   prog.signal(SIGUSR1);
   EXPECT_EQ(prog.wait_exit(60s, nullptr), 0) << prog.stderr_text();
   unlink(truth_path.c_str());
@@ -398,6 +399,21 @@ TEST_P(FreeThreaded, EnableRefusesAndChangesNothing) {
               "CPython\nFalse False ran\n");
     EXPECT_EQ(r.err, "");
   }
+}
+
+// `asynctrace run` with a free-threaded interpreter: exit 5, one line, and
+// the program is not started (it would have run untraced).
+TEST_P(FreeThreaded, RunRefusesWithExitFive) {
+  const std::string marker = "/tmp/asynctrace-e2e-ft-ran-" + std::to_string(getpid());
+  unlink(marker.c_str());
+  auto r = e2e::run({e2e::binary_dir() + "/asynctrace", "run", "--", GetParam().second, "-c",
+                     "open('" + marker + "', 'w').close()"});
+  EXPECT_EQ(r.exit_code, 5) << r.err;
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(r.err.find("free-threaded CPython build"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_NE(access(marker.c_str(), F_OK), 0) << "the program ran";
+  unlink(marker.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(Builds, FreeThreaded, ::testing::ValuesIn(freethreaded_pythons()),

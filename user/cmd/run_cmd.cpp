@@ -22,7 +22,8 @@ extern char** environ;
 namespace asynctrace {
 namespace {
 
-// Asks the interpreter for its version tag ("cp311") without running the program.
+// Asks the interpreter for its version tag ("cp311", "cp314t" for a
+// free-threaded build: sys.abiflags has a 't') without running the program.
 Result<std::string> python_tag(const std::string& program) {
   int fds[2];
   if (pipe(fds) != 0) return Error{kExitInternal, "failed to create pipe: " + std::string(std::strerror(errno))};
@@ -32,7 +33,7 @@ Result<std::string> python_tag(const std::string& program) {
   posix_spawn_file_actions_addclose(&fa, fds[0]);
   posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);  // a non-Python program's complaints
   const char* argv[] = {program.c_str(), "-S", "-c",
-                        "import sys; print('cp%d%d' % sys.version_info[:2])", nullptr};
+                        "import sys; print('cp%d%d%s' % (*sys.version_info[:2], 't' * ('t' in getattr(sys, 'abiflags', ''))))", nullptr};
   pid_t child = 0;
   const int rc = posix_spawnp(&child, program.c_str(), &fa, nullptr, const_cast<char**>(argv), environ);
   posix_spawn_file_actions_destroy(&fa);
@@ -62,11 +63,17 @@ int run_run(const Options& o) {
   const std::string base = o.python_dir.empty() ? self_dir() + "/python" : o.python_dir;
   auto tag = python_tag(o.run_argv[0]);
   if (!tag.ok()) return fail(tag.error());
+  if (tag.value().back() == 't') {
+    // The runtime's event ring is ordered by the GIL; the package refuses to
+    // enable itself there, so the program would run untraced: say so instead.
+    return fail(Error{kExitNoProbes, "'" + o.run_argv[0] + "' is a free-threaded CPython build (" + tag.value() +
+                                         "): not supported yet; use a build with the GIL"});
+  }
   const std::string dir = base + "/" + tag.value();
   struct stat st {};
   if (stat((dir + "/asynctrace").c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
     return fail(Error{kExitNotPython, "failed to find the asynctrace runtime for " + tag.value() +
-                                          " in '" + base + "'; supported: CPython 3.10-3.13 built by cmake"});
+                                          " in '" + base + "'; supported: CPython 3.10-3.14 built by cmake"});
   }
   const char* old = std::getenv("PYTHONPATH");
   const std::string pp = old && *old ? dir + ":" + old : dir;
