@@ -63,56 +63,6 @@ std::string tmp_path(const std::string& stem) {
   return "/tmp/asynctrace-e2e-" + std::to_string(getpid()) + "-" + stem;
 }
 
-std::set<std::string> id_set(const json& arr, bool objects) {
-  std::set<std::string> s;
-  for (const auto& x : arr) s.insert(objects ? x["id"].get<std::string>() : x.get<std::string>());
-  return s;
-}
-
-// Tool JSON vs the program's truth: same tasks, names, threads, stacks, awaiters.
-void compare_json(const json& truth, const json& got) {
-  std::map<std::string, json> tool_tasks;
-  for (const auto& t : got["tasks"]) tool_tasks[t["id"]] = t;
-  std::set<std::string> want_ids;
-  for (const auto& t : truth["tasks"]) want_ids.insert(t["id"]);
-  std::set<std::string> got_ids;
-  for (const auto& [id, _] : tool_tasks) got_ids.insert(id);
-  ASSERT_EQ(got_ids, want_ids) << "task sets differ";
-  for (const auto& want : truth["tasks"]) {
-    const json& t = tool_tasks[want["id"]];
-    SCOPED_TRACE("task " + want["id"].get<std::string>());
-    const std::string want_name = want["name"];
-    if (want_name.size() > 64) {  // the kernel keeps 64 bytes (AT_NAME_LEN)
-      EXPECT_TRUE(t["name_truncated"].get<bool>());
-      const std::string got_name = t["name"];
-      EXPECT_GE(got_name.size(), 61u);
-      EXPECT_EQ(want_name.compare(0, got_name.size(), got_name), 0) << got_name;
-    } else {
-      EXPECT_EQ(t["name"], want["name"]);
-      EXPECT_FALSE(t["name_truncated"].get<bool>());
-    }
-    EXPECT_EQ(t["tid"], want["tid"]);
-    ASSERT_EQ(t["stack"].size(), want["stack"].size()) << t["stack"].dump() << "\nwant " << want["stack"].dump();
-    for (size_t i = 0; i < want["stack"].size(); ++i) {
-      EXPECT_EQ(t["stack"][i]["function"], want["stack"][i]["function"]);
-      EXPECT_EQ(t["stack"][i]["file"], want["stack"][i]["file"]);
-      EXPECT_EQ(t["stack"][i]["line"], want["stack"][i]["line"]);
-    }
-    EXPECT_EQ(id_set(t["awaited_by"], true), id_set(want["awaited_by"], false)) << t["awaited_by"].dump();
-  }
-  EXPECT_TRUE(got["complete"].get<bool>());
-}
-
-// The expected view, rendered from the truth file by tests/e2e/expect.py.
-// 10,001 tasks take ~1 s of Python on the host, 20-40x that under QEMU's TCG
-// (scripts/matrix), more on a loaded host: 60 s killed it once on 6.12.
-std::string expected(const std::string& truth_path, const char* view) {
-  auto r = e2e::run({"python3", e2e::source_dir() + "/tests/e2e/expect.py", truth_path, view},
-                    std::chrono::seconds(600));
-  EXPECT_EQ(r.exit_code, 0) << r.err;
-  return r.out;
-}
-
 // pstree (JSON and text) and ps of `pid` against the truth file.
 void check_views(const std::string& truth_path, pid_t pid) {
   const json truth = json::parse(e2e::read_file(truth_path));
@@ -121,16 +71,16 @@ void check_views(const std::string& truth_path, pid_t pid) {
   auto j = e2e::run({tool(), "pstree", "-p", std::to_string(pid), "--format", "json"});
   ASSERT_EQ(j.exit_code, 0) << j.err;
   std::cerr << "[ pstree json: " << truth["tasks"].size() << " tasks in " << j.seconds << " s ]\n";
-  compare_json(truth, json::parse(j.out));
+  e2e::compare_to_truth(truth, json::parse(j.out));
 
   auto tree = e2e::run({tool(), "pstree", "-p", std::to_string(pid)});
   ASSERT_EQ(tree.exit_code, 0) << tree.err;
-  EXPECT_EQ(e2e::tree_paths(tree.out), e2e::tree_paths(expected(truth_path, "pstree")))
+  EXPECT_EQ(e2e::tree_paths(tree.out), e2e::tree_paths(e2e::expected_view(truth_path, "pstree")))
       << "got:\n" << tree.out.substr(0, 4000);
 
   auto ps = e2e::run({tool(), "ps", "-p", std::to_string(pid)});
   ASSERT_EQ(ps.exit_code, 0) << ps.err;
-  const std::string want_ps = expected(truth_path, "ps");
+  const std::string want_ps = e2e::expected_view(truth_path, "ps");
   EXPECT_EQ(ps.out.substr(0, ps.out.find('\n', ps.out.find('\n') + 1)),
             want_ps.substr(0, want_ps.find('\n', want_ps.find('\n') + 1)));
   EXPECT_EQ(e2e::sorted_lines(ps.out, 2), e2e::sorted_lines(want_ps, 2));

@@ -225,6 +225,58 @@ std::vector<std::string> sorted_lines(const std::string& text, size_t skip_heade
   return lines;
 }
 
+namespace {
+
+std::set<std::string> id_set(const nlohmann::json& arr, bool objects) {
+  std::set<std::string> s;
+  for (const auto& x : arr) s.insert(objects ? x["id"].get<std::string>() : x.get<std::string>());
+  return s;
+}
+
+}  // namespace
+
+void compare_to_truth(const nlohmann::json& truth, const nlohmann::json& got) {
+  std::map<std::string, nlohmann::json> tool_tasks;
+  for (const auto& t : got["tasks"]) tool_tasks[t["id"]] = t;
+  std::set<std::string> want_ids;
+  for (const auto& t : truth["tasks"]) want_ids.insert(t["id"]);
+  std::set<std::string> got_ids;
+  for (const auto& [id, _] : tool_tasks) got_ids.insert(id);
+  ASSERT_EQ(got_ids, want_ids) << "task sets differ";
+  for (const auto& want : truth["tasks"]) {
+    const nlohmann::json& t = tool_tasks[want["id"]];
+    SCOPED_TRACE("task " + want["id"].get<std::string>());
+    const std::string want_name = want["name"];
+    if (want_name.size() > 64) {  // the kernel keeps 64 bytes (AT_NAME_LEN)
+      EXPECT_TRUE(t["name_truncated"].get<bool>());
+      const std::string got_name = t["name"];
+      EXPECT_GE(got_name.size(), 61u);
+      EXPECT_EQ(want_name.compare(0, got_name.size(), got_name), 0) << got_name;
+    } else {
+      EXPECT_EQ(t["name"], want["name"]);
+      EXPECT_FALSE(t["name_truncated"].get<bool>());
+    }
+    EXPECT_EQ(t["tid"], want["tid"]);
+    ASSERT_EQ(t["stack"].size(), want["stack"].size()) << t["stack"].dump() << "\nwant " << want["stack"].dump();
+    for (size_t i = 0; i < want["stack"].size(); ++i) {
+      EXPECT_EQ(t["stack"][i]["function"], want["stack"][i]["function"]);
+      EXPECT_EQ(t["stack"][i]["file"], want["stack"][i]["file"]);
+      EXPECT_EQ(t["stack"][i]["line"], want["stack"][i]["line"]);
+    }
+    EXPECT_EQ(id_set(t["awaited_by"], true), id_set(want["awaited_by"], false)) << t["awaited_by"].dump();
+  }
+  EXPECT_TRUE(got["complete"].get<bool>());
+}
+
+// 10,001 tasks take ~1 s of Python on the host, 20-40x that under QEMU's TCG
+// (scripts/matrix), more on a loaded host: 60 s killed it once on 6.12.
+std::string expected_view(const std::string& truth_path, const char* view) {
+  auto r = e2e::run({"python3", e2e::source_dir() + "/tests/e2e/expect.py", truth_path, view},
+                    std::chrono::seconds(600));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  return r.out;
+}
+
 bool poll_until(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
   const auto end = std::chrono::steady_clock::now() + timeout;
   for (;;) {

@@ -101,6 +101,15 @@ std::string asynctrace_uprobes();
 // (readelf). Empty if the process maps no runtime.
 std::map<std::string, int> usdt_semaphores(pid_t pid);
 
+// ---- ground truth (tests/programs/_truth.py) --------------------------------
+
+// Tool JSON (pstree/ps --format json) vs the program's truth file: the same
+// tasks, names, threads, stacks and awaiters, and a complete view.
+void compare_to_truth(const nlohmann::json& truth, const nlohmann::json& got);
+// What Python 3.14's `python -m asyncio pstree`/`ps` print for a truth file,
+// rendered by tests/e2e/expect.py (view: "pstree" or "ps").
+std::string expected_view(const std::string& truth_path, const char* view);
+
 // ---- shared by the suites -------------------------------------------------
 
 std::string tool();    // this build's asynctrace
