@@ -4,6 +4,7 @@
 // these run and never skip: a missing prerequisite is a failure.
 #include <gtest/gtest.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -278,11 +279,85 @@ TEST(Faults, KilledHolderLeavesNothingBehind) {
   unlink(stop.c_str());
 }
 
+// Minor versions of the CPython 3.1X GIL builds with headers installed on this
+// machine, asked of each interpreter in the places the runtime's CMakeLists.txt
+// searches (system, /usr/local, /opt/*/bin, PATH, pyenv), not read from CMake.
+std::map<int, std::string> installed_minors() {
+  std::vector<std::string> patterns = {"/usr/bin/python3.1[0-9]", "/usr/local/bin/python3.1[0-9]",
+                                       "/opt/*/bin/python3.1[0-9]", "/root/.pyenv/versions/3.1[0-9].*/bin/python3"};
+  if (const char* home = getenv("HOME")) patterns.push_back(std::string(home) + "/.pyenv/versions/3.1[0-9].*/bin/python3");
+  if (const char* path = getenv("PATH")) {
+    std::istringstream in(path);
+    for (std::string dir; std::getline(in, dir, ':');)
+      if (!dir.empty() && dir.find("/shims") == std::string::npos) patterns.push_back(dir + "/python3.1[0-9]");
+  }
+  std::map<int, std::string> out;
+  for (const auto& pat : patterns) {
+    glob_t g{};
+    if (glob(pat.c_str(), 0, nullptr, &g) == 0) {
+      for (size_t i = 0; i < g.gl_pathc; ++i) {
+        auto r = e2e::run({g.gl_pathv[i], "-S", "-c",
+                           "import os, sys, sysconfig\n"
+                           "h = os.path.join(sysconfig.get_paths()['include'], 'Python.h')\n"
+                           "print(sys.version_info[1] if not sysconfig.get_config_var('Py_GIL_DISABLED')"
+                           " and os.path.exists(h) else 0)"});
+        const int minor = r.exit_code == 0 ? std::atoi(r.out.c_str()) : 0;
+        if (minor >= 10) out.emplace(minor, g.gl_pathv[i]);
+      }
+    }
+    globfree(&g);
+  }
+  return out;
+}
+
+// 3.10-3.13 always (CI has them from pyenv); a newer minor version whenever
+// one is installed here (CI machines have no 3.14: it is not required there).
 TEST(Runtimes, EverySupportedInterpreterWasBuilt) {
   std::set<std::string> tags;
   for (const auto& [tag, _] : e2e::built_pythons()) tags.insert(tag);
   for (const char* want : {"cp310", "cp311", "cp312", "cp313"}) EXPECT_TRUE(tags.count(want)) << want;
+  for (const auto& [minor, py] : installed_minors())
+    EXPECT_TRUE(tags.count("cp3" + std::to_string(minor))) << "CPython 3." << minor << " at " << py << " has no module";
 }
+
+// Free-threaded builds (build/python/freethreaded.txt) get no module. If the
+// package is imported there anyway (a GIL build's on PYTHONPATH), enable()
+// refuses in one sentence, even with the GIL re-enabled at run time, and the
+// program runs as without it (asynctrace._autoload swallows the refusal).
+std::vector<std::string> freethreaded_pythons() {
+  std::vector<std::string> out;
+  std::istringstream in(e2e::read_file(e2e::binary_dir() + "/python/freethreaded.txt"));
+  std::string tag, path;
+  while (in >> tag >> path) out.push_back(path);
+  return out;
+}
+
+class FreeThreaded : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(FreeThreaded, EnableRefusesAndChangesNothing) {
+  const auto built = e2e::built_pythons();
+  ASSERT_FALSE(built.empty());
+  const std::string pkg = "PYTHONPATH=" + e2e::binary_dir() + "/python/" + built.back().first;
+  const std::string prog =
+      "import asyncio, asynctrace, sys\n"
+      "try:\n asynctrace.enable()\nexcept ImportError as e:\n print(e)\n"
+      "print(asynctrace.is_enabled(), 'asynctrace._asynctrace' in sys.modules, asyncio.run(asyncio.sleep(0, 'ran')))";
+  for (const char* gil : {"PYTHON_GIL=0", "PYTHON_GIL=1"}) {
+    SCOPED_TRACE(gil);
+    auto r = e2e::run({"env", pkg, gil, GetParam(), "-c", prog});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out,
+              "asynctrace: free-threaded CPython (no GIL) is not supported; run the program with a GIL build of "
+              "CPython\nFalse False ran\n");
+    EXPECT_EQ(r.err, "");
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Builds, FreeThreaded, ::testing::ValuesIn(freethreaded_pythons()),
+                         [](const ::testing::TestParamInfo<std::string>& i) {
+                           return "interpreter" + std::to_string(i.index);
+                         });
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(FreeThreaded);
 
 // Bad targets: one line on stderr, documented exit code, nothing attached.
 TEST(BadInput, NoSuchProcess) {

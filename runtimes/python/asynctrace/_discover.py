@@ -1,11 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
 """Find the private _asyncio objects the C hooks patch, using a throw-away task.
 
-The task runs on a fake loop object (no selector, no thread state, no running
-loop needed), so enable() also works from inside a running event loop.
+The task runs on a fake loop object (no selector), so enable() also works
+from inside a running event loop. Up to 3.13 nothing else is needed. From
+3.14 on, a task can step only when its loop is its thread's running loop,
+and a thread whose own task is in a step cannot step another one: enable()
+then does all this in a short-lived helper thread (discovery_thread) where
+each fake loop is the running loop while its tasks step (_running).
 """
 import asyncio
 import asyncio.tasks
+import contextlib
 import functools
 import sys
 
@@ -31,17 +36,77 @@ class _FakeLoop:
         pass
 
 
-async def _wait(fut):
+async def _wait(fut, note=None):
+    if note is not None:
+        note()  # inside the task's step
     await fut
+
+
+def _set_running(loop):
+    """Makes `loop` this thread's running loop (3.14+ only, in the helper
+    thread); returns the previous one."""
+    prev = _asyncio._get_running_loop()
+    _asyncio._set_running_loop(loop)
+    return prev
+
+
+@contextlib.contextmanager
+def _running(loop, thread_state):
+    """While inside, the fake `loop` runs in this thread if the version
+    steps tasks only on their thread's running loop."""
+    if not thread_state:
+        yield
+        return
+    prev = _set_running(loop)
+    try:
+        yield
+    finally:
+        _asyncio._set_running_loop(prev)
+
+
+def discovery_thread(fn, thread_state):
+    """fn() in a thread of its own on 3.14+ (see the module docstring), joined
+    (and gone from the kernel's thread count) before returning; else fn()."""
+    if not thread_state:
+        return fn()
+    import _thread
+    import os
+    import time
+
+    out = []
+
+    def main():
+        out.append(_thread.get_native_id())
+        try:
+            out.append((True, fn()))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+            out.append((False, e))
+
+    _thread.start_joinable_thread(main).join()
+    # join() returns once the thread cleared its id, a moment before the kernel
+    # stops counting it (3.12+'s fork() warning counts kernel threads).
+    for _ in range(200):
+        if not os.path.exists("/proc/self/task/%d" % out[0]):
+            break
+        time.sleep(0.00005)
+    ok, value = out[1]
+    if not ok:
+        raise value
+    return value
 
 
 async def _agen():
     yield None
 
 
-def hook_points():
+def hook_points(thread_state=False):
     """Arguments for _asynctrace._install()."""
     loop = _FakeLoop()
+    with _running(loop, thread_state):
+        return _hook_points(loop)
+
+
+def _hook_points(loop):
     fut = _asyncio.Future(loop=loop)
     # An explicit name keeps the "Task-N" counter of the program untouched.
     task = _asyncio.Task(_wait(fut), loop=loop, name="asynctrace-discovery")
@@ -58,7 +123,7 @@ def hook_points():
         task,
         wakeup,
         getattr(asyncio.tasks, "_GatheringFuture", None),
-        _asyncio._current_tasks,
+        getattr(_asyncio, "_current_tasks", None),  # gone in 3.14
         _asyncio._get_running_loop,
         asend,
         athrow,
@@ -73,8 +138,10 @@ def hook_points():
 
 def _shield_closure():
     """(code of asyncio.shield's _outer_done_callback, index of `inner` in its closure)."""
-    import asyncio.tasks as tasks
-
+    # No import statement: on 3.14 this runs in the helper thread, possibly
+    # while the main thread is still importing asyncio (asynctrace._lazy),
+    # and importing a module being initialized waits for its lock.
+    tasks = asyncio.tasks
     code = getattr(tasks.shield, "__code__", None)
     for const in code.co_consts if code is not None else ():
         if getattr(const, "co_name", None) == "_outer_done_callback":
@@ -85,17 +152,23 @@ def _shield_closure():
     return None, -1
 
 
-def layout_samples():
+def layout_samples(note_step=None, thread_state=False):
     """Sample objects from which _install() learns the _asyncio field layout.
 
     Returns (samples, finish): finish() completes the sample task and futures
-    so that nothing is logged when they are collected.
+    so that nothing is logged when they are collected. note_step(task) is
+    called inside the sample task's first step. On 3.14+ the samples' fake
+    loop is this thread's running loop from here until finish() returns.
     """
     loop = _FakeLoop()
+    prev = _set_running(loop) if thread_state else None
     wfut = _asyncio.Future(loop=loop)
-    coro = _wait(wfut)
+    me = []
+    coro = _wait(wfut, (lambda: note_step(me[0])) if note_step else None)
     task = _asyncio.Task(coro, loop=loop, name="asynctrace-layout")
+    me.append(task)
     loop.ready.pop(0)[0]()  # first step: the task awaits wfut
+    del me[:]
     fdone = _asyncio.Future(loop=loop)
     fdone.set_result(None)
     fcanc = _asyncio.Future(loop=loop)
@@ -118,12 +191,16 @@ def layout_samples():
                shield_code, inner, cb2)
 
     def finish():
-        fexc.exception()  # retrieved: no "exception was never retrieved" log
-        fcb.cancel()
-        wfut.set_result(None)
-        while loop.ready:
-            f, fargs = loop.ready.pop(0)
-            f(*fargs)
+        try:
+            fexc.exception()  # retrieved: no "exception was never retrieved" log
+            fcb.cancel()
+            wfut.set_result(None)
+            while loop.ready:
+                f, fargs = loop.ready.pop(0)
+                f(*fargs)
+        finally:
+            if thread_state:
+                _asyncio._set_running_loop(prev)
 
     return samples, finish
 

@@ -18,7 +18,10 @@ _AWAIT_KINDS_TASKGROUP = 2  # asynctrace_edge_kind TASKGROUP
 
 def _pending_tasks():
     """Every pending task of every loop, in every thread."""
+    tasks = C.task_refs()  # 3.14+: the thread states' task lists
     for _ in range(10):
+        if tasks is not None:
+            break
         try:
             if hasattr(_asyncio, "_scheduled_tasks"):  # 3.12, 3.13
                 tasks = list(_asyncio._scheduled_tasks) + list(_asyncio._eager_tasks)
@@ -27,8 +30,7 @@ def _pending_tasks():
             break
         except RuntimeError:  # set changed size during iteration (another thread)
             continue
-    else:
-        tasks = []
+    tasks = tasks or []
     seen = set()
     out = []
     for t in tasks:
@@ -108,7 +110,11 @@ def _on_task_done():
 def _task_refs():
     """Every task of every loop as a list of tasks or weak references to them
     (C.replay_tasks skips dead references, done tasks and duplicates), read
-    from the WeakSets' underlying sets at C speed."""
+    from the WeakSets' underlying sets at C speed (3.14+: from the thread
+    states' task lists, in C)."""
+    tasks = C.task_refs()
+    if tasks is not None:
+        return tasks
     for _ in range(10):
         try:
             if hasattr(_asyncio, "_scheduled_tasks"):  # 3.12, 3.13
@@ -131,7 +137,7 @@ def _replay_fast(tasks, full=True):
         if tid:
             loop_tids[loop] = tid
     running = {}
-    for loop, t in list(_asyncio._current_tasks.items()):
+    for loop, t in C.running_tasks():
         if C.loop_alive(loop):  # not a loop a forked child inherited
             running[id(t)] = t
     thread_frames = sys._current_frames() if running else {}
@@ -162,7 +168,7 @@ def replay(full=True):
         main_native = _main_native(natives)
         thread_frames = sys._current_frames()
         running = {}  # id(task) -> loop
-        for loop, t in list(_asyncio._current_tasks.items()):
+        for loop, t in C.running_tasks():
             if C.loop_alive(loop):
                 running[id(t)] = loop
 

@@ -134,18 +134,12 @@ static void rec1(uint8_t type, uint8_t kind, uint64_t a, uint64_t b)
 	*r = (struct asynctrace_rec){ .type = type, .kind = kind, .nslots = 1, .a = a, .b = b };
 	ring_commit(1);
 }
-/* asyncio's current task of the loop running on this thread (borrowed-free id). */
+/* asyncio's current task of the loop running on this thread, as an id. */
 uint64_t running_parent(void)
 {
-	uint64_t parent = 0;
-	PyObject *loop = PyObject_CallNoArgs(runtime.get_running_loop);
-	if (loop && loop != Py_None) {
-		PyObject *cur = PyDict_GetItemWithError(runtime.current_tasks, loop);
-		if (cur)
-			parent = (uint64_t)(uintptr_t)cur;
-	}
-	Py_XDECREF(loop);
-	PyErr_Clear();
+	PyObject *cur = current_task_here();
+	uint64_t parent = (uint64_t)(uintptr_t)cur;
+	Py_XDECREF(cur);
 	return parent;
 }
 

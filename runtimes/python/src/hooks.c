@@ -198,6 +198,8 @@ static int hook_init(PyObject *self, PyObject *args, PyObject *kw)
 	}
 	if (__builtin_expect(fork_gen != 0, 0) && r == 0)
 		note_loop_alive(task_loop_borrowed(self));
+	if (r == 0)
+		note_known_loop(task_loop_borrowed(self)); /* 3.14 without offsets only */
 	return r;
 }
 
@@ -246,7 +248,10 @@ static void patch_subclasses(PyTypeObject *t, int depth)
 
 /*
  * _install(task_type, step_wrapper, task, wakeup_cb, gathering_future_type,
- *          current_tasks, get_running_loop, asend, athrow)
+ *          current_tasks, get_running_loop, asend, athrow, samples)
+ * current_tasks: _asyncio._current_tasks, None on 3.14+ (tasks.c); samples:
+ * _discover.layout_samples() (its task pending, its loop this thread's
+ * running loop on 3.14+).
  * step_wrapper is a live TaskStepMethWrapper of `task`; wakeup_cb a live bound
  * task_wakeup of `task`; asend/athrow live async generator awaitables (or None).
  */
@@ -254,8 +259,8 @@ PyObject *m_install(PyObject *mod, PyObject *args)
 {
 	(void)mod;
 	PyObject *task_type, *step, *task, *wakeup, *gft, *cur, *grl, *asend, *athrow, *samples = NULL;
-	if (!PyArg_ParseTuple(args, "O!OOOOO!OOO|O", &PyType_Type, &task_type, &step, &task, &wakeup,
-			      &gft, &PyDict_Type, &cur, &grl, &asend, &athrow, &samples))
+	if (!PyArg_ParseTuple(args, "O!OOOOOOOO|O", &PyType_Type, &task_type, &step, &task, &wakeup,
+			      &gft, &cur, &grl, &asend, &athrow, &samples))
 		return NULL;
 	if (runtime.installed)
 		Py_RETURN_FALSE;
@@ -294,8 +299,10 @@ PyObject *m_install(PyObject *mod, PyObject *args)
 	runtime.step_type = (PyTypeObject *)Py_NewRef(Py_TYPE(step));
 	runtime.wakeup_def = ((PyCFunctionObject *)wakeup)->m_ml;
 	runtime.gathering_future_type = gft == Py_None ? NULL : Py_NewRef(gft);
-	runtime.current_tasks = Py_NewRef(cur);
 	runtime.get_running_loop = Py_NewRef(grl);
+	if (tasks_install(cur == Py_None ? NULL : cur,
+			  samples && PyTuple_Check(samples) && PyTuple_GET_SIZE(samples) ? PyTuple_GET_ITEM(samples, 0) : NULL) < 0)
+		return NULL;
 	runtime.asend_type = asend_t ? (PyTypeObject *)Py_NewRef(asend_t) : NULL;
 	runtime.athrow_type = athrow_t ? (PyTypeObject *)Py_NewRef(athrow_t) : NULL;
 	runtime.init_descr = PyDict_GetItemString(tt->tp_dict, "__init__");

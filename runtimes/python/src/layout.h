@@ -32,6 +32,11 @@ struct version_features {
 	int gen_get_code;          /* 3.12+: PyGen_GetCode (gi_code is gone) */
 	int weakref_get_ref;       /* 3.13+: PyWeakref_GetRef */
 	int public_is_finalizing;  /* 3.13+: Py_IsFinalizing */
+	/* 3.14+: _asyncio keeps the running loop and current task in the thread
+	 * state and every task in per-thread linked lists (tasks.c); before, in
+	 * the _current_tasks dict and the _scheduled_tasks/_eager_tasks sets.
+	 * Stepping a task needs its loop to be the thread's running loop. */
+	int asyncio_thread_state;
 };
 #define VERSION_FEATURES                                                                   \
 	{                                                                                  \
@@ -41,6 +46,7 @@ struct version_features {
 		.gen_get_code = PY_VERSION_HEX >= 0x030C0000,                              \
 		.weakref_get_ref = PY_VERSION_HEX >= 0x030D0000,                           \
 		.public_is_finalizing = PY_VERSION_HEX >= 0x030D0000,                      \
+		.asyncio_thread_state = PY_VERSION_HEX >= 0x030E0000,                      \
 	}
 extern const struct version_features version_features;
 
@@ -93,5 +99,29 @@ struct task_layout {
 extern struct task_layout layout;
 
 static inline PyObject *field(PyObject *o, Py_ssize_t idx) { return ((PyObject **)o)[idx]; }
+
+/*
+ * 3.14+: where _asyncio keeps its tasks, as byte offsets from the offsets it
+ * publishes for debuggers (the _AsyncioDebug symbol, struct asyncio_debug
+ * below), checked at install on live objects (tasks.c). ok == 0: not read
+ * or not verified; tasks.c then asks _asyncio through its Python API.
+ */
+struct asyncio_offsets {
+	int ok;
+	Py_ssize_t task_node;   /* struct llist_node {next, prev} in TaskObj */
+	Py_ssize_t ts_loop;     /* thread state: asyncio_running_loop */
+	Py_ssize_t ts_task;     /* thread state: asyncio_running_task */
+	Py_ssize_t ts_head;     /* thread state: head of its tasks' list */
+	Py_ssize_t interp_head; /* interpreter: tasks of threads that exited */
+};
+extern struct asyncio_offsets aoffs;
+
+/* The layout of _AsyncioDebug (CPython 3.14 Modules/_asynciomodule.c,
+ * Py_AsyncioModuleDebugOffsets): three groups of 64-bit sizes and offsets. */
+struct asyncio_debug {
+	struct { uint64_t size, name, awaited_by, is_task, awaited_by_is_set, coro, node; } task;
+	struct { uint64_t size, tasks_head; } interp;
+	struct { uint64_t size, running_loop, running_task, tasks_head; } thread;
+};
 
 #endif

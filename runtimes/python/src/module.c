@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 /*
  * asynctrace._asynctrace: emits the asynctrace USDT probes (include/asynctrace/probes.h)
- * from CPython's C asyncio implementation (_asyncio), for CPython 3.10 .. 3.13.
+ * from CPython's C asyncio implementation (_asyncio), for CPython 3.10 .. 3.14 (GIL builds).
  *
  * Nothing in Python's view of asyncio changes: we never replace a Python object,
  * we swap a few C function pointers of the _asyncio types for wrappers that call
@@ -162,6 +162,10 @@ static PyMethodDef methods[] = {
 	{ "edge_enabled", m_edge_enabled, METH_NOARGS, NULL },
 	{ "loop_tid", m_loop_tid, METH_O, NULL },
 	{ "loop_alive", m_loop_alive, METH_O, NULL },
+	{ "task_refs", m_task_refs, METH_NOARGS, "3.14+: every pending task of every thread (None before)." },
+	{ "running_tasks", m_running_tasks, METH_NOARGS, "[(loop, task)] for each loop in a step now." },
+	{ "asyncio_offsets", m_asyncio_offsets, METH_NOARGS, "3.14+: verified _AsyncioDebug offsets (None: not used)." },
+	{ "_note_step", m_note_step, METH_O, NULL },
 	{ "_stop_watcher", m_stop_watcher, METH_NOARGS, NULL },
 	{ "_after_fork_child", m_after_fork_child, METH_NOARGS, NULL },
 	{ "_after_fork_parent", m_after_fork_parent, METH_NOARGS, NULL },
@@ -189,7 +193,8 @@ PyMODINIT_FUNC PyInit__asynctrace(void)
 		if (!*names[i].var && !(*names[i].var = PyUnicode_InternFromString(names[i].s)))
 			return NULL;
 	PyObject *m = PyModule_Create(&moddef);
-	if (m && PyModule_AddIntConstant(m, "ABI_VERSION", ASYNCTRACE_ABI_VERSION) < 0)
+	if (m && (PyModule_AddIntConstant(m, "ABI_VERSION", ASYNCTRACE_ABI_VERSION) < 0 ||
+		  PyModule_AddIntConstant(m, "ASYNCIO_THREAD_STATE", version_features.asyncio_thread_state) < 0))
 		Py_CLEAR(m);
 	return m;
 }

@@ -83,10 +83,9 @@ PyObject *m_emit_state(PyObject *mod, PyObject *task)
  * the records). */
 static int step_running(PyObject *task)
 {
-	PyObject *loop = task_loop_borrowed(task);
-	PyObject *cur = loop && runtime.current_tasks ? PyDict_GetItemWithError(runtime.current_tasks, loop) : NULL;
-	PyErr_Clear();
-	return cur == task;
+	PyObject *cur = current_task_of_loop(task_loop_borrowed(task));
+	Py_XDECREF(cur);
+	return cur == task; /* compared as addresses only */
 }
 
 /* emit_running(task, frames, truncated): task__await(RUNNING) with live frames, innermost first.

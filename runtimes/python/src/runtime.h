@@ -6,12 +6,13 @@
  *   module.c  module init, method table, semaphores, fork handling, ring sink
  *   hooks.c   the tp_init/step/wakeup/set_name/finalize wrappers, slot patching, _install
  *   layout.c  (+ layout.h) CPython version differences, task field access
+ *   tasks.c   where asyncio keeps its tasks: current task of a loop, all tasks
  *   frames.c  code registry, coroutine frame walks, stack ids
  *   emit.c    emitters (probes and ring records), eager-task pending list, loop threads
  *   timing.c  step timing, per-task/coroutine stats, step slots and sampling
  *   replay.c  the replay's emitters (asynctrace/_replay.py) and module queries
  *   watcher.c the watcher thread (flushes, samples, triggers replays)
- *   ring.c, table.c, dedupe.c: plain C (no Python.h), unit-tested.
+ *   ring.c, table.c, dedupe.c, elfsec.c: plain C (no Python.h), unit-tested.
  *
  * General rule: every function declared here needs the GIL unless its
  * comment says otherwise; the ring lock is taken only inside ring.c.
@@ -57,7 +58,7 @@ struct runtime_state {
 	PyCFunction orig_set_name;
 
 	PyObject *gathering_future_type; /* asyncio.tasks._GatheringFuture */
-	PyObject *current_tasks;         /* _asyncio._current_tasks (dict loop -> task) */
+	PyObject *current_tasks;         /* _asyncio._current_tasks (dict loop -> task), 3.10-3.13 */
 	PyObject *get_running_loop;      /* _asyncio._get_running_loop */
 	PyTypeObject *asend_type, *athrow_type;
 
@@ -131,6 +132,16 @@ void learn_layout(PyObject *samples);
 PyObject *m_layout(PyObject *mod, PyObject *arg);
 PyObject *code_qualname(PyCodeObject *co, PyObject *owner);
 PyObject *weak_target(PyObject *o);
+
+/* tasks.c */
+int tasks_install(PyObject *current_tasks, PyObject *sample_task);
+PyObject *current_task_here(void);
+PyObject *current_task_of_loop(PyObject *loop);
+void note_known_loop(PyObject *loop);
+PyObject *m_note_step(PyObject *mod, PyObject *task);
+PyObject *m_task_refs(PyObject *mod, PyObject *arg);
+PyObject *m_running_tasks(PyObject *mod, PyObject *arg);
+PyObject *m_asyncio_offsets(PyObject *mod, PyObject *arg);
 
 /* frames.c */
 const char *utf8(PyObject *s, Py_ssize_t *len);
