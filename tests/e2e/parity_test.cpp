@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -65,15 +66,23 @@ e2e::Output anchor(const std::string& py, const char* view, const std::string& p
   return e2e::run({py, "-m", "asyncio", view, pid}, timeout);
 }
 
+// What the anchor said when it failed: its last line (the error, or the
+// exception ending a traceback).
+std::string anchor_said(const e2e::Output& o) {
+  if (o.exit_code == 0) return "";
+  std::istringstream in(o.err.empty() ? o.out : o.err);
+  std::string line, last;
+  while (std::getline(in, line)) {
+    if (line.find_first_not_of(" \t") != std::string::npos) last = line;
+  }
+  return last.substr(0, 200);
+}
+
 // One line saying what the anchor did, for the test log.
 std::string anchor_summary(const e2e::Output& o) {
-  std::string what = o.exit_code == -1 ? "killed (timeout)" : "exit " + std::to_string(o.exit_code);
-  std::string msg = o.exit_code == 0 ? "" : o.out.substr(0, 200) + o.err.substr(o.err.size() > 300 ? o.err.size() - 300 : 0);
-  for (char& c : msg) {
-    if (c == '\n') c = ' ';
-  }
   std::ostringstream s;
-  s << "anchor: " << what << " after " << o.seconds << " s" << (msg.empty() ? "" : ": " + msg);
+  s << "anchor: " << (o.exit_code == -1 ? "killed (timeout)" : "exit " + std::to_string(o.exit_code)) << " after "
+    << o.seconds << " s" << (o.exit_code == 0 ? "" : ": " + anchor_said(o));
   return s.str();
 }
 
@@ -220,18 +229,26 @@ void high_turnover(const std::string& py) {
   Target t(py, "turnover", {std::to_string(kTurnoverBatch)});
   ASSERT_TRUE(t.ready) << t.app.stderr_text();
   const json truth = t.truth_json();
+  size_t truth_churn = 0;  // churn tasks in the truth (none if taken between two batches)
+  for (const auto& task : truth["tasks"]) truth_churn += task["name"].get<std::string>().rfind("churn-", 0) == 0;
   const std::string pid = t.pid();
   constexpr int kRuns = 20;
   int py_ok = 0, py_wrong = 0;
   std::map<std::string, int> py_errors;
+  size_t churn_min = SIZE_MAX, churn_max = 0;
   for (int i = 0; i < kRuns; ++i) {
     SCOPED_TRACE("run " + std::to_string(i));
     const e2e::Output js = e2e::run({e2e::tool(), "pstree", "-p", pid, "--format", "json"});
     ASSERT_EQ(js.exit_code, 0) << js.err;
-    check_turnover(truth, json::parse(js.out));
+    const json doc = json::parse(js.out);
+    check_turnover(truth, doc);
+    const size_t churn = doc["tasks"].size() - (truth["tasks"].size() - truth_churn);
+    churn_min = std::min(churn_min, churn);
+    churn_max = std::max(churn_max, churn);
     const e2e::Output py_tree = anchor(py, "pstree", pid);
     if (py_tree.exit_code != 0) {
-      ++py_errors[anchor_summary(py_tree).substr(0, 160)];
+      ++py_errors[(py_tree.exit_code == -1 ? "timeout" : "exit " + std::to_string(py_tree.exit_code)) + ": " +
+                  anchor_said(py_tree).substr(0, 160)];
       continue;
     }
     // A tree it printed: are the 8 keepers and their group in it?
@@ -244,6 +261,8 @@ void high_turnover(const std::string& py) {
        << " trees without every keeper, " << (kRuns - py_ok - py_wrong) << " failures";
   record(line.str());
   for (const auto& [what, n] : py_errors) record(std::to_string(n) + "x " + what);
+  std::cerr << "[ asynctrace: " << kRuns << " consistent views, " << churn_min << "-" << churn_max
+            << " churn tasks in each ]\n";
   t.finish();
 }
 
