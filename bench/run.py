@@ -637,10 +637,12 @@ def table(rows, pst, args):
     lines = []
     hdr = (f"{'workload':10} {'python':13} {'mode':9} {'baseline':>12} {'this mode':>12} {'ratio':>8}  "
            f"{'target':13} {'result':6} {'cpu ratio':>9}")
-    lines.append("Overhead: median over %d interleaved repetitions of (mode / baseline of the same repetition)" % args.reps)
-    lines.append("ratio: wall time (rq/s for aiohttp); cpu ratio: CPU time of the whole traced process, all threads")
-    lines.append(hdr)
-    lines.append("-" * len(hdr))
+    if rows:
+        lines.append("Overhead: median over %d interleaved repetitions of (mode / baseline of the same repetition)"
+                     % args.reps)
+        lines.append("ratio: wall time (rq/s for aiohttp); cpu ratio: CPU time of the whole traced process, all threads")
+        lines.append(hdr)
+        lines.append("-" * len(hdr))
     for r in rows:
         if r["metric"] == "seconds":
             b, v = f"{r['baseline_median']:.3f} s", f"{r['median']:.3f} s"
