@@ -360,7 +360,8 @@ def breakdown_table(rows):
 def py_label(py):
     v = subprocess.run([py, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
                        capture_output=True, text=True, check=True).stdout.strip()
-    origin = "debian" if py.startswith("/usr/bin/") else ("pyenv" if "/.pyenv/" in py else os.path.dirname(py))
+    origin = ("debian" if py.startswith("/usr/bin/") else "pyenv" if "/.pyenv/" in py
+              else "opt" if py.startswith("/opt/") else os.path.dirname(py))
     return f"{v} {origin}"
 
 
@@ -616,9 +617,11 @@ def anchor_table(rows, args):
         ok = len(r["anchor_ms"])
         anchor_s = f"{a:.1f} ms" if a is not None else "-"
         ratio = f"{a / r['ours_median_ms']:.1f}x" if a is not None else "-"
-        fails = "none" if not r["anchor_failures"] else "%d of %d: %s" % (
-            len(r["anchor_failures"]), ok + len(r["anchor_failures"]),
-            "; ".join(sorted({f"{f['what']} after {f['ms'] / 1e3:.1f} s: {f['said']}" for f in r["anchor_failures"]})))
+        kinds = {}  # (what, said) -> seconds of each such failure
+        for f in r["anchor_failures"]:
+            kinds.setdefault((f["what"], f["said"]), []).append(f["ms"] / 1e3)
+        fails = "; ".join(f"{len(v)} of {ok + len(r['anchor_failures'])} {what} after "
+                          f"{min(v):.1f}-{max(v):.1f} s: {said}" for (what, said), v in sorted(kinds.items())) or "none"
         lines.append(f"{r['tasks']:>7} {r['ours_median_ms']:>8.1f} ms {anchor_s:>18} {ratio:>7}  {fails}")
     return "\n".join(lines)
 
