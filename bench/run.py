@@ -10,7 +10,8 @@ Each workload runs as
 keeping a task map on the per-event probes), in interleaved order: each
 repetition runs every mode once, rotating the order. Ratios are the median over
 repetitions of (mode / baseline of the same repetition): time for the CPU
-workloads, requests/s for the aiohttp server.
+workloads, requests/s for the aiohttp server. With a CPython 3.14, a one-shot
+pstree is also timed against 3.14's own `python -m asyncio pstree`.
 """
 import argparse
 import datetime
