@@ -172,6 +172,72 @@ std::vector<Param> event_params() {
 INSTANTIATE_TEST_SUITE_P(Programs, TracedFromStart, ::testing::ValuesIn(event_params()),
                          case_name);
 
+// enable() called late from inside a task's step (as an injected enable()
+// runs), when loops in two threads and a loop that never ran already have
+// pending tasks: the first view's replay shows every one of them. On 3.14
+// this needs the thread states' task lists (runtimes/python/src/tasks.c).
+class LateEnable : public ::testing::TestWithParam<std::pair<std::string, std::string>> {};
+
+TEST_P(LateEnable, ReplayShowsTasksOfEveryLoopCreatedBefore) {
+  ASSERT_EQ(geteuid(), 0u) << "the e2e tier loads BPF programs: run it as root";
+  const auto& [tag, py] = GetParam();
+  const std::string truth_path = tmp_path("late-enable-" + tag + ".json");
+  unlink(truth_path.c_str());
+  e2e::Program prog({"env", "ASYNCTRACE_E2E_PKG=" + e2e::binary_dir() + "/python/" + tag, py,
+                     programs() + "/late_enable.py", truth_path},
+                    programs());
+  ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
+  check_views(truth_path, prog.pid());
+  prog.signal(SIGUSR1);
+  std::string out;
+  EXPECT_EQ(prog.wait_exit(60s, &out), 0) << prog.stderr_text();
+  EXPECT_NE(out.find("result: ('joined', True)"), std::string::npos) << out;
+  EXPECT_EQ(prog.stderr_text(), "");
+  unlink(truth_path.c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(Builds, LateEnable, ::testing::ValuesIn(e2e::built_pythons()),
+                         [](const ::testing::TestParamInfo<std::pair<std::string, std::string>>& i) {
+                           return i.param.first + "_" + std::to_string(i.index);
+                         });
+
+// 3.14+ without the _AsyncioDebug offsets (ASYNCTRACE_NO_ASYNCIO_OFFSETS=1
+// forces what an unverifiable layout does): the runtime asks _asyncio for
+// current_task(loop)/all_tasks(loop) of the loops that created tasks since
+// enable(), which with `asynctrace run` is every loop.
+class NoAsyncioOffsets : public ::testing::TestWithParam<Param> {};
+
+TEST_P(NoAsyncioOffsets, ViewsMatchThroughTheAsyncioApi) {
+  ASSERT_EQ(geteuid(), 0u) << "the e2e tier loads BPF programs: run it as root";
+  const Param& p = GetParam();
+  auto off = e2e::run({"env", "ASYNCTRACE_NO_ASYNCIO_OFFSETS=1", "PYTHONPATH=" + e2e::binary_dir() + "/python/" + p.tag,
+                       p.python, "-c", "import asyncio, asynctrace._asynctrace as C; print(C.asyncio_offsets())"});
+  EXPECT_EQ(off.out, "None\n") << off.err;  // the fallback really is what runs
+  const std::string truth_path = tmp_path(p.c.program + "-" + p.tag + "-nooffsets.json");
+  unlink(truth_path.c_str());
+  e2e::Program prog({"env", "ASYNCTRACE_NO_ASYNCIO_OFFSETS=1", tool(), "run", "--", p.python,
+                     programs() + "/" + p.c.program + ".py", truth_path},
+                    programs());
+  ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
+  check_views(truth_path, prog.pid());
+  prog.signal(SIGUSR1);
+  EXPECT_EQ(prog.wait_exit(60s, nullptr), 0) << prog.stderr_text();
+  unlink(truth_path.c_str());
+}
+
+std::vector<Param> no_offsets_params() {
+  std::vector<Param> out;
+  for (const auto& p : params()) {
+    const bool wanted = p.c.program == "threads_loops" || p.c.program == "taskgroup_nested" ||
+                        p.c.program == "eager_tasks" || p.c.program == "cpu_bound";
+    if (std::stoi(p.tag.substr(3, 2)) >= 14 && wanted) out.push_back(p);
+  }
+  return out;
+}
+
+INSTANTIATE_TEST_SUITE_P(Programs, NoAsyncioOffsets, ::testing::ValuesIn(no_offsets_params()), case_name);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(NoAsyncioOffsets);
+
 // Detaching leaves nothing raised in the target: the runtime itself reports
 // its semaphores after the tracer went away (tests/runtime_smoke/app.py).
 TEST(Detach, SemaphoresReturnToZeroInTheTarget) {
@@ -324,27 +390,31 @@ TEST(Runtimes, EverySupportedInterpreterWasBuilt) {
 // package is imported there anyway (a GIL build's on PYTHONPATH), enable()
 // refuses in one sentence, even with the GIL re-enabled at run time, and the
 // program runs as without it (asynctrace._autoload swallows the refusal).
-std::vector<std::string> freethreaded_pythons() {
-  std::vector<std::string> out;
+std::vector<std::pair<std::string, std::string>> freethreaded_pythons() {
+  std::vector<std::pair<std::string, std::string>> out;
   std::istringstream in(e2e::read_file(e2e::binary_dir() + "/python/freethreaded.txt"));
   std::string tag, path;
-  while (in >> tag >> path) out.push_back(path);
+  while (in >> tag >> path) out.emplace_back(tag, path);
   return out;
 }
 
-class FreeThreaded : public ::testing::TestWithParam<std::string> {};
+class FreeThreaded : public ::testing::TestWithParam<std::pair<std::string, std::string>> {};
 
 TEST_P(FreeThreaded, EnableRefusesAndChangesNothing) {
   const auto built = e2e::built_pythons();
   ASSERT_FALSE(built.empty());
-  const std::string pkg = "PYTHONPATH=" + e2e::binary_dir() + "/python/" + built.back().first;
+  // The package of the same minor version (cp314 for cp314t) if built.
+  std::string tag = built.back().first;
+  for (const auto& [t, _] : built)
+    if (t + "t" == GetParam().first) tag = t;
+  const std::string pkg = "PYTHONPATH=" + e2e::binary_dir() + "/python/" + tag;
   const std::string prog =
       "import asyncio, asynctrace, sys\n"
       "try:\n asynctrace.enable()\nexcept ImportError as e:\n print(e)\n"
       "print(asynctrace.is_enabled(), 'asynctrace._asynctrace' in sys.modules, asyncio.run(asyncio.sleep(0, 'ran')))";
   for (const char* gil : {"PYTHON_GIL=0", "PYTHON_GIL=1"}) {
     SCOPED_TRACE(gil);
-    auto r = e2e::run({"env", pkg, gil, GetParam(), "-c", prog});
+    auto r = e2e::run({"env", pkg, gil, GetParam().second, "-c", prog});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(r.out,
               "asynctrace: free-threaded CPython (no GIL) is not supported; run the program with a GIL build of "
@@ -354,8 +424,8 @@ TEST_P(FreeThreaded, EnableRefusesAndChangesNothing) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Builds, FreeThreaded, ::testing::ValuesIn(freethreaded_pythons()),
-                         [](const ::testing::TestParamInfo<std::string>& i) {
-                           return "interpreter" + std::to_string(i.index);
+                         [](const ::testing::TestParamInfo<std::pair<std::string, std::string>>& i) {
+                           return i.param.first + "_" + std::to_string(i.index);
                          });
 GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(FreeThreaded);
 

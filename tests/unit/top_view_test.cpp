@@ -199,6 +199,14 @@ TEST(Top, NoStuckWarningForAChosenWait) {
   s.tasks[0].awaiting_id = 0xc0;
   TopModel m2;
   EXPECT_FALSE(warns_about(m2.update(build_graph(s), 110 * kSec, o), "gamma"));
+  // 3.12+'s wait_for awaits the coroutine in the task itself: wait_for is an
+  // outer frame of the waiting task (seen on 3.13 and 3.14).
+  Snapshot inner = waiting_in("Event.wait", "/usr/lib/python3.13/asyncio/locks.py");
+  inner.code[12] = {"wait_for", "/usr/lib/python3.13/asyncio/tasks.py", 1, false};
+  inner.code[13] = {"main", "/srv/app.py", 1, false};
+  inner.tasks[2].frames = {{9, 213}, {12, 520}, {13, 30}};
+  TopModel m4;
+  EXPECT_FALSE(warns_about(m4.update(build_graph(inner), 110 * kSec, o), "gamma"));
   // Python 3.11's wait_for awaits a future, not the task it made of its
   // coroutine: a task only in asyncio's code, while a task is in wait_for.
   s.tasks[0].awaiting_kind = AwaitKind::Future;

@@ -41,19 +41,31 @@ bool ends_with(const std::string& s, const std::string& tail) {
   return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
 }
 
+bool asyncio_tasks_frame(const FrameInfo& f, const char* func) {
+  return f.funcname == func && ends_with(f.filename, "asyncio/tasks.py");
+}
+
+// Suspended under asyncio.wait_for: its innermost frame up to 3.11 (it awaits
+// a future of its own), an outer one from 3.12 on (it awaits the coroutine
+// itself inside `async with timeout()`: Event.wait, wait_for, main...).
+bool in_wait_for(const TaskNode* t) {
+  if (!t || t->state != TaskState::Suspended) return false;
+  for (const FrameInfo* f : t->stack)
+    if (asyncio_tasks_frame(*f, "wait_for")) return true;
+  return false;
+}
+
 // Suspended in asyncio's own timer: asyncio.sleep, or asyncio.wait_for's
 // timeout.
 bool in_asyncio_timer(const TaskNode* t) {
   if (!t || t->state != TaskState::Suspended || t->stack.empty()) return false;
-  const FrameInfo& f = *t->stack.front();
-  return (f.funcname == "sleep" || f.funcname == "wait_for") &&
-         ends_with(f.filename, "asyncio/tasks.py");
+  return asyncio_tasks_frame(*t->stack.front(), "sleep") || in_wait_for(t);
 }
 
 // Any task suspended in asyncio.wait_for.
 bool any_in_wait_for(const TaskGraph& g) {
   for (const TaskNode& t : g.tasks)
-    if (in_asyncio_timer(&t) && t.stack.front()->funcname == "wait_for") return true;
+    if (in_wait_for(&t)) return true;
   return false;
 }
 
