@@ -64,29 +64,6 @@ std::string tmp_path(const std::string& stem) {
   return "/tmp/asynctrace-e2e-" + std::to_string(getpid()) + "-" + stem;
 }
 
-// pstree (JSON and text) and ps of `pid` against the truth file.
-void check_views(const std::string& truth_path, pid_t pid) {
-  const json truth = json::parse(e2e::read_file(truth_path));
-  ASSERT_EQ(truth["pid"], pid);
-  ASSERT_FALSE(truth["tasks"].empty());
-  auto j = e2e::run({tool(), "pstree", "-p", std::to_string(pid), "--format", "json"});
-  ASSERT_EQ(j.exit_code, 0) << j.err;
-  std::cerr << "[ pstree json: " << truth["tasks"].size() << " tasks in " << j.seconds << " s ]\n";
-  e2e::compare_to_truth(truth, json::parse(j.out));
-
-  auto tree = e2e::run({tool(), "pstree", "-p", std::to_string(pid)});
-  ASSERT_EQ(tree.exit_code, 0) << tree.err;
-  EXPECT_EQ(e2e::tree_paths(tree.out), e2e::tree_paths(e2e::expected_view(truth_path, "pstree")))
-      << "got:\n" << tree.out.substr(0, 4000);
-
-  auto ps = e2e::run({tool(), "ps", "-p", std::to_string(pid)});
-  ASSERT_EQ(ps.exit_code, 0) << ps.err;
-  const std::string want_ps = e2e::expected_view(truth_path, "ps");
-  EXPECT_EQ(ps.out.substr(0, ps.out.find('\n', ps.out.find('\n') + 1)),
-            want_ps.substr(0, want_ps.find('\n', want_ps.find('\n') + 1)));
-  EXPECT_EQ(e2e::sorted_lines(ps.out, 2), e2e::sorted_lines(want_ps, 2));
-}
-
 class Traced : public ::testing::TestWithParam<Param> {};
 
 TEST_P(Traced, PstreeAndPsMatchTheProgramsOwnView) {
@@ -101,7 +78,7 @@ TEST_P(Traced, PstreeAndPsMatchTheProgramsOwnView) {
     e2e::Program prog({tool(), "run", "--", p.python, script, truth_path}, programs());
     ASSERT_TRUE(prog.wait_line("READY", 60s)) << "program never got ready: " << prog.stderr_text();
     // First contact: no tracer was ever attached; the runtime must replay.
-    check_views(truth_path, prog.pid());
+    e2e::check_views(truth_path, prog.pid());
 
     prog.signal(SIGUSR1);
     EXPECT_EQ(prog.wait_exit(60s, &traced_out), 0) << prog.stderr_text();
@@ -144,7 +121,7 @@ TEST_P(TracedFromStart, EventsAloneGiveTheSameViews) {
       << holder.stderr_text();
   prog.signal(SIGUSR2);
   ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
-  check_views(truth_path, prog.pid());
+  e2e::check_views(truth_path, prog.pid());
   auto st = e2e::run({tool(), "stats", "-p", std::to_string(prog.pid()), "--format", "json"});
   ASSERT_EQ(st.exit_code, 0) << st.err;
   const json stats = json::parse(st.out);
@@ -187,7 +164,7 @@ TEST_P(LateEnable, ReplayShowsTasksOfEveryLoopCreatedBefore) {
                      programs() + "/late_enable.py", truth_path},
                     programs());
   ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
-  check_views(truth_path, prog.pid());
+  e2e::check_views(truth_path, prog.pid());
   prog.signal(SIGUSR1);
   std::string out;
   EXPECT_EQ(prog.wait_exit(60s, &out), 0) << prog.stderr_text();
@@ -219,7 +196,7 @@ TEST_P(NoAsyncioOffsets, ViewsMatchThroughTheAsyncioApi) {
                      programs() + "/" + p.c.program + ".py", truth_path},
                     programs());
   ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
-  check_views(truth_path, prog.pid());
+  e2e::check_views(truth_path, prog.pid());
   prog.signal(SIGUSR1);
   EXPECT_EQ(prog.wait_exit(60s, nullptr), 0) << prog.stderr_text();
   unlink(truth_path.c_str());

@@ -225,49 +225,7 @@ std::vector<std::string> sorted_lines(const std::string& text, size_t skip_heade
   return lines;
 }
 
-namespace {
-
-std::set<std::string> id_set(const nlohmann::json& arr, bool objects) {
-  std::set<std::string> s;
-  for (const auto& x : arr) s.insert(objects ? x["id"].get<std::string>() : x.get<std::string>());
-  return s;
-}
-
-}  // namespace
-
-void compare_to_truth(const nlohmann::json& truth, const nlohmann::json& got) {
-  std::map<std::string, nlohmann::json> tool_tasks;
-  for (const auto& t : got["tasks"]) tool_tasks[t["id"]] = t;
-  std::set<std::string> want_ids;
-  for (const auto& t : truth["tasks"]) want_ids.insert(t["id"]);
-  std::set<std::string> got_ids;
-  for (const auto& [id, _] : tool_tasks) got_ids.insert(id);
-  ASSERT_EQ(got_ids, want_ids) << "task sets differ";
-  for (const auto& want : truth["tasks"]) {
-    const nlohmann::json& t = tool_tasks[want["id"]];
-    SCOPED_TRACE("task " + want["id"].get<std::string>());
-    const std::string want_name = want["name"];
-    if (want_name.size() > 64) {  // the kernel keeps 64 bytes (AT_NAME_LEN)
-      EXPECT_TRUE(t["name_truncated"].get<bool>());
-      const std::string got_name = t["name"];
-      EXPECT_GE(got_name.size(), 61u);
-      EXPECT_EQ(want_name.compare(0, got_name.size(), got_name), 0) << got_name;
-    } else {
-      EXPECT_EQ(t["name"], want["name"]);
-      EXPECT_FALSE(t["name_truncated"].get<bool>());
-    }
-    EXPECT_EQ(t["tid"], want["tid"]);
-    ASSERT_EQ(t["stack"].size(), want["stack"].size()) << t["stack"].dump() << "\nwant " << want["stack"].dump();
-    for (size_t i = 0; i < want["stack"].size(); ++i) {
-      EXPECT_EQ(t["stack"][i]["function"], want["stack"][i]["function"]);
-      EXPECT_EQ(t["stack"][i]["file"], want["stack"][i]["file"]);
-      EXPECT_EQ(t["stack"][i]["line"], want["stack"][i]["line"]);
-    }
-    EXPECT_EQ(id_set(t["awaited_by"], true), id_set(want["awaited_by"], false)) << t["awaited_by"].dump();
-  }
-  EXPECT_TRUE(got["complete"].get<bool>());
-}
-
+// The expected view, rendered from the truth file by tests/e2e/expect.py.
 // 10,001 tasks take ~1 s of Python on the host, 20-40x that under QEMU's TCG
 // (scripts/matrix), more on a loaded host: 60 s killed it once on 6.12.
 std::string expected_view(const std::string& truth_path, const char* view) {
@@ -510,6 +468,74 @@ std::map<std::string, int> usdt_semaphores(pid_t pid) {
 // ---- shared by the suites ---------------------------------------------------
 
 using namespace std::chrono_literals;
+
+namespace {
+
+std::set<std::string> id_set(const nlohmann::json& arr, bool objects) {
+  std::set<std::string> s;
+  for (const auto& x : arr) s.insert(objects ? x["id"].get<std::string>() : x.get<std::string>());
+  return s;
+}
+
+
+}  // namespace
+
+// Tool JSON vs the program's truth: same tasks, names, threads, stacks, awaiters.
+void compare_json(const nlohmann::json& truth, const nlohmann::json& got) {
+  std::map<std::string, json> tool_tasks;
+  for (const auto& t : got["tasks"]) tool_tasks[t["id"]] = t;
+  std::set<std::string> want_ids;
+  for (const auto& t : truth["tasks"]) want_ids.insert(t["id"]);
+  std::set<std::string> got_ids;
+  for (const auto& [id, _] : tool_tasks) got_ids.insert(id);
+  ASSERT_EQ(got_ids, want_ids) << "task sets differ";
+  for (const auto& want : truth["tasks"]) {
+    const nlohmann::json& t = tool_tasks[want["id"]];
+    SCOPED_TRACE("task " + want["id"].get<std::string>());
+    const std::string want_name = want["name"];
+    if (want_name.size() > 64) {  // the kernel keeps 64 bytes (AT_NAME_LEN)
+      EXPECT_TRUE(t["name_truncated"].get<bool>());
+      const std::string got_name = t["name"];
+      EXPECT_GE(got_name.size(), 61u);
+      EXPECT_EQ(want_name.compare(0, got_name.size(), got_name), 0) << got_name;
+    } else {
+      EXPECT_EQ(t["name"], want["name"]);
+      EXPECT_FALSE(t["name_truncated"].get<bool>());
+    }
+    EXPECT_EQ(t["tid"], want["tid"]);
+    ASSERT_EQ(t["stack"].size(), want["stack"].size()) << t["stack"].dump() << "\nwant " << want["stack"].dump();
+    for (size_t i = 0; i < want["stack"].size(); ++i) {
+      EXPECT_EQ(t["stack"][i]["function"], want["stack"][i]["function"]);
+      EXPECT_EQ(t["stack"][i]["file"], want["stack"][i]["file"]);
+      EXPECT_EQ(t["stack"][i]["line"], want["stack"][i]["line"]);
+    }
+    EXPECT_EQ(id_set(t["awaited_by"], true), id_set(want["awaited_by"], false)) << t["awaited_by"].dump();
+  }
+  EXPECT_TRUE(got["complete"].get<bool>());
+}
+
+// pstree (JSON and text) and ps of `pid` against the truth file.
+void check_views(const std::string& truth_path, pid_t pid) {
+  const nlohmann::json truth = nlohmann::json::parse(e2e::read_file(truth_path));
+  ASSERT_EQ(truth["pid"], pid);
+  ASSERT_FALSE(truth["tasks"].empty());
+  auto j = e2e::run({tool(), "pstree", "-p", std::to_string(pid), "--format", "json"});
+  ASSERT_EQ(j.exit_code, 0) << j.err;
+  std::cerr << "[ pstree json: " << truth["tasks"].size() << " tasks in " << j.seconds << " s ]\n";
+  compare_json(truth, nlohmann::json::parse(j.out));
+
+  auto tree = e2e::run({tool(), "pstree", "-p", std::to_string(pid)});
+  ASSERT_EQ(tree.exit_code, 0) << tree.err;
+  EXPECT_EQ(e2e::tree_paths(tree.out), e2e::tree_paths(expected_view(truth_path, "pstree")))
+      << "got:\n" << tree.out.substr(0, 4000);
+
+  auto ps = e2e::run({tool(), "ps", "-p", std::to_string(pid)});
+  ASSERT_EQ(ps.exit_code, 0) << ps.err;
+  const std::string want_ps = expected_view(truth_path, "ps");
+  EXPECT_EQ(ps.out.substr(0, ps.out.find('\n', ps.out.find('\n') + 1)),
+            want_ps.substr(0, want_ps.find('\n', want_ps.find('\n') + 1)));
+  EXPECT_EQ(e2e::sorted_lines(ps.out, 2), e2e::sorted_lines(want_ps, 2));
+}
 
 std::string tool() { return binary_dir() + "/asynctrace"; }
 

@@ -101,16 +101,17 @@ std::string asynctrace_uprobes();
 // (readelf). Empty if the process maps no runtime.
 std::map<std::string, int> usdt_semaphores(pid_t pid);
 
-// ---- ground truth (tests/programs/_truth.py) --------------------------------
+// ---- shared by the suites -------------------------------------------------
 
-// Tool JSON (pstree/ps --format json) vs the program's truth file: the same
-// tasks, names, threads, stacks and awaiters, and a complete view.
-void compare_to_truth(const nlohmann::json& truth, const nlohmann::json& got);
+// The tool's `pstree --format json` against a program's own truth
+// (tests/programs/_truth.py): same tasks, names, threads, stacks, awaiters.
+void compare_json(const nlohmann::json& truth, const nlohmann::json& got);
+// pstree (JSON and text) and ps of `pid` against the truth file (the text
+// views as tests/e2e/expect.py renders them from it).
+void check_views(const std::string& truth_path, pid_t pid);
 // What Python 3.14's `python -m asyncio pstree`/`ps` print for a truth file,
 // rendered by tests/e2e/expect.py (view: "pstree" or "ps").
 std::string expected_view(const std::string& truth_path, const char* view);
-
-// ---- shared by the suites -------------------------------------------------
 
 std::string tool();    // this build's asynctrace
 std::string python();  // the first interpreter the runtime was built for

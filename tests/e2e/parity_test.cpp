@@ -157,7 +157,7 @@ void same_views(const std::string& py, const std::string& program) {
   // The JSON: the anchor's threads, task ids and await edges, and the truth.
   const json doc = json::parse(js.out);
   EXPECT_EQ(json_edges(doc), table_edges(py_ps.out));
-  e2e::compare_to_truth(t.truth_json(), doc);
+  e2e::compare_json(t.truth_json(), doc);
   t.finish();
 }
 
@@ -173,7 +173,7 @@ void many_tasks_in_one_thread(const std::string& py) {
   std::cerr << "[ asynctrace pstree --format json: " << js.seconds << " s ]\n";
   const json truth = t.truth_json();
   ASSERT_EQ(truth["tasks"].size(), 100001u);
-  e2e::compare_to_truth(truth, json::parse(js.out));
+  e2e::compare_json(truth, json::parse(js.out));
   const e2e::Output tree = e2e::run({e2e::tool(), "pstree", "-p", pid}, 300s);
   ASSERT_EQ(tree.exit_code, 0) << tree.err;
   EXPECT_EQ(e2e::tree_paths(tree.out), e2e::tree_paths(e2e::expected_view(t.truth, "pstree")));
@@ -276,7 +276,7 @@ void blocked_loop(const std::string& py) {
   const e2e::Output js = e2e::run({e2e::tool(), "pstree", "-p", t.pid(), "--format", "json"});
   ASSERT_EQ(js.exit_code, 0) << js.err;
   const json doc = json::parse(js.out);
-  e2e::compare_to_truth(truth, doc);
+  e2e::compare_json(truth, doc);
   std::map<std::string, bool> running;
   for (const auto& w : truth["tasks"]) running[w["id"]] = w["running"].get<bool>();
   int n_running = 0;
@@ -304,7 +304,7 @@ void loops_in_other_threads(const std::string& py) {
   const json truth = t.truth_json();
   const e2e::Output js = e2e::run({e2e::tool(), "pstree", "-p", pid, "--format", "json"});
   ASSERT_EQ(js.exit_code, 0) << js.err;
-  e2e::compare_to_truth(truth, json::parse(js.out));
+  e2e::compare_json(truth, json::parse(js.out));
   const e2e::Output tree = e2e::run({e2e::tool(), "pstree", "-p", pid});
   ASSERT_EQ(tree.exit_code, 0) << tree.err;
   EXPECT_EQ(e2e::tree_paths(tree.out), e2e::tree_paths(e2e::expected_view(t.truth, "pstree")));

@@ -6,6 +6,8 @@
 //   overlap, claim the whole file or more, header counts in the millions).
 //   A parsed note is either well-formed (a name, its strings without NUL)
 //   or says why not; the parse of the same bytes is the same every time.
+//   The section prefix reader (.PyRuntime's _Py_DebugOffsets) keeps to the
+//   file and the budget too, and returns at most the bytes asked for.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -27,6 +29,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         return true;
       },
       size);
+  uint64_t prefix_total = 0;
+  const auto prefix = asynctrace::elf::parse_section_prefix(
+      [&](void* buf, size_t len, uint64_t off) {
+        FUZZ_CHECK(off <= size && len <= size - off, "section prefix: read outside the file");
+        prefix_total += len;
+        FUZZ_CHECK(prefix_total <= asynctrace::elf::kMaxTotalRead, "section prefix: read past the budget");
+        std::memcpy(buf, bytes.data() + off, len);
+        return true;
+      },
+      size, ".PyRuntime", 24);
+  FUZZ_CHECK(!prefix.ok() || prefix.value().size() <= 24, "section prefix longer than asked");
   const auto again = asynctrace::elf::parse_stapsdt_bytes(bytes);
   FUZZ_CHECK(result.ok() == again.ok(), "two parses of the same bytes differ");
   if (!result.ok()) {

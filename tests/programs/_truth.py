@@ -135,6 +135,15 @@ def run(body, *, settle=0.3, loop_factory=None, extra_loops=()):
             loop.add_signal_handler(signal.SIGUSR2, gate.set)
             log("GATED")
             await gate.wait()
+        beat = float(os.environ.get("ASYNCTRACE_E2E_HEARTBEAT") or 0)
+        if beat > 0:
+            # Injection tests (tests/e2e/inject_test.cpp): a plain callback,
+            # no task, runs Python code every `beat` s, so that a script
+            # sys.remote_exec queued runs soon; an idle loop would run none.
+            def tick():
+                loop.call_later(beat, tick)
+
+            loop.call_later(beat, tick)
         loop.call_later(settle, lambda: dump(truth, [loop, *extra_loops]))
         return await body(stop)
 
@@ -147,3 +156,11 @@ def run(body, *, settle=0.3, loop_factory=None, extra_loops=()):
         finally:
             loop.close()
     log("result:", result)
+    if os.environ.get("ASYNCTRACE_E2E_HEARTBEAT"):
+        # What an injected script could have left changed.
+        log("sys.path:", sys.path)
+        log("dont_write_bytecode:", sys.dont_write_bytecode)
+        # Finders of sys.path-like entries, not of packages' own directories
+        # (the runtime's package keeps its own, as any imported package).
+        log("path_importer_cache:", sorted(k for k in sys.path_importer_cache
+                                           if not os.path.exists(os.path.join(k, "__init__.py"))))

@@ -432,3 +432,32 @@ TEST(CliHelp, TypesAndFormatsPerCommand) {
     if (cmd == "attach") EXPECT_FALSE(has(h.out, "--format")) << h.out;
   }
 }
+
+TEST(CliInject, NoInjectAndTheInjectTimeout) {
+  auto r = parse({"pstree", "-p", "5"});
+  ASSERT_TRUE(r.options);
+  EXPECT_FALSE(r.options->no_inject);
+  EXPECT_EQ(r.options->inject_timeout, 5000ms);  // loading takes a wake-up of the target: longer than a replay
+  EXPECT_EQ(r.options->timeout, 2000ms);
+  // --timeout given: both waits.
+  r = parse({"ps", "-p", "5", "--timeout", "1s"});
+  ASSERT_TRUE(r.options);
+  EXPECT_EQ(r.options->inject_timeout, 1000ms);
+  EXPECT_EQ(r.options->timeout, 1000ms);
+  for (const char* cmd : {"pstree", "ps", "stats", "attach", "top", "slow"}) {
+    r = parse({cmd, "-p", "5", "--no-inject"});
+    ASSERT_TRUE(r.options) << cmd << ": " << r.err;
+    EXPECT_TRUE(r.options->no_inject) << cmd;
+  }
+  r = parse({"record", "-p", "5", "-o", "-", "--no-inject", "--timeout", "3s"});
+  ASSERT_TRUE(r.options) << r.err;
+  EXPECT_TRUE(r.options->no_inject);
+  EXPECT_EQ(r.options->inject_timeout, 3000ms);
+  // The pre-parse word check knows the flag, and names it on a typo.
+  r = parse({"pstree", "-p", "5", "--no-injct"});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("did you mean '--no-inject'?"), std::string::npos) << r.err;
+  r = parse({"pstree", "--help"});
+  EXPECT_NE(r.out.find("--no-inject"), std::string::npos);
+  EXPECT_NE(r.out.find("sys.remote_exec"), std::string::npos);
+}

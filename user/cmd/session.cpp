@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "cmd/session.h"
 
+#include "cmd/inject.h"
 #include "kernel/replay.h"
 
 #include <fcntl.h>
@@ -95,6 +96,12 @@ Result<Session> open_session(const Options& o, const TraceModes& modes, Held hel
   sweep_stale_pins();
   Session s;
   s.target = inspect_process(o.pid);
+  if (s.target.kind == ProcKind::PythonNoProbes) {
+    // An unprepared CPython 3.14+: load the runtime into it first (or say why not).
+    auto loaded = inject_runtime(o, s.target, clock);
+    if (!loaded.ok()) return loaded.error();
+    s.target = std::move(loaded.value());
+  }
   const ProcInfo& info = s.target;
   if (info.kind == ProcKind::NoSuchProcess || info.kind == ProcKind::Zombie) return proc_error(info);
   const bool timed = modes.timing || modes.steps || modes.events;

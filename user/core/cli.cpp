@@ -17,14 +17,17 @@ constexpr const char* kFormat314 =
 
 constexpr const char* kFooter = R"(EXIT CODES:
   0 ok, 1 internal error, 2 usage error, 3 no such process (or a zombie),
-  4 not a Python process, 5 Python process without asynctrace probes,
-  6 insufficient privilege (needs root or CAP_BPF+CAP_PERFMON), 7 BPF/tracing
+  4 not a Python process, 5 Python process without asynctrace probes (and
+  the runtime could not be loaded into it), 6 insufficient privilege (needs
+  root or CAP_BPF+CAP_PERFMON; root to load the runtime), 7 BPF/tracing
   unavailable, 8 runtime did not answer the attach in time, 9 process exited
   (or exec'd another program) while traced.
 
 EXAMPLES:
   asynctrace run -- python3 app.py          # start app.py with dormant probes
   sudo asynctrace pstree -p 1234            # tree of tasks and who awaits them
+                                            # (a CPython 3.14+ process started without
+                                            # asynctrace: its runtime is loaded first)
   sudo asynctrace ps -p 1234                # one row per task and awaiter
   sudo asynctrace ps -p 1234 --format json  # the same as JSON (docs/json.md)
   sudo asynctrace top -p 1234               # live per-task busy/idle/steps
@@ -51,6 +54,16 @@ CLI::Option* add_duration(CLI::App* cmd, const char* names, std::string& text, c
   return cmd->add_option(names, text, what)->type_name("DURATION");
 }
 
+// --timeout and --no-inject: every command that opens a session.
+void add_timeout_options(CLI::App* cmd, Options& o, std::string& timeout) {
+  add_duration(cmd, "--timeout", timeout,
+               "How long to wait for the runtime to report its live tasks (default 2s) and, in an unprepared "
+               "CPython 3.14+ process, to load (default 5s)");
+  cmd->add_flag("--no-inject", o.no_inject,
+                "Never load the runtime into a CPython 3.14+ process started without it (sys.remote_exec); "
+                "exit 5 instead");
+}
+
 // `format_help`: what --format means for this command ("" = no --format:
 // the command prints no view). --max-tasks sizes the task map of the tracer
 // each of these commands attaches when no holder's maps answer.
@@ -60,7 +73,7 @@ void add_target_options(CLI::App* cmd, Options& o, std::string& fmt, std::string
     cmd->add_option("-f,--format", fmt, format_help)
         ->type_name("FORMAT")
         ->check(one_of({"text", "json"}));
-  add_duration(cmd, "--timeout", timeout, "How long to wait for the runtime to report its live tasks (default 2s)");
+  add_timeout_options(cmd, o, timeout);
   cmd->add_option("--max-tasks", o.max_tasks,
                   "Capacity of the kernel's task map, 1 to 4194304 (default 131072); tasks beyond it are "
                   "counted, not shown")
@@ -251,7 +264,10 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
 
   auto* pstree = app.add_subcommand("pstree", "Tree of pending tasks: who awaits whom, with coroutine stacks");
   add_target_options(pstree, o, fmt, timeout, kFormat314);
-  pstree->footer("EXAMPLES:\n  sudo asynctrace pstree -p 1234\n  sudo asynctrace pstree -p 1234 --format json | jq .tree\n");
+  pstree->footer("A CPython 3.14+ process started without asynctrace gets the runtime loaded first\n"
+                 "(sys.remote_exec; docs/python.md); --no-inject refuses instead.\n\nEXAMPLES:\n"
+                 "  sudo asynctrace pstree -p 1234\n  sudo asynctrace pstree -p 1234 --format json | jq .tree\n"
+                 "  sudo asynctrace pstree -p 1234 --timeout 10s   # an unprepared 3.14 process, slow to answer\n");
   auto* ps = app.add_subcommand("ps", "Table of pending tasks, one row per awaiter (Python 3.14 'ps' columns)");
   add_target_options(ps, o, fmt, timeout, kFormat314);
   ps->footer("EXAMPLES:\n  sudo asynctrace ps -p 1234\n  sudo asynctrace ps -p 1234 --format json\n");
@@ -332,7 +348,7 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
       ->type_name("BY")
       ->check(one_of({"name", "coroutine", "task"}));
   record->add_flag("--lines", o.lines, "One frame per line of code (file:line), not per function");
-  add_duration(record, "--timeout", timeout, "How long to wait for the runtime to report its live tasks (default 2s)");
+  add_timeout_options(record, o, timeout);
   // The agent's periodic profiles: one recording, a file in the chosen
   // format and the pprof it pushes. Not for users: hidden from the help.
   record->add_option("--also-pprof", o.also_pprof, "Also write the profile as pprof to this file")->group("");
@@ -468,6 +484,10 @@ ParseResult parse_cli(const std::vector<std::string>& args) {
     return false;
   };
   if (!duration_flag("--timeout", timeout, 1, "500ms or 2s", &o.timeout)) return r;
+  bool timeout_given = false;
+  for (const auto* c : {pstree, ps, stats, attach, top, slow, record})
+    if (c->parsed()) timeout_given = c->get_option("--timeout")->count() > 0;
+  if (timeout_given) o.inject_timeout = o.timeout;
   if (o.command == Command::Attach && !duration.empty() &&
       !duration_flag("--duration", duration, 1, "30s or 5m", &o.duration))
     return r;

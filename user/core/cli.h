@@ -22,6 +22,10 @@ struct Options {
   Format format = Format::Text;
   bool verbose = false;
   std::chrono::milliseconds timeout{2000};  // wait for the runtime's replay
+  // Unprepared CPython 3.14+ targets (cmd/inject.h): how long to wait for the
+  // injected runtime to load (--timeout if given, else 5s), or never inject.
+  std::chrono::milliseconds inject_timeout{5000};
+  bool no_inject = false;
   uint32_t max_tasks = 0;                    // tasks map capacity (0 = default)
   std::chrono::milliseconds duration{0};    // attach: 0 = until interrupted or the process exits
   std::vector<std::string> run_argv;       // run: the command to launch

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace asynctrace::elf {
@@ -88,70 +89,50 @@ void parse_notes(const std::vector<char>& sec, std::vector<Note>* out) {
   }
 }
 
-}  // namespace
-
-Result<StapsdtNotes> parse_stapsdt(const ReadAt& read, uint64_t size) {
-  Reader r(read, size);
-  auto too_large = [&r](const char* why) { return bad(r.over_budget() ? "too large to read" : why); };
-  StapsdtNotes out;
+// The ELF header's checks, shared by every parse.
+Result<Elf64_Ehdr> read_header(Reader& r) {
   Elf64_Ehdr eh;
   if (!r.at(&eh, sizeof eh, 0) || std::memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) return bad("not an ELF file");
   if (eh.e_ident[EI_CLASS] != ELFCLASS64) return bad("not a 64-bit ELF file");
   if (eh.e_ident[EI_DATA] != ELFDATA2LSB) return bad("not little-endian");
-  out.type = eh.e_type;
+  return eh;
+}
 
-  // Program headers: the PT_LOAD segments map addresses to file offsets.
-  if (eh.e_phnum) {
-    if (eh.e_phentsize != sizeof(Elf64_Phdr)) return bad("bad program headers");  // e_phnum: at most 65535
-    std::vector<Elf64_Phdr> phdrs(eh.e_phnum);
-    if (!r.at(phdrs.data(), phdrs.size() * sizeof(Elf64_Phdr), eh.e_phoff)) return too_large("bad program headers");
-    for (const Elf64_Phdr& ph : phdrs)
-      if (ph.p_type == PT_LOAD) out.segments.push_back({ph.p_vaddr, ph.p_memsz, ph.p_offset, (ph.p_flags & PF_X) != 0});
+struct SectionTable {
+  std::vector<Elf64_Shdr> headers;  // empty: the file has no sections
+  std::vector<char> names;          // .shstrtab, NUL-terminated
+  std::string_view name_of(const Elf64_Shdr& sh) const {
+    // names.size() >= 1; sh_name + 1 would wrap at 0xffffffff (the fuzzer's find).
+    return sh.sh_name < names.size() - 1 ? std::string_view(names.data() + sh.sh_name) : std::string_view();
   }
+};
 
-  // Section headers; e_shnum / e_shstrndx overflow into section 0 for files
-  // with many sections.
-  if (eh.e_shoff == 0) return out;  // no sections: no notes
+// Section headers and their names; e_shnum / e_shstrndx overflow into
+// section 0 for files with many sections.
+Result<SectionTable> read_sections(Reader& r, const Elf64_Ehdr& eh, uint64_t size) {
+  auto too_large = [&r](const char* why) { return bad(r.over_budget() ? "too large to read" : why); };
+  SectionTable t;
+  if (eh.e_shoff == 0) return t;
   if (eh.e_shentsize != sizeof(Elf64_Shdr)) return bad("bad section headers");
   Elf64_Shdr sh0;
   if (!r.at(&sh0, sizeof sh0, eh.e_shoff)) return bad("bad section headers");
   const uint64_t shnum = eh.e_shnum ? eh.e_shnum : sh0.sh_size;
   const uint64_t shstrndx = eh.e_shstrndx == SHN_XINDEX ? sh0.sh_link : eh.e_shstrndx;
   if (shnum == 0 || shnum > kMaxSectionHeaders || shstrndx >= shnum) return bad("bad section headers");
-  std::vector<Elf64_Shdr> shdrs(shnum);
-  if (!r.at(shdrs.data(), shnum * sizeof(Elf64_Shdr), eh.e_shoff)) return too_large("bad section headers");
-  const Elf64_Shdr& strtab = shdrs[shstrndx];
+  t.headers.resize(shnum);
+  if (!r.at(t.headers.data(), shnum * sizeof(Elf64_Shdr), eh.e_shoff)) return too_large("bad section headers");
+  const Elf64_Shdr& strtab = t.headers[shstrndx];
   if (strtab.sh_size > size) return bad("bad section headers");
   if (strtab.sh_size >= kMaxTotalRead) return bad("too large to read");
-  std::vector<char> names(strtab.sh_size + 1, '\0');  // +1: always NUL-terminated
-  if (!r.at(names.data(), strtab.sh_size, strtab.sh_offset)) return too_large("bad section headers");
-
-  for (const Elf64_Shdr& sh : shdrs) {
-    if (sh.sh_name >= strtab.sh_size) continue;
-    const std::string_view name(names.data() + sh.sh_name);
-    if (name == kBaseSection && !out.base_addr) out.base_addr = sh.sh_addr;
-    if (name != kNoteSection || sh.sh_type != SHT_NOTE) continue;
-    out.has_section = true;
-    if (sh.sh_size > size) return bad("bad section headers");
-    if (sh.sh_size > kMaxTotalRead) return bad("too large to read");
-    std::vector<char> sec(sh.sh_size);
-    if (!r.at(sec.data(), sec.size(), sh.sh_offset)) return too_large("bad section headers");
-    parse_notes(sec, &out.notes);
-  }
-  return out;
+  t.names.assign(strtab.sh_size + 1, '\0');  // +1: always NUL-terminated
+  if (!r.at(t.names.data(), strtab.sh_size, strtab.sh_offset)) return too_large("bad section headers");
+  return t;
 }
 
-Result<StapsdtNotes> parse_stapsdt_bytes(std::string_view bytes) {
-  return parse_stapsdt(
-      [bytes](void* buf, size_t len, uint64_t off) {
-        std::memcpy(buf, bytes.data() + off, len);  // parse_stapsdt bounds every read by the size
-        return true;
-      },
-      bytes.size());
-}
-
-Result<StapsdtNotes> read_stapsdt(const std::string& path) {
-  // O_NONBLOCK: opening a FIFO must not wait for a writer.
+// Opens `path` for the parsers: O_NONBLOCK (opening a FIFO must not wait for
+// a writer), a regular file only, reads that fail short.
+template <class Parse>
+auto with_file(const std::string& path, const Parse& parse) -> decltype(parse(ReadAt(), uint64_t{})) {
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   if (fd < 0) return bad(std::strerror(errno));
   struct Closer {
@@ -161,7 +142,7 @@ Result<StapsdtNotes> read_stapsdt(const std::string& path) {
   struct stat st {};
   if (fstat(fd, &st) != 0) return bad(std::strerror(errno));
   if (!S_ISREG(st.st_mode)) return bad("not a regular file");
-  return parse_stapsdt(
+  return parse(
       [fd](void* buf, size_t len, uint64_t off) {
         auto* p = static_cast<char*>(buf);
         while (len > 0) {
@@ -175,6 +156,82 @@ Result<StapsdtNotes> read_stapsdt(const std::string& path) {
         return true;
       },
       static_cast<uint64_t>(st.st_size));
+}
+
+ReadAt bytes_reader(std::string_view bytes) {
+  return [bytes](void* buf, size_t len, uint64_t off) {
+    std::memcpy(buf, bytes.data() + off, len);  // the parsers bound every read by the size
+    return true;
+  };
+}
+
+}  // namespace
+
+Result<StapsdtNotes> parse_stapsdt(const ReadAt& read, uint64_t size) {
+  Reader r(read, size);
+  auto too_large = [&r](const char* why) { return bad(r.over_budget() ? "too large to read" : why); };
+  StapsdtNotes out;
+  auto header = read_header(r);
+  if (!header.ok()) return header.error();
+  const Elf64_Ehdr& eh = header.value();
+  out.type = eh.e_type;
+
+  // Program headers: the PT_LOAD segments map addresses to file offsets.
+  if (eh.e_phnum) {
+    if (eh.e_phentsize != sizeof(Elf64_Phdr)) return bad("bad program headers");  // e_phnum: at most 65535
+    std::vector<Elf64_Phdr> phdrs(eh.e_phnum);
+    if (!r.at(phdrs.data(), phdrs.size() * sizeof(Elf64_Phdr), eh.e_phoff)) return too_large("bad program headers");
+    for (const Elf64_Phdr& ph : phdrs)
+      if (ph.p_type == PT_LOAD) out.segments.push_back({ph.p_vaddr, ph.p_memsz, ph.p_offset, (ph.p_flags & PF_X) != 0});
+  }
+
+  auto sections = read_sections(r, eh, size);
+  if (!sections.ok()) return sections.error();
+  const SectionTable& t = sections.value();
+  for (const Elf64_Shdr& sh : t.headers) {
+    const std::string_view name = t.name_of(sh);
+    if (name == kBaseSection && !out.base_addr) out.base_addr = sh.sh_addr;
+    if (name != kNoteSection || sh.sh_type != SHT_NOTE) continue;
+    out.has_section = true;
+    if (sh.sh_size > size) return bad("bad section headers");
+    if (sh.sh_size > kMaxTotalRead) return bad("too large to read");
+    std::vector<char> sec(sh.sh_size);
+    if (!r.at(sec.data(), sec.size(), sh.sh_offset)) return too_large("bad section headers");
+    parse_notes(sec, &out.notes);
+  }
+  return out;
+}
+
+Result<std::string> parse_section_prefix(const ReadAt& read, uint64_t size, std::string_view name, size_t max_len) {
+  Reader r(read, size);
+  auto header = read_header(r);
+  if (!header.ok()) return header.error();
+  auto sections = read_sections(r, header.value(), size);
+  if (!sections.ok()) return sections.error();
+  for (const Elf64_Shdr& sh : sections.value().headers) {
+    if (sections.value().name_of(sh) != name) continue;
+    if (sh.sh_type == SHT_NOBITS) return bad("section " + std::string(name) + " has no bytes in the file");
+    std::string out(std::min<uint64_t>(sh.sh_size, max_len), '\0');
+    if (!r.at(out.data(), out.size(), sh.sh_offset)) return bad("bad section headers");
+    return out;
+  }
+  return bad("no section " + std::string(name));
+}
+
+Result<StapsdtNotes> parse_stapsdt_bytes(std::string_view bytes) {
+  return parse_stapsdt(bytes_reader(bytes), bytes.size());
+}
+
+Result<StapsdtNotes> read_stapsdt(const std::string& path) {
+  return with_file(path, [](const ReadAt& read, uint64_t size) { return parse_stapsdt(read, size); });
+}
+
+Result<std::string> section_prefix_bytes(std::string_view bytes, std::string_view name, size_t max_len) {
+  return parse_section_prefix(bytes_reader(bytes), bytes.size(), name, max_len);
+}
+
+Result<std::string> read_section_prefix(const std::string& path, std::string_view name, size_t max_len) {
+  return with_file(path, [&](const ReadAt& read, uint64_t size) { return parse_section_prefix(read, size, name, max_len); });
 }
 
 }  // namespace asynctrace::elf

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
-// The one reader of an ELF file's SystemTap SDT notes (.note.stapsdt), for
-// procinfo (does this file carry asynctrace probes?) and usdt_attach (its
-// probe sites). Plain pread()s of the headers and the note sections, no
+// The one ELF reader: SystemTap SDT notes (.note.stapsdt), for procinfo
+// (does this file carry asynctrace probes?) and usdt_attach (its probe
+// sites), and the first bytes of a named section (CPython's .PyRuntime, whose
+// _Py_DebugOffsets say the interpreter's version without running it). Plain pread()s of the headers and the note sections, no
 // libelf: a garbage, truncated or hostile file (sections that overlap or
 // claim the whole file) costs at most kMaxTotalRead bytes and ends in an
 // error, never in a crash. Files are opened O_NONBLOCK and must be regular
@@ -54,5 +55,12 @@ Result<StapsdtNotes> parse_stapsdt_bytes(std::string_view bytes);
 // The same over the file at `path`; also "not a regular file" and strerror
 // for open/fstat failures.
 Result<StapsdtNotes> read_stapsdt(const std::string& path);
+
+// The first `max_len` bytes (fewer if it is shorter) of the section named
+// `name`, from the file bytes or the file at `path`. Errors as above, and
+// "no section NAME", "section NAME has no bytes in the file" (SHT_NOBITS).
+Result<std::string> parse_section_prefix(const ReadAt& read, uint64_t size, std::string_view name, size_t max_len);
+Result<std::string> section_prefix_bytes(std::string_view bytes, std::string_view name, size_t max_len);
+Result<std::string> read_section_prefix(const std::string& path, std::string_view name, size_t max_len);
 
 }  // namespace asynctrace::elf

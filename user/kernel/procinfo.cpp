@@ -10,6 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <set>
@@ -120,6 +123,99 @@ ProcInfo inspect_process(pid_t pid, const std::string& proc_root) {
   }
   info.kind = python ? ProcKind::PythonNoProbes : ProcKind::NotPython;
   return info;
+}
+
+std::optional<PythonBuild> python_build(pid_t pid, const std::string& proc_root) {
+  const std::string dir = proc_root + "/" + std::to_string(pid);
+  const std::string exe = proc_exe(dir);
+  // libpython first: a --enable-shared build's executable has no .PyRuntime.
+  std::vector<Mapping> files = mapped_files(dir + "/maps");
+  std::stable_partition(files.begin(), files.end(), [](const Mapping& m) { return is_libpython(m.path); });
+  for (const Mapping& m : files) {
+    if (!is_libpython(m.path) && m.path != exe) continue;
+    auto bytes = elf::read_section_prefix(host_path(dir, m), ".PyRuntime", kDebugOffsetsPrefix);
+    if (!bytes.ok()) continue;
+    if (auto build = decode_debug_offsets(bytes.value())) return build;
+  }
+  return std::nullopt;
+}
+
+std::optional<ProcCreds> proc_creds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  ProcCreds c;
+  bool uid = false, gid = false;
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream ls(line);
+    std::string key;
+    ls >> key;
+    if (key == "Uid:" || key == "Gid:") {
+      uint64_t real = 0, eff = 0, saved = 0, fs = 0;  // files are opened with the fs ids
+      if (!(ls >> real >> eff >> saved >> fs)) return std::nullopt;
+      if (key == "Uid:") c.uid = static_cast<uid_t>(fs), uid = true;
+      else c.gid = static_cast<gid_t>(fs), gid = true;
+    } else if (key == "Groups:") {
+      uint64_t g = 0;
+      while (ls >> g) c.groups.push_back(static_cast<gid_t>(g));
+    }
+  }
+  if (!uid || !gid) return std::nullopt;
+  return c;
+}
+
+bool readable_by(const std::string& path, const ProcCreds& creds, std::string* why) {
+  if (creds.uid == 0) return true;
+  // The mode bits that apply to `creds`: owner, else group, else other.
+  auto allowed = [&creds](const struct stat& st, mode_t want) {
+    mode_t bits = st.st_mode & 07;
+    if (st.st_uid == creds.uid) bits = (st.st_mode >> 6) & 07;
+    else if (st.st_gid == creds.gid ||
+             std::find(creds.groups.begin(), creds.groups.end(), st.st_gid) != creds.groups.end())
+      bits = (st.st_mode >> 3) & 07;
+    return (bits & want) == want;
+  };
+  std::string prefix;
+  size_t pos = 0;
+  while (pos != std::string::npos) {
+    const size_t next = path.find('/', pos + 1);
+    prefix = path.substr(0, next == std::string::npos ? path.size() : next);
+    if (prefix.empty()) prefix = "/";
+    const bool last = next == std::string::npos;
+    struct stat st {};
+    if (stat(prefix.c_str(), &st) != 0) {
+      *why = "'" + prefix + "': " + std::strerror(errno);
+      return false;
+    }
+    const mode_t want = S_ISDIR(st.st_mode) ? (last ? 05 : 01) : 04;  // dirs: search, the last one list too
+    if (!allowed(st, want)) {
+      *why = "'" + prefix + "' is not " + (want == 01 ? "searchable" : "readable") + " by uid " +
+             std::to_string(creds.uid);
+      return false;
+    }
+    pos = next;
+  }
+  return true;
+}
+
+bool same_mount_namespace(pid_t pid) {
+  struct stat ours {}, theirs {}, our_root {}, their_root {};
+  const std::string dir = "/proc/" + std::to_string(pid);
+  if (stat("/proc/self/ns/mnt", &ours) != 0 || stat((dir + "/ns/mnt").c_str(), &theirs) != 0) return false;
+  if (stat("/", &our_root) != 0 || stat((dir + "/root/").c_str(), &their_root) != 0) return false;
+  return ours.st_ino == theirs.st_ino && ours.st_dev == theirs.st_dev && our_root.st_ino == their_root.st_ino &&
+         our_root.st_dev == their_root.st_dev;
+}
+
+uint64_t proc_start_time(pid_t pid) {
+  const std::string line = read_first_line("/proc/" + std::to_string(pid) + "/stat");
+  const auto paren = line.rfind(')');
+  if (paren == std::string::npos) return 0;
+  // Fields after the comm: state is field 3, starttime field 22.
+  std::istringstream ls(line.substr(paren + 1));
+  std::string field;
+  for (int i = 3; i <= 22; ++i)
+    if (!(ls >> field)) return 0;
+  return std::strtoull(field.c_str(), nullptr, 10);
 }
 
 bool process_alive(pid_t pid, const std::string& proc_root) {

@@ -4,9 +4,11 @@
 
 #include <sys/types.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "core/inject.h"
 #include "core/result.h"
 
 namespace asynctrace {
@@ -30,6 +32,32 @@ bool process_alive(pid_t pid, const std::string& proc_root = "/proc");
 
 // Maps a non-Probed ProcInfo to the Error the CLI prints (message names the remedy).
 Error proc_error(const ProcInfo& info);
+
+// The target's CPython build, from the _Py_DebugOffsets at the start of the
+// .PyRuntime section of its libpython or executable (as mapped): read from
+// the files, nothing of the process runs. nullopt: none found (before 3.13).
+std::optional<PythonBuild> python_build(pid_t pid, const std::string& proc_root = "/proc");
+
+// Who the process is when it opens files: fsuid, fsgid and supplementary
+// groups from /proc/PID/status. nullopt if unreadable.
+struct ProcCreds {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  std::vector<gid_t> groups;
+};
+std::optional<ProcCreds> proc_creds(pid_t pid);
+
+// True if `path` (every directory on the way, and the file itself) can be
+// read by `creds` according to its mode bits; uid 0 reads everything.
+// *why names the first component that cannot be.
+bool readable_by(const std::string& path, const ProcCreds& creds, std::string* why);
+
+// True if `pid` sees the files we see: same mount namespace and root.
+bool same_mount_namespace(pid_t pid);
+
+// /proc/PID/stat's starttime (clock ticks since boot; 0 if gone): with the
+// pid, names one process across pid reuse.
+uint64_t proc_start_time(pid_t pid);
 
 // True if the ELF file at `path` carries a .note.stapsdt note of provider "asynctrace".
 bool elf_has_asynctrace_probes(const std::string& path);
