@@ -10,7 +10,8 @@ Each workload runs as
 keeping a task map on the per-event probes), in interleaved order: each
 repetition runs every mode once, rotating the order. Ratios are the median over
 repetitions of (mode / baseline of the same repetition): time for the CPU
-workloads, requests/s for the aiohttp server.
+workloads, requests/s for the aiohttp server. With a CPython 3.14, a one-shot
+pstree is also timed against 3.14's own `python -m asyncio pstree`.
 """
 import argparse
 import datetime
@@ -360,7 +361,8 @@ def breakdown_table(rows):
 def py_label(py):
     v = subprocess.run([py, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
                        capture_output=True, text=True, check=True).stdout.strip()
-    origin = "debian" if py.startswith("/usr/bin/") else ("pyenv" if "/.pyenv/" in py else os.path.dirname(py))
+    origin = ("debian" if py.startswith("/usr/bin/") else "pyenv" if "/.pyenv/" in py
+              else "opt" if py.startswith("/opt/") else os.path.dirname(py))
     return f"{v} {origin}"
 
 
@@ -453,13 +455,26 @@ def overhead(args, runner, pythons):
 
 # ---------------------------------------------------------------- pstree
 
-def run_rusage(argv, timeout=300):
-    """Runs argv with stdout to /dev/null; returns (seconds, maxrss KiB, rc, stderr)."""
-    with open(os.devnull, "w") as null:
+def run_rusage(argv, timeout=300, out=os.devnull):
+    """Runs argv with stdout to `out` (a file name); returns (seconds, maxrss
+    KiB, rc, stderr). Past `timeout` s its session is killed (rc -9)."""
+    with open(out, "w") as sink:
         t0 = time.perf_counter()
-        p = subprocess.Popen(argv, stdout=null, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        err = p.stderr.read()
-        _, status, ru = os.wait4(p.pid, 0)
+        p = subprocess.Popen(argv, stdout=sink, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+        def kill():
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            err = p.stderr.read()
+            _, status, ru = os.wait4(p.pid, 0)
+        finally:
+            timer.cancel()
         t1 = time.perf_counter()
         p.returncode = os.waitstatus_to_exitcode(status)
     return t1 - t0, ru.ru_maxrss, p.returncode, err
@@ -548,6 +563,70 @@ def pstree_bench(args, runner, py):
     return out
 
 
+def anchor_bench(args, runner, py):
+    """asynctrace's one-shot pstree against CPython 3.14's own
+    `python -m asyncio pstree` on the same idle process, interleaved (ours,
+    then the anchor's, per repetition); both print to a file. The anchor's
+    failures (non-zero exit, killed at --anchor-timeout) are kept as such."""
+    tool = runner.tool
+    out = []
+    sink = f"/tmp/asynctrace-bench-{os.getpid()}.out"
+    try:
+        for n in args.pstree_tasks:
+            log(f"  pstree vs python -m asyncio pstree: {n} pending tasks ({py})")
+            w = Proc([tool, "run", "--", py, WORKLOAD, "hold", "--tasks", str(n)], env=runner.env("dormant"))
+            try:
+                w.expect(r"^holding tasks=", 300)
+                row = {"tasks": n, "python": py, "ours_ms": [], "anchor_ms": [], "anchor_failures": []}
+                for rep in range(args.anchor_reps):
+                    secs, _, rc, err = run_rusage([tool, "pstree", "-p", str(w.pid), "--timeout", "60s"], out=sink)
+                    if rc != 0:
+                        raise BenchError(f"pstree one-shot failed rc={rc}: {err.strip()[-400:]}")
+                    row["ours_ms"].append(secs * 1e3)
+                    secs, _, rc, err = run_rusage([py, "-m", "asyncio", "pstree", str(w.pid)],
+                                                  timeout=args.anchor_timeout, out=sink)
+                    if rc == 0:
+                        row["anchor_ms"].append(secs * 1e3)
+                    else:
+                        with open(sink) as f:
+                            said = (f.read(300) + err).strip().splitlines()
+                        what = "timeout" if rc == -signal.SIGKILL else f"rc={rc}"
+                        row["anchor_failures"].append({"ms": secs * 1e3, "what": what,
+                                                       "said": said[-1][:120] if said else ""})
+                    log(f"    rep {rep + 1}/{args.anchor_reps}: asynctrace {row['ours_ms'][-1]:.1f} ms, "
+                        f"anchor {secs * 1e3:.1f} ms" + ("" if rc == 0 else f" ({row['anchor_failures'][-1]['what']})"))
+                row["ours_median_ms"] = statistics.median(row["ours_ms"])
+                row["anchor_median_ms"] = statistics.median(row["anchor_ms"]) if row["anchor_ms"] else None
+                out.append(row)
+            finally:
+                w.stop()
+    finally:
+        if os.path.exists(sink):
+            os.unlink(sink)
+    return out
+
+
+def anchor_table(rows, args):
+    py = rows[0]["python"]
+    lines = ["", f"pstree one-shot vs python -m asyncio pstree: median of {args.anchor_reps}, stdout to a file "
+             f"({LABELS.get(py, py)}; anchor timeout {args.anchor_timeout:g} s)"]
+    hdr = f"{'tasks':>7} {'asynctrace':>11} {'python -m asyncio':>18} {'ratio':>7}  anchor failures"
+    lines.append(hdr)
+    lines.append("-" * len(hdr))
+    for r in rows:
+        a = r["anchor_median_ms"]
+        ok = len(r["anchor_ms"])
+        anchor_s = f"{a:.1f} ms" if a is not None else "-"
+        ratio = f"{a / r['ours_median_ms']:.1f}x" if a is not None else "-"
+        kinds = {}  # (what, said) -> seconds of each such failure
+        for f in r["anchor_failures"]:
+            kinds.setdefault((f["what"], f["said"]), []).append(f["ms"] / 1e3)
+        fails = "; ".join(f"{len(v)} of {ok + len(r['anchor_failures'])} {what} after "
+                          f"{min(v):.1f}-{max(v):.1f} s: {said}" for (what, said), v in sorted(kinds.items())) or "none"
+        lines.append(f"{r['tasks']:>7} {r['ours_median_ms']:>8.1f} ms {anchor_s:>18} {ratio:>7}  {fails}")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- report
 
 def fmt_ratio(r):
@@ -562,10 +641,12 @@ def table(rows, pst, args):
     lines = []
     hdr = (f"{'workload':10} {'python':13} {'mode':9} {'baseline':>12} {'this mode':>12} {'ratio':>8}  "
            f"{'target':13} {'result':6} {'cpu ratio':>9}")
-    lines.append("Overhead: median over %d interleaved repetitions of (mode / baseline of the same repetition)" % args.reps)
-    lines.append("ratio: wall time (rq/s for aiohttp); cpu ratio: CPU time of the whole traced process, all threads")
-    lines.append(hdr)
-    lines.append("-" * len(hdr))
+    if rows:
+        lines.append("Overhead: median over %d interleaved repetitions of (mode / baseline of the same repetition)"
+                     % args.reps)
+        lines.append("ratio: wall time (rq/s for aiohttp); cpu ratio: CPU time of the whole traced process, all threads")
+        lines.append(hdr)
+        lines.append("-" * len(hdr))
     for r in rows:
         if r["metric"] == "seconds":
             b, v = f"{r['baseline_median']:.3f} s", f"{r['median']:.3f} s"
@@ -624,29 +705,44 @@ def git_commit():
     return head + ("+dirty" if dirty else "")
 
 
-def default_pythons(build_dir):
+def built(build_dir):
+    """(tag, interpreter) lines of BUILD_DIR/python/versions.txt, in order."""
     vf = os.path.join(build_dir, "python", "versions.txt")
-    pys = []
-    want = {"cp312": None, "cp313": None}
-    if os.path.exists(DEBIAN_PY):
-        pys.append(DEBIAN_PY)
     try:
         with open(vf) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) == 2 and parts[0] in want and want[parts[0]] is None:
-                    want[parts[0]] = parts[1]
+            return [tuple(line.split()) for line in f if len(line.split()) == 2]
     except OSError:
-        log(f"bench: {vf} missing; only {DEBIAN_PY}")
+        log(f"bench: {vf} missing")
+        return []
+
+
+def default_pythons(build_dir):
+    pys = []
+    want = {"cp312": None, "cp313": None, "cp314": None}
+    if os.path.exists(DEBIAN_PY):
+        pys.append(DEBIAN_PY)
+    for tag, py in built(build_dir):
+        if tag in want and want[tag] is None:
+            want[tag] = py
     pys += [p for p in want.values() if p]
     return pys
+
+
+def default_anchor(build_dir, pythons):
+    """The 3.14 interpreter whose `python -m asyncio pstree` is compared:
+    the first --python that is 3.14, else the build's cp314, else none."""
+    tags = dict((py, tag) for tag, py in built(build_dir))
+    for py in pythons:
+        if tags.get(py) == "cp314":
+            return py
+    return next((py for tag, py in built(build_dir) if tag == "cp314"), None)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--build-dir", required=True)
     p.add_argument("--python", action="append", dest="pythons", metavar="PATH",
-                   help="interpreter to measure (repeatable; default Debian 3.11, pyenv 3.12 and 3.13)")
+                   help="interpreter to measure (repeatable; default Debian 3.11 and the build's 3.12, 3.13, 3.14)")
     p.add_argument("--reps", type=int, default=5, help="interleaved repetitions (default 5)")
     p.add_argument("--rounds", type=int, default=1,
                    help="timed rounds per process for ping-pong/churn, median taken (default 1)")
@@ -673,6 +769,13 @@ def main():
     p.add_argument("--pstree-tasks", type=lambda s: [int(x) for x in s.split(",") if x],
                    default=[1000, 10000, 100000])
     p.add_argument("--pstree-reps", type=int, default=5)
+    p.add_argument("--anchor-python", metavar="PATH",
+                   help="CPython 3.14 whose `python -m asyncio pstree` is timed against a one-shot pstree "
+                        "(default: the build's cp314)")
+    p.add_argument("--anchor-reps", type=int, default=5, help="repetitions of that comparison (default 5)")
+    p.add_argument("--anchor-timeout", type=float, default=120.0,
+                   help="seconds before a `python -m asyncio pstree` run is killed and counted failed (default 120)")
+    p.add_argument("--no-anchor", action="store_true", help="skip the python -m asyncio pstree comparison")
     p.add_argument("--no-overhead", action="store_true")
     p.add_argument("--no-pstree", action="store_true")
     p.add_argument("--json", metavar="FILE")
@@ -698,7 +801,10 @@ def main():
         LABELS[py] = py_label(py)
     runner = Runner(a)
     started = time.monotonic()
-    rows, pst, brk = [], [], []
+    rows, pst, brk, anc = [], [], [], []
+    anchor_py = None if a.no_anchor else (a.anchor_python or default_anchor(a.build_dir, pythons))
+    if anchor_py and anchor_py not in LABELS:
+        LABELS[anchor_py] = py_label(anchor_py)
     try:
         if not a.no_overhead:
             log(f"bench: overhead on {', '.join(LABELS[p] for p in pythons)}; {a.reps} reps, "
@@ -707,6 +813,11 @@ def main():
         if not a.no_pstree:
             log("bench: pstree latency")
             pst = pstree_bench(a, runner, pythons[0])
+        if anchor_py:
+            log("bench: pstree vs python -m asyncio pstree")
+            anc = anchor_bench(a, runner, anchor_py)
+        elif not a.no_anchor:
+            log("bench: no CPython 3.14 built: python -m asyncio pstree comparison skipped")
         if not a.no_breakdown:
             log("bench: cost breakdown")
             brk = cost_breakdown(a, runner, pythons[0])
@@ -722,6 +833,8 @@ def main():
         cleanup()
     elapsed = time.monotonic() - started
     text = table(rows, pst, a)
+    if anc:
+        text += "\n" + anchor_table(anc, a)
     if brk:
         text += "\n" + breakdown_table(brk)
     print(text)
@@ -737,6 +850,7 @@ def main():
             "elapsed_s": elapsed,
             "overhead": rows,
             "pstree": pst,
+            "anchor_pstree": anc,
             "breakdown": brk,
             "table": text,
         }

@@ -67,15 +67,16 @@ def pstree(truth):
             children.setdefault(parent, []).append(cor[key])
         return cor[key]
 
-    awaiting = set()
+    awaiting, linked = set(), set()
     for t in tasks:
         for a in t["awaited_by"]:
             cur = ("t", a)
             for fr in reversed(stack[a]):
                 cur = node(cur, fr)
             kid = ("t", t["id"])
-            if kid not in children.setdefault(cur, []):
-                children[cur].append(kid)
+            if (cur, kid) not in linked:  # a set: 3.14's list scan is quadratic in siblings
+                linked.add((cur, kid))
+                children.setdefault(cur, []).append(kid)
             awaiting.add(a)
     for t in tasks:
         if t["id"] not in awaiting:

@@ -225,6 +225,16 @@ std::vector<std::string> sorted_lines(const std::string& text, size_t skip_heade
   return lines;
 }
 
+// The expected view, rendered from the truth file by tests/e2e/expect.py.
+// 10,001 tasks take ~1 s of Python on the host, 20-40x that under QEMU's TCG
+// (scripts/matrix), more on a loaded host: 60 s killed it once on 6.12.
+std::string expected_view(const std::string& truth_path, const char* view) {
+  auto r = e2e::run({"python3", e2e::source_dir() + "/tests/e2e/expect.py", truth_path, view},
+                    std::chrono::seconds(600));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  return r.out;
+}
+
 bool poll_until(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
   const auto end = std::chrono::steady_clock::now() + timeout;
   for (;;) {
@@ -467,15 +477,6 @@ std::set<std::string> id_set(const nlohmann::json& arr, bool objects) {
   return s;
 }
 
-// The expected view, rendered from the truth file by tests/e2e/expect.py.
-// 10,001 tasks take ~1 s of Python on the host, 20-40x that under QEMU's TCG
-// (scripts/matrix), more on a loaded host: 60 s killed it once on 6.12.
-std::string expected(const std::string& truth_path, const char* view) {
-  auto r = e2e::run({"python3", e2e::source_dir() + "/tests/e2e/expect.py", truth_path, view},
-                    std::chrono::seconds(600));
-  EXPECT_EQ(r.exit_code, 0) << r.err;
-  return r.out;
-}
 
 }  // namespace
 
@@ -525,12 +526,12 @@ void check_views(const std::string& truth_path, pid_t pid) {
 
   auto tree = e2e::run({tool(), "pstree", "-p", std::to_string(pid)});
   ASSERT_EQ(tree.exit_code, 0) << tree.err;
-  EXPECT_EQ(e2e::tree_paths(tree.out), e2e::tree_paths(expected(truth_path, "pstree")))
+  EXPECT_EQ(e2e::tree_paths(tree.out), e2e::tree_paths(expected_view(truth_path, "pstree")))
       << "got:\n" << tree.out.substr(0, 4000);
 
   auto ps = e2e::run({tool(), "ps", "-p", std::to_string(pid)});
   ASSERT_EQ(ps.exit_code, 0) << ps.err;
-  const std::string want_ps = expected(truth_path, "ps");
+  const std::string want_ps = expected_view(truth_path, "ps");
   EXPECT_EQ(ps.out.substr(0, ps.out.find('\n', ps.out.find('\n') + 1)),
             want_ps.substr(0, want_ps.find('\n', want_ps.find('\n') + 1)));
   EXPECT_EQ(e2e::sorted_lines(ps.out, 2), e2e::sorted_lines(want_ps, 2));

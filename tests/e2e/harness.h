@@ -109,6 +109,9 @@ void compare_json(const nlohmann::json& truth, const nlohmann::json& got);
 // pstree (JSON and text) and ps of `pid` against the truth file (the text
 // views as tests/e2e/expect.py renders them from it).
 void check_views(const std::string& truth_path, pid_t pid);
+// What Python 3.14's `python -m asyncio pstree`/`ps` print for a truth file,
+// rendered by tests/e2e/expect.py (view: "pstree" or "ps").
+std::string expected_view(const std::string& truth_path, const char* view);
 
 std::string tool();    // this build's asynctrace
 std::string python();  // the first interpreter the runtime was built for

@@ -91,6 +91,8 @@ def awaiters(tasks):
 
 
 def dump(path, loops):
+    """Writes the truth file; "running" marks the task whose step is calling
+    dump (none when called from a plain loop callback)."""
     tasks = []
     for loop in loops:
         tasks.extend(asyncio.all_tasks(loop))
@@ -103,6 +105,7 @@ def dump(path, loops):
             "tid": _loop_tids.get(id(t.get_loop()), 0),
             "stack": stack_of(t.get_coro()),
             "awaited_by": [hex(a) for a in edges[id(t)]],
+            "running": t is asyncio.current_task(t.get_loop()),
         })
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-# 10,000 pending tasks.
+# 10,000 pending tasks (argv[2]: another count).
 import asyncio
+import sys
 
 import _truth
 
-N = 10_000
+N = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000
 
 
 async def idle(stop, i):
