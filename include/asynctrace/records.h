@@ -148,7 +148,7 @@ struct asynctrace_rec_step_timed {
 /* edge__add kinds: why awaiter waits on child besides a direct await. */
 enum asynctrace_edge_kind {
 	ASYNCTRACE_EDGE_AWAIT = 0,     /* direct await (tracers derive it from task__await) */
-	ASYNCTRACE_EDGE_GATHER = 1,    /* child of a gather() the awaiter awaits */
+	ASYNCTRACE_EDGE_GATHER = 1,    /* child of a gather() the awaiter awaits, or of its asyncio.wait() */
 	ASYNCTRACE_EDGE_TASKGROUP = 2, /* child of a TaskGroup owned by the awaiter */
 	ASYNCTRACE_EDGE_SHIELD = 3,    /* inner of a shield() the awaiter awaits */
 };

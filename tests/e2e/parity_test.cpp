@@ -344,11 +344,10 @@ void add(const std::string& name, std::function<void()> body) {
                           [body]() -> ParityCase* { return new ParityCase(body); });
 }
 
-// Not here: threads_loops (LoopsInOtherThreads below); idle_sleep, whose
-// `asyncio.wait` 3.14 records as an await that asynctrace does not draw yet
-// (docs/testing.md, "Parity with python -m asyncio").
-const std::vector<std::string> kPrograms = {"taskgroup_nested", "gather_nested", "await_tasks", "semaphore",
-                                            "shield_cancel",    "eager_tasks",   "many_tasks"};
+// Not here: threads_loops (LoopsInOtherThreads below).
+const std::vector<std::string> kPrograms = {"taskgroup_nested", "gather_nested", "await_tasks",
+                                            "semaphore",        "shield_cancel", "eager_tasks",
+                                            "many_tasks",       "idle_sleep"};
 
 const bool kRegistered = [] {
   for (const auto& [tag, py] : e2e::built_pythons()) {

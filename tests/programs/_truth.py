@@ -50,7 +50,8 @@ def _is_task(x):
 def awaiters(tasks):
     """child id -> [awaiter ids], per Python 3.14's rules: direct awaits,
     gather children, TaskGroup children (owned by the group's parent task),
-    shield inners."""
+    shield inners, the tasks an asyncio.wait() waits for (only while it
+    waits: a task FIRST_COMPLETED left pending is no longer awaited)."""
     tg_type = getattr(asyncio, "TaskGroup", None)
     edges = {id(t): [] for t in tasks}
 
@@ -66,10 +67,23 @@ def awaiters(tasks):
             elif type(c).__name__ == "_GatheringFuture":
                 yield from children_of(c)
 
+    # asyncio.wait(fs): each pending task of fs has _wait's _on_completion
+    # callback, whose closure holds the future the waiting task awaits.
+    in_wait = {}  # id(waiter future) -> [tasks of fs]
+    for t in tasks:
+        for cb, _ctx in (t._callbacks or []):
+            code = getattr(cb, "__code__", None)
+            if code is not None and code.co_name == "_on_completion" and "waiter" in code.co_freevars:
+                cell = cb.__closure__[code.co_freevars.index("waiter")]
+                in_wait.setdefault(id(cell.cell_contents), []).append(t)
+
     for t in tasks:
         w = t._fut_waiter
         if w is None:
             continue
+        for c in in_wait.get(id(w), ()):
+            if not c.done():
+                add(c, t)
         if _is_task(w):
             add(w, t)
         elif type(w).__name__ == "_GatheringFuture":

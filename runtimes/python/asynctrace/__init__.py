@@ -44,6 +44,7 @@ def enable():
         _discover.discovery_thread(lambda: _install(_asynctrace, _discover),
                                    _asynctrace.ASYNCIO_THREAD_STATE)
         _discover.wrap_taskgroup(_asynctrace)
+        _discover.wrap_wait(_asynctrace)
 
         import atexit
         import os

@@ -235,3 +235,44 @@ def wrap_taskgroup(C):
 
     create_task.__asynctrace_wrapped__ = True
     taskgroups.TaskGroup.create_task = create_task
+
+
+def wrap_wait(C):
+    """A task in asyncio.wait(fs) awaits each task of fs until wait() returns
+    (3.14 semantics: tasks._wait adds and discards the edges). The wrapper
+    is a plain function: with no tracer attached it returns _wait's own
+    coroutine, so wait() keeps its frames and costs one call more."""
+    tasks = asyncio.tasks
+    orig = tasks._wait
+    if getattr(orig, "__asynctrace_wrapped__", False):
+        return
+    edge_enabled = C.edge_enabled
+    wait_edges = C.wait_edges
+    current_task = tasks.current_task
+
+    async def traced(fs, timeout, return_when, loop):
+        task = current_task(loop)
+        wait_edges(fs, task, True)
+        try:
+            return await orig(fs, timeout, return_when, loop)
+        finally:
+            wait_edges(fs, task, False)  # FIRST_COMPLETED / timeout: no longer awaited
+
+    @functools.wraps(orig)
+    def _wait(fs, timeout, return_when, loop):
+        if edge_enabled():
+            return traced(fs, timeout, return_when, loop)
+        return orig(fs, timeout, return_when, loop)
+
+    _wait.__asynctrace_wrapped__ = True
+    tasks._wait = _wait
+
+
+def wait_completion_code():
+    """The code of _wait's _on_completion callback (the original _wait)."""
+    fn = asyncio.tasks._wait
+    fn = getattr(fn, "__wrapped__", fn)
+    for const in getattr(fn, "__code__", None).co_consts:
+        if getattr(const, "co_name", None) == "_on_completion":
+            return const
+    return None

@@ -7,13 +7,16 @@ thread asyncio does not know about, so it must not call threading.current_thread
 Probes are fired by the C helpers.
 """
 import sys
+import weakref
 
 import _asyncio
 
 from . import _asynctrace as C
+from . import _discover
 
 _MAX_FRAMES = 32
 _AWAIT_KINDS_TASKGROUP = 2  # asynctrace_edge_kind TASKGROUP
+_EDGE_GATHER = 1  # asynctrace_edge_kind GATHER (asyncio.wait edges too)
 
 
 def _pending_tasks():
@@ -125,6 +128,37 @@ def _task_refs():
     return _pending_tasks()
 
 
+def _wait_edges(tasks):
+    """Re-sends the edges of every asyncio.wait() in progress (3.14: the
+    waiting task awaits each task of fs): each pending task of fs carries
+    wait's _on_completion callback, whose closure holds the `waiter` future
+    the waiting task is suspended on."""
+    code = _discover.wait_completion_code()
+    if code is None:
+        return
+    by_waiter = {}  # id(waiter) -> [tasks of fs]
+    live = []
+    for t in tasks:
+        if isinstance(t, weakref.ref):
+            t = t()
+        if t is None or t.done():
+            continue
+        live.append(t)
+        for ent in t._callbacks or ():
+            cb = ent[0] if isinstance(ent, tuple) else ent
+            if getattr(cb, "__code__", None) is not code:
+                continue
+            for name, cell in zip(code.co_freevars, cb.__closure__ or ()):
+                if name == "waiter":
+                    by_waiter.setdefault(id(cell.cell_contents), []).append(t)
+    if not by_waiter:
+        return
+    for t in live:
+        for child in by_waiter.get(id(t._fut_waiter), ()):
+            if child is not t:
+                C.emit_edge(child, t, _EDGE_GATHER)
+
+
 def _replay_fast(tasks, full=True):
     """The per-task work in C (C.replay_tasks); Python only maps threads and
     sends the frames of the few tasks running right now."""
@@ -148,6 +182,8 @@ def _replay_fast(tasks, full=True):
         if ident is not None and not C.loop_tid(t._loop):
             loop_tids.setdefault(t._loop, natives.get(ident, 0) or main_native)
     n = C.replay_tasks(tasks, loop_tids, main_native, set(running), _on_task_done(), full)
+    if full:
+        _wait_edges(tasks)
     for t, ident, frames, truncated in run_frames.values():
         if not t.done():
             C.emit_running(t, frames, truncated)
@@ -195,6 +231,7 @@ def replay(full=True):
         for t, tg_parent, run in states:
             if tg_parent is not None:
                 C.emit_edge(t, tg_parent, _AWAIT_KINDS_TASKGROUP)
+        _wait_edges(tasks)
         for t, tg_parent, run in states:
             if run is not None:
                 C.emit_running(t, run[0], run[1])

@@ -237,6 +237,14 @@ void emit_edge(PyObject *child, PyObject *awaiter, int kind)
 		ASYNCTRACE_EDGE_ADD(child, awaiter, kind);
 }
 
+void emit_edge_remove(PyObject *child, PyObject *awaiter)
+{
+	if (BATCH_ON())
+		rec1(ASYNCTRACE_REC_EDGE_REMOVE, 0, (uint64_t)(uintptr_t)child, (uint64_t)(uintptr_t)awaiter);
+	if (ASYNCTRACE_EDGE_REMOVE_ENABLED())
+		ASYNCTRACE_EDGE_REMOVE(child, awaiter);
+}
+
 /* edge__add(child, awaiter, GATHER) for each pending child task of a gather future. */
 static void gather_edges(PyObject *gfut, PyObject *awaiter, int depth)
 {

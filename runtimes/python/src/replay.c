@@ -4,7 +4,7 @@
  * tracer that attached late (or asks for a refresh) the live tasks, their
  * edges and await states with frames (replay_begin/end, emit_*,
  * replay_tasks), and the queries it needs (unknown_loops, loop_tid,
- * loop_alive, edge_enabled, semaphores, taskgroup_edge).
+ * loop_alive, edge_enabled, semaphores, taskgroup_edge, wait_edges).
  *
  * Locking: Python calls every function here with the GIL. replay_begin and
  * replay_end flush the ring (taking the ring lock inside ring.c).
@@ -292,6 +292,38 @@ PyObject *m_taskgroup_edge(PyObject *mod, PyObject *args)
 		flush_pending();
 		emit_edge(task, parent, ASYNCTRACE_EDGE_TASKGROUP);
 	}
+	Py_RETURN_NONE;
+}
+
+/* wait_edges(fs, task, add): asyncio.wait(fs) wrapper. add: `task` awaits
+ * each pending task of fs (kind GATHER: 3.14 records both alike); else the
+ * wait returned and those edges go (edge__remove). */
+PyObject *m_wait_edges(PyObject *mod, PyObject *args)
+{
+	(void)mod;
+	PyObject *fs, *task;
+	int add;
+	if (!PyArg_ParseTuple(args, "OOp", &fs, &task, &add))
+		return NULL;
+	if (!edges_on() && !ASYNCTRACE_EDGE_REMOVE_ENABLED())
+		Py_RETURN_NONE;
+	if (task == Py_None || !is_task(task))
+		Py_RETURN_NONE;
+	PyObject *seq = PySequence_Fast(fs, "fs");
+	if (!seq)
+		return NULL;
+	if (add)
+		flush_pending();
+	for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+		PyObject *f = PySequence_Fast_GET_ITEM(seq, i);
+		if (f == task || !is_task(f) || task_is_done(f))
+			continue;
+		if (add)
+			emit_edge(f, task, ASYNCTRACE_EDGE_GATHER);
+		else
+			emit_edge_remove(f, task);
+	}
+	Py_DECREF(seq);
 	Py_RETURN_NONE;
 }
 
