@@ -310,8 +310,10 @@ PyObject *m_wait_edges(PyObject *mod, PyObject *args)
 	if (task == Py_None || !is_task(task))
 		Py_RETURN_NONE;
 	PyObject *seq = PySequence_Fast(fs, "fs");
-	if (!seq)
-		return NULL;
+	if (!seq) {
+		PyErr_Clear(); /* never an error in the program's wait() */
+		Py_RETURN_NONE;
+	}
 	if (add)
 		flush_pending();
 	for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
