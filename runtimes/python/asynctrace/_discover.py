@@ -239,30 +239,26 @@ def wrap_taskgroup(C):
 
 def wrap_wait(C):
     """A task in asyncio.wait(fs) awaits each task of fs until wait() returns
-    (3.14 semantics: tasks._wait adds and discards the edges). The wrapper
-    is a plain function: with no tracer attached it returns _wait's own
-    coroutine, so wait() keeps its frames and costs one call more."""
+    (3.14 semantics: tasks._wait adds and discards the edges). A plain
+    function that returns _wait's own coroutine, tracer or not (no frame is
+    added to the waiting task, nor to a traceback): with a tracer attached it
+    first has the runtime send the edges and note the coroutine, whose end
+    the runtime sees after the task's next steps (wait_step_ended) and then
+    removes the edges of the tasks still pending."""
     tasks = asyncio.tasks
     orig = tasks._wait
     if getattr(orig, "__asynctrace_wrapped__", False):
         return
     edge_enabled = C.edge_enabled
-    wait_edges = C.wait_edges
+    wait_begin = C.wait_begin
     current_task = tasks.current_task
-
-    async def traced(fs, timeout, return_when, loop):
-        task = current_task(loop)
-        wait_edges(fs, task, True)
-        try:
-            return await orig(fs, timeout, return_when, loop)
-        finally:
-            wait_edges(fs, task, False)  # FIRST_COMPLETED / timeout: no longer awaited
 
     @functools.wraps(orig)
     def _wait(fs, timeout, return_when, loop):
+        coro = orig(fs, timeout, return_when, loop)
         if edge_enabled():
-            return traced(fs, timeout, return_when, loop)
-        return orig(fs, timeout, return_when, loop)
+            wait_begin(current_task(loop), coro, False, fs)
+        return coro
 
     _wait.__asynctrace_wrapped__ = True
     tasks._wait = _wait

@@ -16,7 +16,6 @@ from . import _discover
 
 _MAX_FRAMES = 32
 _AWAIT_KINDS_TASKGROUP = 2  # asynctrace_edge_kind TASKGROUP
-_EDGE_GATHER = 1  # asynctrace_edge_kind GATHER (asyncio.wait edges too)
 
 
 def _pending_tasks():
@@ -154,9 +153,10 @@ def _wait_edges(tasks):
     if not by_waiter:
         return
     for t in live:
-        for child in by_waiter.get(id(t._fut_waiter), ()):
-            if child is not t:
-                C.emit_edge(child, t, _EDGE_GATHER)
+        children = by_waiter.get(id(t._fut_waiter))
+        if children:
+            # Noted by the waiter: the edges go when t waits on something else.
+            C.wait_begin(t, t._fut_waiter, True, children)
 
 
 def _replay_fast(tasks, full=True):

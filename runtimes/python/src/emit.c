@@ -392,6 +392,7 @@ static void emit_await_state(PyObject *task)
 
 void emit_complete(PyObject *task, int outcome)
 {
+	wait_step_ended(task, 1);
 	dedupe_forget((uintptr_t)task);
 	timing_note_done(task);
 	timing_completed(task);
@@ -404,8 +405,10 @@ void emit_complete(PyObject *task, int outcome)
 /* After a step: completion or the new await state. */
 void emit_post_step(PyObject *task)
 {
-	if (task_is_done(task))
+	if (task_is_done(task)) {
 		emit_complete(task, task_outcome(task));
-	else
+	} else {
+		wait_step_ended(task, 0);
 		emit_await_state(task);
+	}
 }

@@ -157,7 +157,7 @@ static PyMethodDef methods[] = {
 	{ "emit_state", m_emit_state, METH_O, NULL },
 	{ "emit_running", m_emit_running, METH_VARARGS, NULL },
 	{ "taskgroup_edge", m_taskgroup_edge, METH_VARARGS, NULL },
-	{ "wait_edges", m_wait_edges, METH_VARARGS, NULL },
+	{ "wait_begin", m_wait_begin, METH_VARARGS, NULL },
 	{ "replay_tasks", m_replay_tasks, METH_VARARGS, NULL },
 	{ "unknown_loops", m_unknown_loops, METH_O, NULL },
 	{ "edge_enabled", m_edge_enabled, METH_NOARGS, NULL },

@@ -4,7 +4,7 @@
  * tracer that attached late (or asks for a refresh) the live tasks, their
  * edges and await states with frames (replay_begin/end, emit_*,
  * replay_tasks), and the queries it needs (unknown_loops, loop_tid,
- * loop_alive, edge_enabled, semaphores, taskgroup_edge, wait_edges).
+ * loop_alive, edge_enabled, semaphores, taskgroup_edge, wait_begin).
  *
  * Locking: Python calls every function here with the GIL. replay_begin and
  * replay_end flush the ring (taking the ring lock inside ring.c).
@@ -295,37 +295,113 @@ PyObject *m_taskgroup_edge(PyObject *mod, PyObject *args)
 	Py_RETURN_NONE;
 }
 
-/* wait_edges(fs, task, add): asyncio.wait(fs) wrapper. add: `task` awaits
- * each pending task of fs (kind GATHER: 3.14 records both alike); else the
- * wait returned and those edges go (edge__remove). */
-PyObject *m_wait_edges(PyObject *mod, PyObject *args)
+/*
+ * asyncio.wait(fs) in progress (3.14 semantics: the waiting task awaits each
+ * pending task of fs until wait() returns). wait_begin emits the edges and
+ * notes the wait by the task's address: weak references only (a noted wait
+ * keeps nothing alive), ended when `until` (weak) is gone or done:
+ *   by_waiter = 0: `until` is _wait's coroutine (the live wrapper): ended
+ *                  once it has no frame (it returned or raised);
+ *   by_waiter = 1: `until` is the future the task is suspended on (a replay
+ *                  found the wait in progress): ended once the task waits
+ *                  on something else.
+ * wait_step_ended(task), after each traced step and at completion, removes
+ * the edges of an ended wait (edge__remove for children still pending).
+ * No frame is added to the waiting task: the wrapper returns _wait's own
+ * coroutine. Cost when no wait is noted: one dict-size test.
+ */
+static PyObject *pending_waits; /* {task address: (weakref until, by_waiter, (weakref child, ...))} */
+
+static int wait_ended(PyObject *task, PyObject *until_ref, int by_waiter)
+{
+	PyObject *until = weak_target(until_ref);
+	if (!until)
+		return 1;
+	int ended;
+	if (by_waiter) {
+		PyObject *w = task_waiter(task);
+		ended = w != until;
+		Py_XDECREF(w);
+	} else {
+		PyObject *frame = PyObject_GetAttrString(until, "cr_frame");
+		ended = !frame || frame == Py_None;
+		Py_XDECREF(frame);
+		PyErr_Clear();
+	}
+	Py_DECREF(until);
+	return ended;
+}
+
+void wait_step_ended(PyObject *task, int completed)
+{
+	if (__builtin_expect(!pending_waits || PyDict_GET_SIZE(pending_waits) == 0, 1))
+		return;
+	exc_state_t ex;
+	EXC_SAVE(ex);
+	PyObject *key = PyLong_FromVoidPtr(task);
+	PyObject *ent = key ? PyDict_GetItemWithError(pending_waits, key) : NULL; /* borrowed */
+	PyObject *until, *children;
+	int by_waiter;
+	if (ent && PyArg_ParseTuple(ent, "OpO", &until, &by_waiter, &children) &&
+	    (completed || wait_ended(task, until, by_waiter))) {
+		for (Py_ssize_t i = 0; PyTuple_Check(children) && i < PyTuple_GET_SIZE(children); i++) {
+			PyObject *child = weak_target(PyTuple_GET_ITEM(children, i));
+			if (child && !task_is_done(child))
+				emit_edge_remove(child, task);
+			Py_XDECREF(child);
+		}
+		PyDict_DelItem(pending_waits, key);
+	}
+	Py_XDECREF(key);
+	PyErr_Clear();
+	EXC_RESTORE(ex);
+}
+
+/* wait_begin(task, until, by_waiter, fs): see above. Never raises into the
+ * program's wait(). */
+PyObject *m_wait_begin(PyObject *mod, PyObject *args)
 {
 	(void)mod;
-	PyObject *fs, *task;
-	int add;
-	if (!PyArg_ParseTuple(args, "OOp", &fs, &task, &add))
+	PyObject *task, *until, *fs;
+	int by_waiter;
+	if (!PyArg_ParseTuple(args, "OOpO", &task, &until, &by_waiter, &fs))
 		return NULL;
-	if (!edges_on() && !ASYNCTRACE_EDGE_REMOVE_ENABLED())
+	if (!edges_on() || task == Py_None || !is_task(task))
 		Py_RETURN_NONE;
-	if (task == Py_None || !is_task(task))
+	/* A wait that returned earlier in this step (wait after wait): its
+	 * edges go first, the new one takes its place. */
+	wait_step_ended(task, 0);
+	if (!pending_waits && !(pending_waits = PyDict_New())) {
+		PyErr_Clear();
 		Py_RETURN_NONE;
+	}
 	PyObject *seq = PySequence_Fast(fs, "fs");
-	if (!seq) {
-		PyErr_Clear(); /* never an error in the program's wait() */
-		Py_RETURN_NONE;
-	}
-	if (add)
+	PyObject *refs = seq ? PyTuple_New(PySequence_Fast_GET_SIZE(seq)) : NULL;
+	PyObject *uref = refs ? PyWeakref_NewRef(until, NULL) : NULL;
+	Py_ssize_t n = 0;
+	if (uref) {
 		flush_pending();
-	for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-		PyObject *f = PySequence_Fast_GET_ITEM(seq, i);
-		if (f == task || !is_task(f) || task_is_done(f))
-			continue;
-		if (add)
+		for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+			PyObject *f = PySequence_Fast_GET_ITEM(seq, i);
+			if (f == task || !is_task(f) || task_is_done(f))
+				continue;
+			PyObject *r = PyWeakref_NewRef(f, NULL);
+			if (!r)
+				break;
 			emit_edge(f, task, ASYNCTRACE_EDGE_GATHER);
-		else
-			emit_edge_remove(f, task);
+			PyTuple_SET_ITEM(refs, n++, r);
+		}
 	}
-	Py_DECREF(seq);
+	PyObject *key = uref ? PyLong_FromVoidPtr(task) : NULL;
+	PyObject *ent = key && _PyTuple_Resize(&refs, n) == 0 ? Py_BuildValue("(OiO)", uref, by_waiter, refs) : NULL;
+	if (ent)
+		PyDict_SetItem(pending_waits, key, ent);
+	Py_XDECREF(ent);
+	Py_XDECREF(key);
+	Py_XDECREF(uref);
+	Py_XDECREF(refs);
+	Py_XDECREF(seq);
+	PyErr_Clear();
 	Py_RETURN_NONE;
 }
 
