@@ -179,6 +179,46 @@ INSTANTIATE_TEST_SUITE_P(Builds, LateEnable, ::testing::ValuesIn(e2e::built_pyth
                            return i.param.first + "_" + std::to_string(i.index);
                          });
 
+// An asyncio.wait() in progress when the tracer attaches (the replay sends
+// its edges) that returns while the tracer holds the maps: the task left
+// pending must stop being awaited (3.14's rule), though no event of the wait
+// itself was seen. tests/programs/wait_late.py.
+class WaitLate : public ::testing::TestWithParam<std::pair<std::string, std::string>> {};
+
+TEST_P(WaitLate, EdgesOfAWaitInProgressAtAttachGoWhenItReturns) {
+  ASSERT_EQ(geteuid(), 0u) << "the e2e tier loads BPF programs: run it as root";
+  const auto& [tag, py] = GetParam();
+  const std::string truth_path = tmp_path("wait-late-" + tag + ".json");
+  unlink(truth_path.c_str());
+  e2e::Program prog({tool(), "run", "--", py, programs() + "/wait_late.py", truth_path}, programs());
+  ASSERT_TRUE(prog.wait_line("WAITING", 60s)) << prog.stderr_text();
+  e2e::Program holder({tool(), "attach", "-p", std::to_string(prog.pid())});
+  ASSERT_TRUE(holder.wait_line("attached pid=" + std::to_string(prog.pid()) + " maps=/sys/fs/bpf/asynctrace/" +
+                                   std::to_string(prog.pid()),
+                               30s))
+      << holder.stderr_text();
+  // While the wait lasts, the replay drew both edges.
+  auto during = e2e::run({tool(), "ps", "-p", std::to_string(prog.pid()), "--format", "json"});
+  ASSERT_EQ(during.exit_code, 0) << during.err;
+  int awaited = 0;
+  const json during_json = json::parse(during.out);
+  for (const auto& t : during_json["tasks"])
+    if (t["name"] == "left-pending" || t["name"] == "quick") awaited += !t["awaited_by"].empty();
+  EXPECT_EQ(awaited, 2) << during.out;
+  prog.signal(SIGUSR2);
+  ASSERT_TRUE(prog.wait_line("READY", 60s)) << prog.stderr_text();
+  e2e::check_views(truth_path, prog.pid());  // left-pending: a root
+  prog.signal(SIGUSR1);
+  EXPECT_EQ(prog.wait_exit(60s, nullptr), 0) << prog.stderr_text();
+  EXPECT_EQ(holder.wait_exit(30s, nullptr), 9) << holder.stderr_text();
+  unlink(truth_path.c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(Builds, WaitLate, ::testing::ValuesIn(e2e::built_pythons()),
+                         [](const ::testing::TestParamInfo<std::pair<std::string, std::string>>& i) {
+                           return i.param.first + "_" + std::to_string(i.index);
+                         });
+
 // 3.14+ without the _AsyncioDebug offsets (ASYNCTRACE_NO_ASYNCIO_OFFSETS=1
 // forces what an unverifiable layout does): the runtime asks _asyncio for
 // current_task(loop)/all_tasks(loop) of the loops that created tasks since

@@ -257,7 +257,10 @@ def wrap_wait(C):
     def _wait(fs, timeout, return_when, loop):
         coro = orig(fs, timeout, return_when, loop)
         if edge_enabled():
-            wait_begin(current_task(loop), coro, False, fs)
+            try:
+                wait_begin(current_task(loop), coro, False, fs)
+            except Exception:  # never an error in the program's wait()
+                pass
         return coro
 
     _wait.__asynctrace_wrapped__ = True
